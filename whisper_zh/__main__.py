@@ -1,0 +1,3 @@
+from whisper_zh.cli import main
+
+raise SystemExit(main())

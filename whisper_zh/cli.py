@@ -1,0 +1,43 @@
+"""``whisper-zh`` / ``python -m whisper_zh``: one entry point, a sub-command per stage.
+
+Each sub-command lives in the module of its stage and takes its own arguments
+(``whisper-zh train --help``); this file only dispatches, importing lazily so that
+``whisper-zh transcribe`` never pays for the training stack and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "prepare": ("whisper_zh.train", "prepare_main", "prepare and cache a dataset (no training)"),
+    "train": ("whisper_zh.train", "main", "fine-tune Whisper; resumes by itself"),
+    "evaluate": ("whisper_zh.evaluate", "main", "CER/WER of any model on any split"),
+    "transcribe": ("whisper_zh.transcribe", "main", "transcribe a file or a URL, write subtitles"),
+    "export": ("whisper_zh.export", "main", "convert a model to CTranslate2 for fast CPU serving"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: whisper-zh COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "whisper-zh COMMAND --help shows the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from whisper_zh import __version__
+
+        print(__version__)
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"whisper-zh: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[argv[0]]
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)

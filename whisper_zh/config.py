@@ -1,0 +1,88 @@
+"""The one configuration object of the training pipeline.
+
+``TrainConfig`` drives the command line (``whisper-zh train``, through
+``HfArgumentParser``) and the notebook (its parameters cell fills one in). Every
+default lives here. Fields left ``None`` are derived from the data and the hardware by
+:func:`whisper_zh.train.resolve_schedule` and :func:`whisper_zh.train.resolve_precision`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+DEFAULT_MODEL = "openai/whisper-small"
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "whisper-zh")
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---------------------------------------------------------------------------
+    dataset: str = field(
+        default="",
+        metadata={"help": "A Common Voice release (the extracted cv-corpus-*/zh-CN folder, any folder "
+                          "above it, or the .tar.gz), a Hub dataset id, or a local `datasets` directory."},
+    )
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    audio_column: str = field(default="audio", metadata={"help": "Audio column of a `datasets` dataset."})
+    text_column: str = field(default="sentence", metadata={"help": "Transcript column of a `datasets` dataset."})
+    streaming: bool = field(default=False, metadata={"help": "Stream a Hub dataset instead of downloading it."})
+    train_split: str = field(default="train", metadata={"help": "Training split(s), '+'-joined: e.g. train+dev."})
+    eval_split: str = field(
+        default="dev",
+        metadata={"help": "Split evaluated during training; the checkpoint best on it is kept. "
+                          "Empty for no evaluation during training."},
+    )
+    test_split: str = field(default="test", metadata={"help": "Split scored once at the end. Empty to skip."})
+    eval_max_samples: int = field(default=500, metadata={"help": "Clips of eval_split used during training."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training clips (debugging)."})
+    max_duration_s: float = field(default=30.0, metadata={"help": "Longer clips are dropped (Whisper's window)."})
+    max_label_tokens: int = field(default=448, metadata={"help": "Longer labels are dropped (decoder limit)."})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Prepared data (Drive on Colab)."})
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes preparing clips (default: all CPU cores)."})
+
+    # --- model --------------------------------------------------------------------------
+    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Whisper Hub id or local directory."})
+    language: str = field(default="zh", metadata={"help": "Whisper language code."})
+    task: str = field(default="transcribe", metadata={"help": "transcribe or translate."})
+
+    # --- training -----------------------------------------------------------------------
+    output_dir: str = field(default="whisper-small-zh", metadata={"help": "Checkpoints and the final model."})
+    max_steps: int = field(default=1600, metadata={"help": "Optimiser steps (capped by max_epochs)."})
+    max_epochs: float = field(
+        default=16.0,
+        metadata={"help": "Cap on passes over the training data: keeps small datasets from "
+                          "being overfitted by max_steps. 0 for no cap."},
+    )
+    save_steps: Optional[int] = field(
+        default=None, metadata={"help": "Checkpoint interval (default 400, or a quarter of a short run)."})
+    eval_steps: Optional[int] = field(default=None, metadata={"help": "Evaluation interval (default save_steps)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Clips per GPU per step."})
+    per_device_eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Default: the train batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per update."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    warmup_steps: Optional[int] = field(
+        default=None, metadata={"help": "Linear warmup (default 500, at most a tenth of the run)."})
+    weight_decay: float = field(default=0.0)
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 where native, else fp16 on GPU, fp32 on CPU), bf16, fp16, fp32."})
+    gradient_checkpointing: Optional[bool] = field(
+        default=None, metadata={"help": "Default: on when the GPU has under 24 GB (a T4), off otherwise."})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model (fast GPUs)."})
+    dataloader_num_workers: Optional[int] = field(default=None, metadata={"help": "Default: min(4, CPU cores)."})
+    generation_max_length: int = field(default=225, metadata={"help": "Token limit when decoding for evaluation."})
+    logging_steps: int = field(default=25)
+    seed: int = field(default=42)
+    report_to: str = field(default="none", metadata={"help": "tensorboard, wandb, ... or none."})
+    resume: bool = field(default=True, metadata={"help": "Continue from the newest complete checkpoint, "
+                                                        "local or on the Hub."})
+
+    # --- hub ----------------------------------------------------------------------------
+    hub_model_id: Optional[str] = field(
+        default=None, metadata={"help": "Push checkpoints and the final model to this Hub repo."})
+    hub_private_repo: bool = field(default=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
