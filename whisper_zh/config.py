@@ -40,6 +40,8 @@ class TrainConfig:
     max_duration_s: float = field(default=30.0, metadata={"help": "Longer clips are dropped (Whisper's window)."})
     max_label_tokens: int = field(default=448, metadata={"help": "Longer labels are dropped (decoder limit)."})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Prepared data (Drive on Colab)."})
+    prepare_shard_size: int = field(
+        default=1000, metadata={"help": "Clips per cache shard: the unit an interrupted preparation resumes at."})
     preprocessing_num_workers: Optional[int] = field(
         default=None, metadata={"help": "Processes preparing clips (default: all CPU cores)."})
 
@@ -70,6 +72,8 @@ class TrainConfig:
         default="auto", metadata={"help": "auto (bf16 where native, else fp16 on GPU, fp32 on CPU), bf16, fp16, fp32."})
     gradient_checkpointing: Optional[bool] = field(
         default=None, metadata={"help": "Default: on when the GPU has under 24 GB (a T4), off otherwise."})
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "Train the decoder only: ~3x cheaper steps, for CPUs and small GPUs."})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model (fast GPUs)."})
     dataloader_num_workers: Optional[int] = field(default=None, metadata={"help": "Default: min(4, CPU cores)."})
     generation_max_length: int = field(default=225, metadata={"help": "Token limit when decoding for evaluation."})

@@ -1,0 +1,544 @@
+"""Data in: a Common Voice release or a ``datasets`` audio dataset -> a compact, resumable cache.
+
+Sources (:func:`open_source` tells them apart):
+
+* a Common Voice release as the Mozilla Data Collective ships it: the extracted
+  ``cv-corpus-*/zh-CN`` folder (or any folder above it) with ``clips/*.mp3`` and
+  ``train/dev/test/validated.tsv``, or the ``.tar.gz`` itself;
+* a local ``datasets`` directory (``save_to_disk``) or data folder, or a Hub dataset id,
+  with an audio column and a text column (streaming allowed).
+
+The cache stores, per clip, the original compressed audio bytes (a 5 s Common Voice mp3
+is ~15 kB, against the 0.96 MB of a precomputed 80x3000 float32 log-mel; decoded-array
+sources are stored as 16 kHz FLAC) and the label token ids. Decoding (~2 ms a clip) and
+log-mel happen per batch at training time (:mod:`whisper_zh.features`).
+
+Preparation is cut into shards of ``shard_size`` clips, each written to a temporary
+directory and renamed into place when complete, so a killed preparation resumes at the
+first unfinished shard and a half-written shard is never read. Clips that are missing,
+empty, undecodable, longer than ``max_duration_s`` or whose label is empty or longer
+than ``max_label_tokens`` are dropped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+
+from whisper_zh.media import SAMPLE_RATE, AudioDecodeError, load_audio, to_int16
+
+CACHE_FORMAT = 1  # bump when the cached columns change
+WITHDRAWN = ("mozilla-foundation/common_voice",)
+DROP_REASONS = ("missing", "empty_file", "undecodable", "too_long", "empty_sentence", "label_too_long")
+CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
+# Hub datasets name Common Voice's "dev" split "validation".
+SPLIT_ALIASES = {"dev": "validation", "validation": "dev"}
+
+csv.field_size_limit(sys.maxsize)
+
+
+class DataError(ValueError):
+    """The dataset argument cannot be used as given; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """A resolved dataset argument.
+
+    kind: "cv" (release folder), "cv-tar" (release tarball, extracted on demand),
+    "disk" (``save_to_disk`` directory), "hub" (Hub id or a data folder for ``load_dataset``).
+    """
+
+    kind: str
+    location: str
+    fingerprint: str
+    config: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        base = os.path.basename(self.location.rstrip("/")) or self.location
+        for suffix in (".tar.gz", ".tgz", ".tar"):
+            base = base[: -len(suffix)] if base.endswith(suffix) else base
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in base)[:60]
+
+
+def find_release_dir(path: str) -> Optional[str]:
+    """The folder under ``path`` (itself included) holding ``clips/`` and a ``*.tsv``.
+
+    Prefers a ``zh-CN`` folder when a release holds several locales."""
+    candidates = []
+    for root, dirs, files in os.walk(path):
+        if "clips" in dirs and any(f.endswith(".tsv") for f in files):
+            candidates.append(root)
+            dirs[:] = []
+        elif root.count(os.sep) - path.count(os.sep) >= 3:
+            dirs[:] = []
+    if not candidates:
+        return None
+    candidates.sort(key=lambda d: (os.path.basename(d) != "zh-CN", d))
+    return candidates[0]
+
+
+def _stat_fingerprint(paths: Iterable[str]) -> str:
+    h = hashlib.sha1()
+    for p in sorted(paths):
+        st = os.stat(p)
+        h.update(f"{os.path.realpath(p)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()
+
+
+def open_source(dataset: str, config: Optional[str] = None) -> Source:
+    """Resolve the ``dataset`` argument (see the module docstring) without reading any audio."""
+    if not dataset:
+        raise DataError("no dataset given: pass a Common Voice release folder or .tar.gz, "
+                        "a local datasets directory, or a Hub dataset id")
+    if dataset.startswith(WITHDRAWN):
+        raise DataError(
+            f"{dataset} was withdrawn from the Hugging Face Hub and no longer loads with datasets >= 4. "
+            "Download the Common Voice zh-CN release from the Mozilla Data Collective "
+            "(https://datacollective.mozillafoundation.org, a cv-corpus-*-zh-CN.tar.gz) and pass "
+            "its path: the .tar.gz itself or the extracted folder."
+        )
+    path = os.path.expanduser(dataset)
+    if os.path.isfile(path) and path.endswith((".tar.gz", ".tgz", ".tar")):
+        return Source("cv-tar", os.path.abspath(path), _stat_fingerprint([path]))
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(
+            os.path.join(path, "state.json")
+        ):
+            files = glob.glob(os.path.join(path, "**", "*.json"), recursive=True)
+            return Source("disk", os.path.abspath(path), _stat_fingerprint(files))
+        release = find_release_dir(path)
+        if release:
+            return Source("cv", release, _stat_fingerprint(glob.glob(os.path.join(release, "*.tsv"))))
+        files = [f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if os.path.isfile(f)]
+        if not files:
+            raise DataError(f"{path} is an empty folder")
+        return Source("hub", os.path.abspath(path), _stat_fingerprint(files[:1000]), config)
+    if os.path.exists(path):
+        raise DataError(f"{path} is neither a folder nor a .tar.gz Common Voice release")
+    if dataset.count("/") > 1 or dataset.startswith((".", "/", "~")):
+        raise DataError(f"{dataset} does not exist")
+    return Source("hub", dataset, hashlib.sha1(f"{dataset}:{config}".encode()).hexdigest(), config)
+
+
+def extract_release(tar_path: str, extract_root: str) -> str:
+    """Extract the TSVs and clips of a release tarball once; return the release folder.
+
+    Extraction goes to ``<extract_root>/<name>.partial`` and is renamed when finished,
+    so an interrupted extraction starts again instead of being taken as complete."""
+    name = Source("cv-tar", tar_path, "").name
+    final = os.path.join(extract_root, name)
+    if os.path.isdir(final):
+        release = find_release_dir(final)
+        if release:
+            return release
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    print(f"extracting {tar_path} -> {final}", flush=True)
+    with tarfile.open(tar_path, "r:*") as tar:
+        for member in tar:
+            if member.isfile() and (member.name.endswith(".tsv") or "/clips/" in f"/{member.name}"):
+                tar.extract(member, partial, filter="data")
+    os.replace(partial, final)
+    release = find_release_dir(final)
+    if not release:
+        raise DataError(f"{tar_path} holds no Common Voice release (no clips/ folder beside a .tsv)")
+    return release
+
+
+def read_cv_split(release_dir: str, split: str) -> list[dict]:
+    """Rows of ``<release_dir>/<split>.tsv`` as dicts with at least ``path`` and ``sentence``."""
+    tsv = os.path.join(release_dir, f"{split}.tsv")
+    if not os.path.exists(tsv):
+        have = sorted(f[:-4] for f in os.listdir(release_dir) if f.endswith(".tsv"))
+        raise DataError(f"no split {split!r} in {release_dir} (it has: {', '.join(have)})")
+    with open(tsv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if not reader.fieldnames or "path" not in reader.fieldnames or "sentence" not in reader.fieldnames:
+            raise DataError(f"{tsv} has no 'path' and 'sentence' columns")
+        return [{"path": r["path"] or "", "sentence": r["sentence"] or ""} for r in reader]
+
+
+def _load_hf(source: Source, split: str, streaming: bool):
+    import datasets
+
+    if source.kind == "disk":
+        ds = datasets.load_from_disk(source.location)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds and SPLIT_ALIASES.get(split) in ds:
+                split = SPLIT_ALIASES[split]
+            if split not in ds:
+                raise DataError(f"no split {split!r} in {source.location} (it has: {', '.join(ds)})")
+            ds = ds[split]
+        return ds
+    try:
+        return datasets.load_dataset(source.location, source.config, split=split, streaming=streaming)
+    except ValueError as err:
+        alias = SPLIT_ALIASES.get(split)
+        if alias and "split" in str(err).lower():
+            return datasets.load_dataset(source.location, source.config, split=alias, streaming=streaming)
+        raise
+
+
+# --------------------------------------------------------------------------------------
+# Preparation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrepareOptions:
+    """What decides the content of a prepared split (and so its cache key)."""
+
+    language: str = "zh"
+    task: str = "transcribe"
+    audio_column: str = "audio"
+    text_column: str = "sentence"
+    max_duration_s: float = 30.0
+    max_label_tokens: int = 448
+    streaming: bool = False
+    shard_size: int = 1000
+    num_workers: Optional[int] = None
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class PrepareStats:
+    """Counts of one prepared split. ``dropped`` maps a reason (:data:`DROP_REASONS`) to a count."""
+
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    audio_seconds: float = 0.0
+    cache_bytes: int = 0
+    seconds: float = 0.0  # preparation wall time spent in this call (0 when all was cached)
+    prepared_now: int = 0  # clips examined in this call
+
+    def add(self, other: "PrepareStats") -> None:
+        self.kept += other.kept
+        self.dropped.update(other.dropped)
+        self.audio_seconds += other.audio_seconds
+
+    def summary(self, name: str) -> str:
+        total = self.kept + sum(self.dropped.values())
+        lines = [f"{name}: {self.kept} of {total} clips kept, {self.audio_seconds / 3600:.2f} h of audio, "
+                 f"cache {self.cache_bytes / 2**20:.1f} MiB"]
+        if self.dropped:
+            lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
+        if self.prepared_now and self.seconds > 0:
+            lines.append(f"  prepared {self.prepared_now} clips in {self.seconds:.1f} s "
+                         f"({self.prepared_now / self.seconds:.1f} clips/s)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"kept": self.kept, "dropped": dict(self.dropped), "audio_seconds": self.audio_seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PrepareStats":
+        return cls(kept=d["kept"], dropped=Counter(d["dropped"]), audio_seconds=d["audio_seconds"])
+
+
+class LabelEncoder:
+    """Sentence -> Whisper label ids: ``<|startoftranscript|><|zh|><|transcribe|><|notimestamps|> text <|endoftext|>``.
+
+    Picklable by name so that preparation workers load the tokenizer once each."""
+
+    def __init__(self, tokenizer_name_or_path: str, language: str, task: str):
+        self.name, self.language, self.task = tokenizer_name_or_path, language, task
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import WhisperTokenizer
+
+            self._tokenizer = WhisperTokenizer.from_pretrained(self.name)
+            self._tokenizer.set_prefix_tokens(language=self.language, task=self.task)
+        return self._tokenizer
+
+    def __getstate__(self):
+        return {"name": self.name, "language": self.language, "task": self.task, "_tokenizer": None}
+
+    def __call__(self, sentence: str) -> list[int]:
+        return self.tokenizer(sentence).input_ids
+
+    def fingerprint(self) -> str:
+        tok = self.tokenizer
+        return hashlib.sha1(json.dumps([len(tok), self(""), tok.eos_token_id]).encode()).hexdigest()[:12]
+
+
+def _encode_flac(audio: np.ndarray) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, to_int16(audio), SAMPLE_RATE, format="FLAC")
+    return buffer.getvalue()
+
+
+def _read_media(audio_ref: Any) -> tuple[bytes, np.ndarray]:
+    """-> (bytes to cache, decoded 16 kHz waveform). File and byte sources keep their
+    original compressed bytes (a Common Voice mp3 is ~3 kB/s); decoded arrays are stored
+    as 16 kHz FLAC."""
+    if isinstance(audio_ref, dict):  # a datasets Audio(decode=False) value, or a decoded one
+        if audio_ref.get("bytes"):
+            data = audio_ref["bytes"]
+        elif audio_ref.get("array") is not None:
+            audio = np.asarray(audio_ref["array"], dtype=np.float32)
+            sr = audio_ref.get("sampling_rate") or SAMPLE_RATE
+            if sr != SAMPLE_RATE:
+                import soxr
+
+                audio = soxr.resample(audio, sr, SAMPLE_RATE)
+            if audio.size == 0:
+                raise AudioDecodeError("empty audio data")
+            return _encode_flac(audio), audio
+        else:
+            audio_ref = audio_ref.get("path") or ""
+    if not isinstance(audio_ref, dict) and not isinstance(audio_ref, (bytes, bytearray)):
+        if not audio_ref or not os.path.isfile(audio_ref):
+            raise FileNotFoundError(audio_ref)
+        with open(audio_ref, "rb") as f:
+            data = f.read()
+    return data, load_audio(data)
+
+
+def _prepare_example(audio_ref: Any, sentence: str, opts: PrepareOptions, labels: LabelEncoder):
+    """-> (row, None) for a kept clip or (None, reason) for a dropped one."""
+    sentence = (sentence or "").strip()
+    if not sentence:
+        return None, "empty_sentence"
+    try:
+        data, audio = _read_media(audio_ref)
+    except FileNotFoundError:
+        return None, "missing"
+    except AudioDecodeError as err:
+        return None, "empty_file" if str(err).startswith("empty") else "undecodable"
+    except Exception:  # any decoder failure on one clip must not stop the run
+        return None, "undecodable"
+    duration = audio.shape[0] / SAMPLE_RATE
+    if duration > opts.max_duration_s:
+        return None, "too_long"
+    ids = labels(sentence)
+    if len(ids) > opts.max_label_tokens:
+        return None, "label_too_long"
+    return {"sentence": sentence, "audio": data, "labels": ids, "duration": duration}, None
+
+
+def _features():
+    import datasets
+
+    return datasets.Features({
+        "path": datasets.Value("string"),
+        "sentence": datasets.Value("string"),
+        "audio": datasets.Value("binary"),
+        "labels": datasets.Sequence(datasets.Value("int32")),
+        "duration": datasets.Value("float32"),
+    })
+
+
+def _write_shard(examples: Iterable[tuple[str, Any, str]], shard_dir: str, opts: PrepareOptions,
+                 labels: LabelEncoder) -> PrepareStats:
+    """Prepare ``(path, audio_ref, sentence)`` examples into ``shard_dir``, atomically."""
+    import datasets
+
+    stats = PrepareStats()
+    rows: dict[str, list] = {k: [] for k in ("path", "sentence", "audio", "labels", "duration")}
+    for path, audio_ref, sentence in examples:
+        row, reason = _prepare_example(audio_ref, sentence, opts, labels)
+        if row is None:
+            stats.dropped[reason] += 1
+            continue
+        rows["path"].append(path)
+        for k, v in row.items():
+            rows[k].append(v)
+        stats.kept += 1
+        stats.audio_seconds += row["duration"]
+    tmp = shard_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.Dataset.from_dict(rows, features=_features()).save_to_disk(tmp)
+    with open(os.path.join(tmp, "stats.json"), "w") as f:
+        json.dump(stats.to_dict(), f)
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    os.replace(tmp, shard_dir)
+    return stats
+
+
+def _cv_shard_worker(args) -> PrepareStats:
+    rows, release_dir, shard_dir, opts, labels = args
+    examples = ((r["path"], os.path.join(release_dir, "clips", r["path"]) if r["path"] else "", r["sentence"])
+                for r in rows)
+    return _write_shard(examples, shard_dir, opts, labels)
+
+
+def _hf_shard_worker(args) -> PrepareStats:
+    ds, start, stop, shard_dir, opts, labels = args
+    return _write_shard(_hf_examples(ds.select(range(start, stop)), opts), shard_dir, opts, labels)
+
+
+def _hf_examples(ds, opts: PrepareOptions) -> Iterator[tuple[str, Any, str]]:
+    for i, ex in enumerate(ds):
+        audio = ex[opts.audio_column]
+        path = (audio.get("path") if isinstance(audio, dict) else None) or str(i)
+        yield os.path.basename(path), audio, ex[opts.text_column]
+
+
+def _no_decode(ds, opts: PrepareOptions):
+    """Check the columns, and keep datasets from decoding audio itself (datasets >= 4
+    would need torchcodec for that; :func:`whisper_zh.media.load_audio` does not)."""
+    import datasets
+
+    names = ds.column_names
+    for column in (opts.audio_column, opts.text_column):
+        if names is not None and column not in names:
+            raise DataError(f"no column {column!r} (columns: {', '.join(names)}); "
+                            "set audio_column / text_column")
+    features = ds.features
+    if features is not None and isinstance(features.get(opts.audio_column), datasets.Audio):
+        ds = ds.cast_column(opts.audio_column, datasets.Audio(decode=False))
+    return ds
+
+
+def cache_path(cache_dir: str, source: Source, split: str, opts: PrepareOptions, labels: LabelEncoder) -> str:
+    """``<cache_dir>/prepared/<source>-<split>-<key>``: the key covers everything that changes the content."""
+    key = json.dumps([CACHE_FORMAT, source.kind, source.fingerprint, source.config, split, opts.language,
+                      opts.task, opts.audio_column, opts.text_column, opts.max_duration_s,
+                      opts.max_label_tokens, opts.shard_size, opts.max_samples, labels.fingerprint()])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    return os.path.join(os.path.expanduser(cache_dir), "prepared", f"{source.name}-{split}-{digest}")
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def prepare_split(source: Source, split: str, cache_dir: str, labels: LabelEncoder,
+                  opts: Optional[PrepareOptions] = None, extract_dir: Optional[str] = None):
+    """Prepare one split (``"train"``, or several joined with ``+``: ``"train+dev"``) into the cache.
+
+    Returns ``(dataset, stats)``: a ``datasets.Dataset`` with columns ``path`` (str),
+    ``sentence`` (str), ``audio`` (the encoded clip, bytes; decode with
+    :func:`whisper_zh.media.load_audio`), ``labels`` (int32 token ids) and ``duration``
+    (s), and a :class:`PrepareStats`.
+    Finished work is reused; an interrupted preparation resumes at its first unfinished shard.
+    """
+    import datasets
+
+    opts = opts or PrepareOptions()
+    parts, stats = [], PrepareStats()
+    for part in split.split("+"):
+        ds, part_stats = _prepare_one(source, part.strip(), cache_dir, labels, opts, extract_dir)
+        parts.append(ds)
+        stats.add(part_stats)
+        stats.cache_bytes += part_stats.cache_bytes
+        stats.seconds += part_stats.seconds
+        stats.prepared_now += part_stats.prepared_now
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return dataset, stats
+
+
+def _prepare_one(source, split, cache_dir, labels, opts, extract_dir):
+    import datasets
+
+    target = cache_path(cache_dir, source, split, opts, labels)
+    done_file = os.path.join(target, "done.json")
+    started = time.perf_counter()
+    prepared_now = 0
+    if not os.path.exists(done_file):
+        os.makedirs(target, exist_ok=True)
+        workers = opts.num_workers or os.cpu_count() or 1
+        if source.kind in ("cv", "cv-tar"):
+            release = source.location if source.kind == "cv" else extract_release(
+                source.location, extract_dir or os.path.join(os.path.expanduser(cache_dir), "releases"))
+            rows = read_cv_split(release, split)[: opts.max_samples]
+            jobs = [(rows[i:i + opts.shard_size], release, _shard_dir(target, i // opts.shard_size), opts, labels)
+                    for i in range(0, len(rows), opts.shard_size)]
+            prepared_now = _run_jobs(_cv_shard_worker, jobs, workers)
+        else:
+            ds = _no_decode(_load_hf(source, split, opts.streaming), opts)
+            if isinstance(ds, datasets.IterableDataset):
+                prepared_now = _prepare_streaming(ds, target, opts, labels)
+            else:
+                n = len(ds) if opts.max_samples is None else min(len(ds), opts.max_samples)
+                jobs = [(ds, i, min(i + opts.shard_size, n), _shard_dir(target, i // opts.shard_size), opts, labels)
+                        for i in range(0, n, opts.shard_size)]
+                prepared_now = _run_jobs(_hf_shard_worker, jobs, workers)
+        shards = sorted(glob.glob(os.path.join(target, "shard-?????")))
+        with open(done_file + ".tmp", "w") as f:
+            json.dump({"shards": [os.path.basename(s) for s in shards]}, f)
+        os.replace(done_file + ".tmp", done_file)
+    with open(done_file) as f:
+        shard_names = json.load(f)["shards"]
+    stats, parts = PrepareStats(), []
+    for name in shard_names:
+        shard = os.path.join(target, name)
+        with open(os.path.join(shard, "stats.json")) as f:
+            stats.add(PrepareStats.from_dict(json.load(f)))
+        parts.append(datasets.load_from_disk(shard))
+    stats.cache_bytes = _dir_bytes(target)
+    stats.prepared_now = prepared_now
+    stats.seconds = time.perf_counter() - started if prepared_now else 0.0
+    dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else \
+        datasets.Dataset.from_dict({k: [] for k in _features()}, features=_features())
+    return dataset, stats
+
+
+def _shard_dir(target: str, index: int) -> str:
+    return os.path.join(target, f"shard-{index:05d}")
+
+
+def _run_jobs(worker, jobs, workers: int) -> int:
+    """Run the shard jobs whose shard is not finished yet; return how many clips they held."""
+    todo = [job for job in jobs if not os.path.exists(os.path.join(job[-3], "stats.json"))]
+    count = sum(len(job[0]) if worker is _cv_shard_worker else job[2] - job[1] for job in todo)
+    if len(todo) < len(jobs):
+        print(f"  resuming preparation: {len(jobs) - len(todo)} of {len(jobs)} shards already done", flush=True)
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            worker(job)
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            list(pool.map(worker, todo))
+    return count
+
+
+def _prepare_streaming(ds, target: str, opts: PrepareOptions, labels: LabelEncoder) -> int:
+    """Streaming sources are read in order; finished shards are skipped on resume."""
+    import itertools
+
+    done = 0
+    while os.path.exists(os.path.join(_shard_dir(target, done), "stats.json")):
+        done += 1
+    limit = opts.max_samples
+    examples = _hf_examples(ds.skip(done * opts.shard_size), opts)
+    count, index = 0, done
+    while True:
+        take = opts.shard_size if limit is None else min(opts.shard_size, limit - index * opts.shard_size)
+        if take <= 0:
+            break
+        batch = list(itertools.islice(examples, take))
+        if not batch:
+            break
+        _write_shard(batch, _shard_dir(target, index), opts, labels)
+        count += len(batch)
+        index += 1
+    return count
