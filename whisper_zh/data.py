@@ -492,8 +492,10 @@ def _prepare_one(source, split, cache_dir, labels, opts, extract_dir):
     for name in shard_names:
         shard = os.path.join(target, name)
         with open(os.path.join(shard, "stats.json")) as f:
-            stats.add(PrepareStats.from_dict(json.load(f)))
-        parts.append(datasets.load_from_disk(shard))
+            shard_stats = PrepareStats.from_dict(json.load(f))
+        stats.add(shard_stats)
+        if shard_stats.kept:  # a shard whose clips were all dropped adds counts, not rows
+            parts.append(datasets.load_from_disk(shard))
     stats.cache_bytes = _dir_bytes(target)
     stats.prepared_now = prepared_now
     stats.seconds = time.perf_counter() - started if prepared_now else 0.0

@@ -523,12 +523,12 @@ print(asr("audio.mp3", generate_kwargs={{"language": "{config.language}", "task"
 def push_final_model(trainer, config: TrainConfig) -> None:
     """Upload the final model, processor and card (checkpoints went up during training).
     The token comes from HF_TOKEN or the huggingface_hub login and is never written."""
-    from huggingface_hub import upload_folder
+    from huggingface_hub import HfApi
 
     finish = getattr(trainer, "_finish_current_push", None)
     if finish:  # the last checkpoint upload must land before the final commit
         finish()
-    upload_folder(
+    HfApi().upload_folder(
         repo_id=config.hub_model_id,
         folder_path=config.output_dir,
         commit_message=f"whisper-zh: final model after {trainer.state.global_step} steps",

@@ -1,0 +1,205 @@
+"""Data in: Common Voice folders and tarballs, datasets directories, bad clips, the cache."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from whisper_zh.data import (
+    DataError, LabelEncoder, PrepareOptions, extract_release, open_source, prepare_split, read_cv_split)
+from whisper_zh.media import ffmpeg_exe, load_audio
+
+CV_COLUMNS = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accents",
+              "locale", "segment"]
+
+
+def write_tsv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, CV_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{c: "" for c in CV_COLUMNS}, "client_id": "x", "locale": "zh-CN", **row})
+
+
+def make_release(root, zh_cv_mini, splits):
+    """A Common Voice-layout release under root/cv-corpus-test/zh-CN with the given
+    {split: [rows]} (rows as dicts with path and sentence); real clips are copied from zh-cv-mini."""
+    release = root / "cv-corpus-test" / "zh-CN"
+    (release / "clips").mkdir(parents=True)
+    for split, rows in splits.items():
+        write_tsv(release / f"{split}.tsv", rows)
+        for row in rows:
+            src = zh_cv_mini / "clips" / row["path"]
+            if src.exists():
+                shutil.copy(src, release / "clips" / row["path"])
+    return release
+
+
+@pytest.fixture(scope="module")
+def labels(whisper_base):
+    return LabelEncoder(str(whisper_base), "zh", "transcribe")
+
+
+@pytest.fixture(scope="module")
+def mini_rows(zh_cv_mini):
+    return {split: read_cv_split(str(zh_cv_mini), split) for split in ("train", "dev", "test")}
+
+
+def test_read_cv_split_has_paths_and_sentences(mini_rows):
+    assert [len(mini_rows[s]) for s in ("train", "dev", "test")] == [400, 50, 50]
+    assert mini_rows["test"][0]["path"].endswith(".mp3") and mini_rows["test"][0]["sentence"]
+
+
+def test_release_folder_found_from_any_parent(tmp_path, zh_cv_mini, mini_rows):
+    release = make_release(tmp_path, zh_cv_mini, {"test": mini_rows["test"][:3]})
+    for given in (tmp_path, tmp_path / "cv-corpus-test", release):
+        source = open_source(str(given))
+        assert source.kind == "cv" and source.location == str(release)
+
+
+def test_withdrawn_common_voice_id_explains_what_to_do():
+    with pytest.raises(DataError, match="withdrawn.*Mozilla Data Collective.*tar.gz"):
+        open_source("mozilla-foundation/common_voice_11_0")
+
+
+def test_missing_local_path_is_explained(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        open_source(str(tmp_path / "nope" / "cv-corpus"))
+    with pytest.raises(DataError, match="no dataset given"):
+        open_source("")
+
+
+def test_prepare_folder_and_tarball_agree_and_cache_is_compact(tmp_path, zh_cv_mini, mini_rows, labels):
+    rows = {"dev": mini_rows["dev"][:12], "test": mini_rows["test"][:12]}
+    make_release(tmp_path / "src", zh_cv_mini, rows)
+    tar_path = tmp_path / "cv-corpus-test-zh-CN.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cv-corpus-test", arcname="cv-corpus-test")
+
+    opts = PrepareOptions(shard_size=5)
+    from_dir, dir_stats = prepare_split(open_source(str(tmp_path / "src")), "dev+test", str(tmp_path / "c1"),
+                                        labels, opts)
+    tar_source = open_source(str(tar_path))
+    assert tar_source.kind == "cv-tar"
+    from_tar, tar_stats = prepare_split(tar_source, "dev+test", str(tmp_path / "c2"), labels, opts)
+    assert len(from_dir) == len(from_tar) == 24 == dir_stats.kept == tar_stats.kept
+    assert from_dir["sentence"] == from_tar["sentence"] == [r["sentence"] for r in rows["dev"] + rows["test"]]
+    assert from_dir["labels"] == from_tar["labels"]
+    # labels: <|startoftranscript|><|zh|><|transcribe|><|notimestamps|> sentence-as-written <|endoftext|>
+    tok = labels.tokenizer
+    assert tok.decode(from_dir[0]["labels"], skip_special_tokens=True) == rows["dev"][0]["sentence"]
+    assert from_dir[0]["labels"][:4] == tok.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"])
+    # the cache holds the original compressed clip: decoding it gives the source audio
+    original = load_audio(tmp_path / "src" / "cv-corpus-test" / "zh-CN" / "clips" / rows["dev"][0]["path"])
+    np.testing.assert_allclose(load_audio(from_dir[0]["audio"]), original, atol=1e-6)
+    # compact: well under a tenth of the 0.96 MB a precomputed log-mel would cost per clip
+    assert dir_stats.cache_bytes < 24 * 960_000 / 10
+    # the tarball was extracted once, into the cache; a second run reuses everything
+    again, stats = prepare_split(tar_source, "dev+test", str(tmp_path / "c2"), labels, opts)
+    assert stats.prepared_now == 0 and len(again) == 24
+
+
+def test_bad_clips_are_dropped_and_counted(tmp_path, zh_cv_mini, mini_rows, labels):
+    good = mini_rows["train"][:4]
+    release = make_release(tmp_path, zh_cv_mini, {"train": good})
+    clips = release / "clips"
+    (clips / "zero.mp3").write_bytes(b"")
+    (clips / "text.mp3").write_text("this is not audio, just text named .mp3\n" * 20)
+    long_clip = clips / "long.mp3"
+    sources = [str(zh_cv_mini / "clips" / r["path"]) for r in mini_rows["train"][:12]]
+    inputs = sum((["-i", s] for s in sources), [])
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *inputs, "-filter_complex",
+                    f"concat=n={len(sources)}:v=0:a=1", str(long_clip)], check=True)
+    assert len(load_audio(long_clip)) / 16000 > 40
+    bad = [
+        {"path": "gone.mp3", "sentence": "这个文件不存在"},
+        {"path": "zero.mp3", "sentence": "零字节"},
+        {"path": "text.mp3", "sentence": "文本文件"},
+        {"path": good[0]["path"], "sentence": ""},
+        {"path": "long.mp3", "sentence": "四十秒以上的录音"},
+    ]
+    write_tsv(release / "train.tsv", good + bad)
+    dataset, stats = prepare_split(open_source(str(release)), "train", str(tmp_path / "cache"), labels,
+                                   PrepareOptions(shard_size=3))
+    assert stats.kept == len(dataset) == 4
+    assert dict(stats.dropped) == {"missing": 1, "empty_file": 1, "undecodable": 1, "empty_sentence": 1,
+                                   "too_long": 1}
+    summary = stats.summary("train")
+    assert "4 of 9 clips kept" in summary and "too_long 1" in summary
+
+
+def test_label_longer_than_limit_is_dropped(tmp_path, zh_cv_mini, mini_rows, labels):
+    rows = mini_rows["test"][:3]
+    release = make_release(tmp_path, zh_cv_mini, {"test": rows})
+    write_tsv(release / "test.tsv", rows[:2] + [{"path": rows[2]["path"], "sentence": "很长" * 300}])
+    _, stats = prepare_split(open_source(str(release)), "test", str(tmp_path / "c"), labels, PrepareOptions())
+    assert stats.kept == 2 and stats.dropped == {"label_too_long": 1}
+
+
+def test_interrupted_preparation_resumes_at_first_unfinished_shard(tmp_path, zh_cv_mini, mini_rows, labels):
+    release = make_release(tmp_path, zh_cv_mini, {"dev": mini_rows["dev"][:10]})
+    source, opts = open_source(str(release)), PrepareOptions(shard_size=4)
+    full, _ = prepare_split(source, "dev", str(tmp_path / "cache"), labels, opts)
+    target = next((tmp_path / "cache" / "prepared").iterdir())
+    shards = sorted(p for p in target.iterdir() if p.name.startswith("shard-"))
+    assert len(shards) == 3
+    # as a kill would leave it: no done marker, the last shard half-written
+    (target / "done.json").unlink()
+    shutil.rmtree(shards[2])
+    (target / "shard-00002.tmp").mkdir()
+    (target / "shard-00002.tmp" / "garbage.arrow").write_bytes(b"partial")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in shards[:2]}
+    resumed, stats = prepare_split(source, "dev", str(tmp_path / "cache"), labels, opts)
+    assert stats.prepared_now == 2  # only the 2 clips of the unfinished shard
+    assert {p.name: p.stat().st_mtime_ns for p in shards[:2]} == mtimes
+    assert resumed["sentence"] == full["sentence"] and not (target / "shard-00002.tmp").exists()
+
+
+def test_datasets_directory_with_audio_column(tmp_path, zh_cv_mini, mini_rows, labels):
+    import datasets
+
+    rows = mini_rows["test"][:6]
+    clips = [str(zh_cv_mini / "clips" / r["path"]) for r in rows]
+    arrays = [load_audio(c) for c in clips]
+    ds = datasets.DatasetDict({
+        # one split with encoded files (as the Hub stores Common Voice; decode=False since datasets >= 4
+        # would need torchcodec to decode), one with decoded arrays in a plain column
+        "test": datasets.Dataset.from_dict({"audio": clips, "text": [r["sentence"] for r in rows]})
+        .cast_column("audio", datasets.Audio(decode=False)),
+        "validation": datasets.Dataset.from_dict({
+            "audio": [{"array": a, "sampling_rate": 16000} for a in arrays[:3]],
+            "text": [r["sentence"] for r in rows[:3]]}),
+    })
+    ds.save_to_disk(str(tmp_path / "ds"))
+    source = open_source(str(tmp_path / "ds"))
+    assert source.kind == "disk"
+    opts = PrepareOptions(text_column="text")
+    test, stats = prepare_split(source, "test", str(tmp_path / "c"), labels, opts)
+    assert stats.kept == 6 and test["sentence"] == [r["sentence"] for r in rows]
+    np.testing.assert_allclose(load_audio(test[0]["audio"]), arrays[0], atol=1e-6)
+    dev, _ = prepare_split(source, "dev", str(tmp_path / "c"), labels, opts)  # "dev" finds "validation"
+    assert len(dev) == 3
+    np.testing.assert_allclose(load_audio(dev[0]["audio"]), arrays[0], atol=1e-3)
+    with pytest.raises(DataError, match="no column 'sentence'"):
+        prepare_split(source, "test", str(tmp_path / "c"), labels, PrepareOptions())
+
+
+def test_prepare_command_prints_counts_and_cache(tmp_path, zh_cv_mini, mini_rows, whisper_base):
+    release = make_release(tmp_path, zh_cv_mini, {"train": mini_rows["train"][:5], "dev": mini_rows["dev"][:3],
+                                                 "test": mini_rows["test"][:3]})
+    out = subprocess.run(
+        [sys.executable, "-m", "whisper_zh", "prepare", "--dataset", str(release), "--cache_dir",
+         str(tmp_path / "cache"), "--model_name_or_path", str(whisper_base)],
+        capture_output=True, text=True, check=True).stdout
+    assert "train (train): 5 of 5 clips kept" in out and "eval (dev): 3 of 3" in out and "MiB" in out
+    assert "clips/s" in out
+    bad = subprocess.run([sys.executable, "-m", "whisper_zh", "prepare", "--dataset",
+                          "mozilla-foundation/common_voice_11_0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "withdrawn" in bad.stderr
