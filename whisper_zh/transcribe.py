@@ -1,0 +1,496 @@
+"""The transcription engine: any length of Chinese speech in, timed segments out.
+
+    >>> from whisper_zh.transcribe import Transcriber
+    >>> engine = Transcriber("openai/whisper-small")          # loaded once per process
+    >>> result = engine.transcribe("talk.mp4")                # path, URL-downloaded file or waveform
+    >>> result.text, result.segments[0]                       # Segment(start=0.0, end=3.2, text='...')
+
+Long audio is cut into windows of at most 30 s (Whisper's receptive field). Each cut
+is placed at the quietest 20 ms inside the last few seconds before the 30 s mark, so
+a cut falls in a pause between phrases rather than inside a word; windows do not
+overlap, so nothing is decoded twice and nothing needs merging at the joins. Windows
+are decoded several at a time by one ``model.generate(..., return_timestamps=True,
+return_segments=True)`` call, which also applies Whisper's own safeguards per window:
+temperature fallback on repetition loops (compression ratio) or low confidence
+(average log-probability), and skipping windows whose no-speech probability is high.
+A cheap energy gate in front skips silent windows without running the model at all --
+Whisper invents credits such as "字幕由Amara.org社群提供" on silence.
+
+Backends: ``transformers`` (this module) and ``ct2`` (CTranslate2 through
+:mod:`whisper_zh.ct2`, several times faster on a CPU); ``auto`` picks ct2 on a CPU when
+the model directory holds a CTranslate2 conversion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from whisper_zh.media import SAMPLE_RATE, format_duration, is_url, load_media
+from whisper_zh.text import CHARACTER_LANGUAGES, convert_script
+
+DEFAULT_MODEL_ID = "openai/whisper-small"
+WINDOW_S = 30.0  # Whisper's fixed input length
+BACKENDS = ("auto", "transformers", "ct2")
+
+# (fraction done in [0, 1], what is happening) -> None; gr.Progress fits this shape.
+ProgressCallback = Callable[[float, str], None]
+
+# Credits from subtitle sites that Whisper learned from its training data and emits on
+# silence, music or noise. Matched against a whole segment after punctuation is removed;
+# real speech practically never consists of exactly these.
+_HALLUCINATIONS = re.compile(
+    r"(字幕由.{0,12}(amara|提供)|amara\.?org|请不吝点赞|請不吝點贊|订阅.{0,6}(转发|打赏)|訂閱.{0,6}(轉發|打賞)"
+    r"|明镜与点点|明鏡與點點|字幕志愿者|字幕志願者|中文字幕.{0,4}(提供|製作|制作)|谢谢观看|謝謝觀看"
+    r"|感谢观看|感謝觀看)",
+    re.IGNORECASE,
+)
+
+
+class NoSpeechError(ValueError):
+    """The input holds no speech (silence, noise, an empty recording)."""
+
+    def __init__(self, message: str = "no speech found"):
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stretch of speech.
+
+    Attributes:
+        start, end: seconds from the beginning of the input.
+        text: the words, in the requested script.
+        no_speech_prob: the model's probability that the window held no speech, when the
+            backend reports it (ct2 does; transformers applies it inside generate).
+    """
+
+    start: float
+    end: float
+    text: str
+    no_speech_prob: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """How to decode. The defaults are openai/whisper's, except ``batch_size``."""
+
+    language: str = "zh"
+    task: str = "transcribe"
+    script: str = "simplified"  # simplified | traditional | original (as the model wrote it)
+    batch_size: int = 8  # 30 s windows per generate call
+    beam_size: int = 1  # 1 = greedy, what openai/whisper does at temperature 0
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: Optional[float] = 2.4  # above: a repetition loop, retry hotter
+    logprob_threshold: Optional[float] = -1.0  # below: low confidence, retry hotter
+    no_speech_threshold: Optional[float] = 0.6  # above (and low confidence): skip the window
+    silence_threshold_db: float = -45.0  # a window whose loudest 20 ms stays below is skipped
+    window_s: float = WINDOW_S
+    cut_search_s: float = 5.0  # look this far back from the 30 s mark for a pause to cut at
+    max_duration_s: Optional[float] = 3600.0
+    drop_hallucinations: bool = True
+
+
+@dataclass
+class Transcript:
+    """The result of :meth:`Transcriber.transcribe`."""
+
+    segments: list[Segment]
+    duration: float  # seconds of input audio
+    language: str = "zh"
+    elapsed_s: float = 0.0  # wall time spent transcribing (decoding excluded)
+    backend: str = "transformers"
+
+    @property
+    def text(self) -> str:
+        """All segments joined: without spaces for Chinese, with single spaces otherwise."""
+        joiner = "" if self.language in CHARACTER_LANGUAGES else " "
+        return joiner.join(s.text for s in self.segments).strip()
+
+    @property
+    def speed(self) -> float:
+        """Seconds of audio per second of wall time ("x real time")."""
+        return self.duration / self.elapsed_s if self.elapsed_s > 0 else float("inf")
+
+
+# ---------------------------------------------------------------------------
+# Windows
+# ---------------------------------------------------------------------------
+
+def frame_energy_db(audio: np.ndarray, sr: int = SAMPLE_RATE, frame_s: float = 0.02) -> np.ndarray:
+    """RMS level of consecutive ``frame_s`` frames in dBFS (0 = full scale); shape
+    ``(ceil(n_samples / frame),)``. Digital silence gives -120 rather than -inf."""
+    frame = max(1, int(round(frame_s * sr)))
+    padded = np.pad(audio.astype(np.float32), (0, (-len(audio)) % frame))
+    rms = np.sqrt(np.mean(padded.reshape(-1, frame) ** 2, axis=1))
+    return 20.0 * np.log10(np.maximum(rms, 1e-6))
+
+
+def is_silent(audio: np.ndarray, threshold_db: float = -45.0, sr: int = SAMPLE_RATE) -> bool:
+    """True when no 20 ms frame of ``audio`` is louder than ``threshold_db`` dBFS."""
+    return audio.size == 0 or float(frame_energy_db(audio, sr).max()) < threshold_db
+
+
+def plan_windows(audio: np.ndarray, sr: int = SAMPLE_RATE, window_s: float = WINDOW_S,
+                 search_s: float = 5.0) -> list[tuple[int, int]]:
+    """Cut points for long audio: ``[(start_sample, end_sample), ...]``, contiguous,
+    non-overlapping, each at most ``window_s`` long, covering the whole input.
+
+    Every cut but the last is at the quietest 20 ms frame (energy smoothed over 100 ms)
+    within ``search_s`` before the ``window_s`` mark, so it lands in a pause.
+    """
+    n = len(audio)
+    window = int(window_s * sr)
+    if n <= window:
+        return [(0, n)]
+    frame = int(0.02 * sr)
+    energy = frame_energy_db(audio, sr)
+    smooth = np.convolve(energy, np.ones(5) / 5, mode="same")
+    windows, start = [], 0
+    while n - start > window:
+        lo = (start + window - int(search_s * sr)) // frame + 1
+        hi = (start + window) // frame  # frames [lo, hi) end before the window does
+        # latest minimum: a longer window means fewer windows
+        best = lo + int(np.flatnonzero(smooth[lo:hi] == smooth[lo:hi].min())[-1]) if hi > lo else hi
+        cut = min(max(best * frame + frame // 2, start + 1), start + window)
+        windows.append((start, cut))
+        start = cut
+    windows.append((start, n))
+    return windows
+
+
+# ---------------------------------------------------------------------------
+# Backends
+# ---------------------------------------------------------------------------
+
+def _ct2_dir(model_id: str) -> Optional[str]:
+    """The CTranslate2 conversion belonging to ``model_id``, if there is one locally:
+    the directory itself or its ``ct2/`` subdirectory, holding ``model.bin``."""
+    for candidate in (Path(model_id), Path(model_id) / "ct2"):
+        if (candidate / "model.bin").is_file():
+            return str(candidate)
+    return None
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Transcriber:
+    """A Whisper model loaded once, ready to transcribe any number of inputs.
+
+    Args:
+        model_id: a Hub id or a local directory (default: ``$MODEL_ID`` or
+            openai/whisper-small).
+        backend: "transformers", "ct2" or "auto" (default: ``$BACKEND`` or auto). Auto
+            picks ct2 on a CPU when ``model_id`` (or its ``ct2/`` folder) holds a
+            CTranslate2 ``model.bin``, transformers otherwise.
+        device: "cuda" or "cpu" (default: cuda when available). fp16 on a GPU, fp32 on a CPU.
+        options: default :class:`TranscribeOptions` for :meth:`transcribe`.
+    """
+
+    def __init__(self, model_id: Optional[str] = None, *, backend: Optional[str] = None,
+                 device: Optional[str] = None, options: Optional[TranscribeOptions] = None):
+        self.model_id = model_id or os.environ.get("MODEL_ID") or DEFAULT_MODEL_ID
+        backend = (backend or os.environ.get("BACKEND") or "auto").lower()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        self.device = device or _default_device()
+        self.options = options or TranscribeOptions()
+        if backend == "auto":
+            backend = "ct2" if self.device == "cpu" and _ct2_dir(self.model_id) else "transformers"
+        self.backend = backend
+        # generate() keeps per-call state on the model (generation config, caches), so two
+        # requests in the same process take turns rather than share it mid-call
+        self._lock = threading.Lock()
+        if backend == "ct2":
+            self._load_ct2()
+        else:
+            self._load_transformers()
+
+    def _load_transformers(self) -> None:
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.processor = WhisperProcessor.from_pretrained(self.model_id)
+        self.model = WhisperForConditionalGeneration.from_pretrained(self.model_id, dtype=self.dtype)
+        self.model.to(self.device).eval()
+
+    def _load_ct2(self) -> None:
+        from whisper_zh.ct2 import load_ct2
+
+        model_dir = _ct2_dir(self.model_id)
+        if model_dir is None and not os.path.isdir(self.model_id):
+            from huggingface_hub import snapshot_download
+
+            model_dir = _ct2_dir(snapshot_download(self.model_id, allow_patterns=["ct2/*"]))
+        if model_dir is None:
+            raise FileNotFoundError(
+                f"{self.model_id} has no CTranslate2 model (model.bin or ct2/model.bin): "
+                "run `whisper-zh export` first, or use backend='transformers'")
+        compute_type = "float16" if self.device.startswith("cuda") else "int8"
+        self.model = load_ct2(model_dir, device=self.device, compute_type=compute_type)
+        self.dtype = compute_type
+
+    def __repr__(self) -> str:
+        return f"Transcriber({self.model_id!r}, backend={self.backend!r}, device={self.device!r})"
+
+    # -- public API ---------------------------------------------------------
+
+    def transcribe(self, audio: Union[np.ndarray, str, os.PathLike],
+                   options: Optional[TranscribeOptions] = None, *,
+                   progress: Optional[ProgressCallback] = None, **overrides) -> Transcript:
+        """Transcribe a whole input.
+
+        Args:
+            audio: float32 waveform of shape ``(n_samples,)`` at 16 kHz, or a media path.
+            options: decoding options (default: the engine's); ``overrides`` replace
+                single fields, e.g. ``script="traditional"``.
+            progress: called with (fraction, message) after each batch of windows.
+
+        Raises:
+            NoSpeechError: nothing but silence or noise was found.
+            MediaTooLongError: longer than ``options.max_duration_s``.
+        """
+        options = replace(options or self.options, **overrides)
+        if not isinstance(audio, np.ndarray):
+            audio = load_media(audio, max_duration_s=options.max_duration_s)
+        started = time.perf_counter()
+        segments = list(self.iter_segments(audio, options, progress=progress))
+        if not segments:
+            raise NoSpeechError()
+        return Transcript(segments=segments, duration=len(audio) / SAMPLE_RATE, language=options.language,
+                          elapsed_s=time.perf_counter() - started, backend=self.backend)
+
+    def iter_segments(self, audio: np.ndarray, options: Optional[TranscribeOptions] = None, *,
+                      progress: Optional[ProgressCallback] = None) -> Iterator[Segment]:
+        """Yield segments in time order as soon as each batch of windows is decoded.
+
+        Args:
+            audio: float32 waveform, shape ``(n_samples,)``, 16 kHz mono.
+        """
+        from whisper_zh.media import MediaTooLongError
+
+        options = options or self.options
+        duration = len(audio) / SAMPLE_RATE
+        if options.max_duration_s is not None and duration > options.max_duration_s:
+            raise MediaTooLongError(
+                f"the input is {format_duration(duration)} long; the limit is "
+                f"{format_duration(options.max_duration_s)} (set MAX_DURATION_S to change it)")
+        if is_silent(audio, options.silence_threshold_db):
+            return
+        raw = self._iter_ct2(audio, options, progress) if self.backend == "ct2" else \
+            self._iter_transformers(audio, options, progress)
+        for segment in raw:
+            text = convert_script(segment.text.strip(), options.script)
+            if not text or (options.drop_hallucinations and _is_hallucination(text)):
+                continue
+            yield replace(segment, text=text)
+
+    # -- transformers -------------------------------------------------------
+
+    def _generate_kwargs(self, options: TranscribeOptions) -> dict:
+        kwargs = dict(language=options.language, task=options.task, return_timestamps=True,
+                      return_segments=True, num_beams=options.beam_size)
+        if options.temperatures:
+            kwargs["temperature"] = tuple(options.temperatures)
+        # the thresholds only make sense together: generate's fallback reads them all
+        for name in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold"):
+            if getattr(options, name) is not None:
+                kwargs[name] = getattr(options, name)
+        return kwargs
+
+    def _iter_transformers(self, audio: np.ndarray, options: TranscribeOptions,
+                           progress: Optional[ProgressCallback]) -> Iterator[Segment]:
+        import torch
+
+        windows = plan_windows(audio, SAMPLE_RATE, options.window_s, options.cut_search_s)
+        # silent windows cost nothing and cannot hallucinate
+        voiced = [w for w in windows if not is_silent(audio[w[0]:w[1]], options.silence_threshold_db)]
+        total = len(voiced)
+        batch_size = max(1, options.batch_size)
+        generate_kwargs = self._generate_kwargs(options)
+        feature_extractor = self.processor.feature_extractor
+        if progress:
+            progress(0.0, f"transcribing {total} window{'s' * (total != 1)} of up to {options.window_s:.0f} s")
+        for first in range(0, total, batch_size):
+            batch = voiced[first:first + batch_size]
+            features = feature_extractor([audio[s:e] for s, e in batch], sampling_rate=SAMPLE_RATE,
+                                         return_tensors="pt").input_features
+            with self._lock, torch.inference_mode():
+                output = self.model.generate(features.to(self.device, self.dtype), **generate_kwargs)
+            for (start, end), window_segments in zip(batch, output["segments"]):
+                yield from self._window_segments(window_segments, start / SAMPLE_RATE, end / SAMPLE_RATE)
+            if progress:
+                done = first + len(batch)
+                progress(done / total, f"transcribed {done}/{total} windows")
+
+    def _window_segments(self, raw_segments: list[dict], offset: float, window_end: float) -> Iterator[Segment]:
+        """Whisper's per-window segments -> Segments in input time. Segments that start
+        past the window's real end were read off the zero padding after it."""
+        tokenizer = self.processor.tokenizer
+        for raw in raw_segments:
+            start = offset + float(raw["start"])
+            if start >= window_end - 0.01:
+                continue
+            end = min(offset + float(raw["end"]), window_end)
+            text = tokenizer.decode(raw["tokens"], skip_special_tokens=True)
+            yield Segment(start=round(start, 3), end=round(max(end, start), 3), text=text)
+
+    # -- CTranslate2 --------------------------------------------------------
+
+    def _iter_ct2(self, audio: np.ndarray, options: TranscribeOptions,
+                  progress: Optional[ProgressCallback]) -> Iterator[Segment]:
+        from whisper_zh.ct2 import ct2_transcribe
+
+        if progress:
+            progress(0.0, "transcribing")
+        with self._lock:
+            results = ct2_transcribe(self.model, audio, language=options.language, task=options.task,
+                                     batch_size=options.batch_size, beam_size=options.beam_size)
+        duration = len(audio) / SAMPLE_RATE
+        for item in results:
+            no_speech = item.get("no_speech_prob")
+            if options.no_speech_threshold is not None and no_speech is not None \
+                    and no_speech > max(options.no_speech_threshold, 0.9):
+                continue  # ct2 already skips the confident no-speech windows; these are the rest
+            start = max(0.0, float(item["start"]))
+            yield Segment(start=round(start, 3), end=round(min(max(float(item["end"]), start), duration), 3),
+                          text=item["text"], no_speech_prob=no_speech)
+        if progress:
+            progress(1.0, "transcribed")
+
+
+def _is_hallucination(text: str) -> bool:
+    from whisper_zh.text import normalize
+
+    plain = normalize(text, "zh") if text else ""
+    match = _HALLUCINATIONS.search(text) or _HALLUCINATIONS.search(plain)
+    # only a segment that is (almost) nothing but the credit line; "谢谢观看" inside a real
+    # sentence stays
+    return bool(match) and len(plain) <= len(normalize(match.group(0), "zh")) + 6
+
+
+_engines: dict[tuple, Transcriber] = {}
+_engines_lock = threading.Lock()
+
+
+def get_transcriber(model_id: Optional[str] = None, *, backend: Optional[str] = None,
+                    device: Optional[str] = None) -> Transcriber:
+    """The process-wide :class:`Transcriber` for these arguments, loaded on first use."""
+    key = (model_id or os.environ.get("MODEL_ID") or DEFAULT_MODEL_ID,
+           (backend or os.environ.get("BACKEND") or "auto").lower(), device)
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = Transcriber(key[0], backend=key[1], device=device)
+        return _engines[key]
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whisper-zh transcribe",
+        description="Transcribe Chinese speech from a media file or a link (YouTube or any site "
+                    "yt-dlp supports) and print the text. Long inputs are cut into 30 s windows "
+                    "decoded in batches.",
+        epilog="examples:\n"
+               "  whisper-zh transcribe talk.mp4 --srt talk.srt\n"
+               "  whisper-zh transcribe https://www.youtube.com/watch?v=... --script traditional\n"
+               "  whisper-zh transcribe lecture.m4a --model you/whisper-small-zh --vtt lecture.vtt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", metavar="FILE_OR_URL", help="audio/video file, or an http(s) link")
+    parser.add_argument("--model", default=None,
+                        help=f"Hub id or local directory (default: $MODEL_ID or {DEFAULT_MODEL_ID})")
+    parser.add_argument("--srt", metavar="PATH", help="write SubRip subtitles here")
+    parser.add_argument("--vtt", metavar="PATH", help="write WebVTT subtitles here")
+    parser.add_argument("--txt", metavar="PATH", help="write the text, one segment per line, here")
+    parser.add_argument("--script", choices=["simplified", "traditional", "original"], default="simplified",
+                        help="Chinese characters of the output (default: simplified)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="inference backend (default: $BACKEND or auto: ct2 on CPU when available)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    parser.add_argument("--batch-size", type=int, default=TranscribeOptions.batch_size,
+                        help="30 s windows decoded together (default: %(default)s)")
+    parser.add_argument("--beam-size", type=int, default=TranscribeOptions.beam_size,
+                        help="1 = greedy (default: %(default)s)")
+    parser.add_argument("--language", default="zh", help="spoken language (default: zh)")
+    parser.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                        help="refuse longer inputs (default: $MAX_DURATION_S or 3600)")
+    parser.add_argument("--cookies", metavar="COOKIES_TXT", default=None,
+                        help="cookies.txt for yt-dlp, for YouTube's sign-in check (default: $YTDLP_COOKIES)")
+    parser.add_argument("--segments", action="store_true", help="print [start --> end] text lines instead")
+    return parser
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``whisper-zh transcribe``: prints the transcript to stdout, progress to stderr."""
+    from whisper_zh.media import AudioDecodeError, DownloadError, MediaTooLongError, download_audio
+    from whisper_zh.subtitles import format_timestamp, write_subtitles
+
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    max_duration = args.max_duration or _env_float("MAX_DURATION_S", 3600.0)
+    options = TranscribeOptions(language=args.language, script=args.script, batch_size=args.batch_size,
+                                beam_size=args.beam_size, max_duration_s=max_duration)
+
+    def report(fraction: float, message: str) -> None:
+        print(f"\r[{fraction:4.0%}] {message:<60}", end="", file=sys.stderr, flush=True)
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="whisper-zh-") as tmp:
+            source = args.source
+            if is_url(source):
+                print(f"downloading {source}", file=sys.stderr)
+                source = download_audio(source, tmp, cookies=args.cookies, max_duration_s=max_duration,
+                                        progress=report)
+                print(file=sys.stderr)
+            audio = load_media(source, max_duration_s=max_duration)
+            engine = Transcriber(args.model, backend=args.backend, device=args.device, options=options)
+            print(f"{engine}: {format_duration(len(audio) / SAMPLE_RATE)} of audio", file=sys.stderr)
+            result = engine.transcribe(audio, progress=report)
+            print(file=sys.stderr)
+    except NoSpeechError:
+        print("\nno speech found", file=sys.stderr)
+        return 0
+    except (AudioDecodeError, DownloadError, MediaTooLongError, FileNotFoundError, ValueError) as err:
+        print(f"\nwhisper-zh transcribe: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{result.duration:.1f} s of audio in {result.elapsed_s:.1f} s ({result.speed:.1f}x real time)",
+          file=sys.stderr)
+    for fmt in ("srt", "vtt", "txt"):
+        path = getattr(args, fmt)
+        if path:
+            write_subtitles(result.segments, path, fmt)
+            print(f"wrote {path}", file=sys.stderr)
+    if args.segments:
+        for s in result.segments:
+            print(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}] {s.text}")
+    else:
+        print(result.text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
