@@ -1,0 +1,213 @@
+"""CTranslate2 export (``whisper-zh export --ct2``) and the ct2 backend.
+
+Accuracy is checked with the real whisper-base on real Mandarin clips; the tiny random
+model only checks the export's files and plumbing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from whisper_zh.ct2 import ct2_transcribe, find_ct2_model, load_ct2, split_words
+from whisper_zh.export import export_ct2
+from whisper_zh.media import SAMPLE_RATE, load_audio
+from whisper_zh.text import cer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    """A private copy (symlinks) of a model directory, so that an export written into it
+    does not change what other tests see in the shared fixture."""
+    dst.mkdir(parents=True)
+    for item in src.iterdir():
+        if item.is_file() and not item.name.startswith("."):
+            (dst / item.name).symlink_to(item.resolve())
+    return dst
+
+
+def _clips(zh_cv_mini: Path, n: int) -> list[tuple[np.ndarray, str]]:
+    with open(zh_cv_mini / "test.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))[:n]
+    return [(load_audio(zh_cv_mini / "clips" / row["path"]), row["sentence"]) for row in rows]
+
+
+def _joined(clips: list[tuple[np.ndarray, str]], gap_s: float = 0.5) -> np.ndarray:
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    return np.concatenate([part for audio, _ in clips for part in (audio, gap)])
+
+
+@pytest.fixture(scope="module")
+def base_ct2(whisper_base, tmp_path_factory) -> Path:
+    return Path(export_ct2(str(whisper_base), str(tmp_path_factory.mktemp("ct2") / "base-int8"), "int8"))
+
+
+def _check_segments(segments: list[dict], duration: float) -> None:
+    assert segments, "no segments"
+    previous_start = -1.0
+    for segment in segments:
+        assert set(segment) == {"start", "end", "text", "no_speech_prob"}
+        assert isinstance(segment["start"], float) and isinstance(segment["end"], float)
+        assert isinstance(segment["text"], str) and segment["text"] == segment["text"].strip() and segment["text"]
+        assert 0.0 <= segment["start"] <= segment["end"] <= duration + 1e-6
+        assert segment["start"] >= previous_start
+        assert 0.0 <= segment["no_speech_prob"] <= 1.0
+        previous_start = segment["start"]
+
+
+# -- export ---------------------------------------------------------------------------
+
+def test_export_tiny_default_dir_is_found_and_loadable(tiny_whisper, tmp_path):
+    model_dir = _copy_model(tiny_whisper, tmp_path / "tiny")
+    assert find_ct2_model(str(model_dir)) is None
+    out = export_ct2(str(model_dir))
+    assert Path(out) == (model_dir / "ct2").resolve()
+    for name in ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "preprocessor_config.json"):
+        assert (Path(out) / name).is_file(), name
+    preprocessor = json.loads((Path(out) / "preprocessor_config.json").read_text())
+    assert preprocessor["feature_size"] == 80 and preprocessor["sampling_rate"] == SAMPLE_RATE
+    config = json.loads((Path(out) / "config.json").read_text())
+    assert len(config["lang_ids"]) == 99  # multilingual: the zh token is there
+    assert find_ct2_model(str(model_dir)) == str(model_dir / "ct2")
+    assert find_ct2_model(out) == out
+
+    # exporting again replaces the export in place and leaves no temporary directory
+    export_ct2(str(model_dir), quantization="float32")
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
+    assert (model_dir / "ct2" / "model.bin").stat().st_size > (Path(out) / "vocabulary.json").stat().st_size
+
+    model = load_ct2(out)
+    noise = np.random.default_rng(0).normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
+    for batch_size in (1, 8):  # random weights: any output, but the right shape of output
+        segments = ct2_transcribe(model, noise, batch_size=batch_size)
+        assert isinstance(segments, list)
+        assert all(0.0 <= s["start"] <= s["end"] <= 2.0 for s in segments)
+
+
+def test_export_rejects_unknown_quantization(tiny_whisper, tmp_path):
+    with pytest.raises(ValueError, match="quantization"):
+        export_ct2(str(tiny_whisper), str(tmp_path / "out"), quantization="int3")
+    assert not (tmp_path / "out").exists()
+
+
+def test_find_ct2_model_none_without_export(tmp_path):
+    assert find_ct2_model(str(tmp_path)) is None
+    assert find_ct2_model(str(tmp_path / "missing")) is None
+    assert find_ct2_model("openai/whisper-small") is None
+    with pytest.raises(FileNotFoundError, match="export"):
+        load_ct2(str(tmp_path))
+
+
+def test_cli_export(tiny_whisper, tmp_path):
+    out = tmp_path / "cli-ct2"
+    proc = subprocess.run(
+        [sys.executable, "-m", "whisper_zh", "export", str(tiny_whisper), "--ct2",
+         "--quantization", "int8", "--output-dir", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    assert (out / "model.bin").is_file() and (out / "tokenizer.json").is_file()
+
+    bad = subprocess.run([sys.executable, "-m", "whisper_zh", "export", str(tmp_path / "no-such-model")],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert bad.returncode != 0
+    assert not (tmp_path / "no-such-model").exists()
+
+
+# -- segmentation ---------------------------------------------------------------------
+
+def _words(*spec):
+    return [SimpleNamespace(word=w, start=s, end=e) for w, s, e in spec]
+
+
+def test_split_words_at_pauses_punctuation_and_length():
+    # Alignment leaves no gaps: the pause (2.0-3.0 s) is absorbed into "物", which ends
+    # after it; the split goes before "物" and its start moves to the pause's end.
+    words = _words(("一", 0.5, 1.0), ("二", 1.0, 2.0), ("物", 2.0, 3.4), ("业", 3.4, 3.8))
+    assert split_words(words, pauses=[(2.0, 3.0)]) == [(0.5, 2.0, "一二"), (3.0, 3.8, "物业")]
+    # a short pause does not split
+    assert len(split_words(words, pauses=[(2.0, 2.1)])) == 1
+    # sentence-final punctuation splits
+    words = _words(("好。", 0.0, 0.5), ("走", 0.5, 1.0))
+    assert [g[2] for g in split_words(words, pauses=[])] == ["好。", "走"]
+    # nothing longer than max_segment_s
+    words = _words(*[("字", 0.5 * i, 0.5 * i + 0.5) for i in range(40)])
+    groups = split_words(words, pauses=[], max_segment_s=5.0)
+    assert all(end - start <= 5.0 + 1e-9 for start, end, _ in groups)
+    assert "".join(g[2] for g in groups) == "字" * 40
+
+
+# -- real whisper-base ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_base_ct2_int8_transcribes_real_mandarin(base_ct2, zh_cv_mini):
+    clips = _clips(zh_cv_mini, 8)
+    model = load_ct2(str(base_ct2))
+
+    # one clip at a time: the per-clip texts score against the sentences
+    hypotheses = []
+    for audio, _ in clips[:4]:
+        segments = ct2_transcribe(model, audio)
+        _check_segments(segments, len(audio) / SAMPLE_RATE)
+        hypotheses.append("".join(s["text"] for s in segments))
+    score = cer([ref for _, ref in clips[:4]], hypotheses)
+    assert score < 0.5, (score, hypotheses)
+
+    # a joined recording, batched (VAD chunks) and sequential
+    audio = _joined(clips)
+    duration = len(audio) / SAMPLE_RATE
+    reference = "".join(ref for _, ref in clips)
+    for batch_size in (8, 1):
+        segments = ct2_transcribe(model, audio, batch_size=batch_size)
+        _check_segments(segments, duration)
+        score = cer([reference], ["".join(s["text"] for s in segments)])
+        assert score < 0.5, (batch_size, score)
+        # phrases, not whole 30 s chunks: subtitles need them
+        assert len(segments) >= len(clips) // 2, segments
+        assert max(s["end"] - s["start"] for s in segments) <= 15.0
+
+
+@pytest.mark.slow
+def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv_mini, tmp_path):
+    transcribe = pytest.importorskip("whisper_zh.transcribe")
+    if not hasattr(transcribe, "Transcriber"):
+        pytest.skip("whisper_zh.transcribe has no Transcriber yet")
+    model_dir = _copy_model(whisper_base, tmp_path / "base")
+    export_ct2(str(model_dir))  # -> base/ct2, where the engine looks
+    clips = _clips(zh_cv_mini, 4)
+    audio = _joined(clips)
+    reference = "".join(ref for _, ref in clips)
+
+    results = {}
+    for backend in ("ct2", "transformers"):
+        engine = transcribe.Transcriber(str(model_dir), backend=backend, device="cpu")
+        assert engine.backend == backend
+        results[backend] = engine.transcribe(audio)
+    assert transcribe.Transcriber(str(model_dir), backend="auto", device="cpu").backend == "ct2"
+
+    ct2_result, hf_result = results["ct2"], results["transformers"]
+    assert type(ct2_result) is type(hf_result)
+    assert ct2_result.backend == "ct2" and hf_result.backend == "transformers"
+    duration = len(audio) / SAMPLE_RATE
+    for result in (ct2_result, hf_result):
+        assert result.duration == pytest.approx(duration)
+        assert result.segments and all(type(s) is transcribe.Segment for s in result.segments)
+        starts = [s.start for s in result.segments]
+        assert starts == sorted(starts)
+        assert all(0.0 <= s.start <= s.end <= duration + 1e-6 and s.text for s in result.segments)
+        assert cer([reference], [result.text]) < 0.5
+    # both write the default script (Simplified): no Traditional-only characters left
+    from whisper_zh.text import to_simplified
+
+    assert ct2_result.text == to_simplified(ct2_result.text)
