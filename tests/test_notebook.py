@@ -1,0 +1,362 @@
+"""The Colab notebook: executed headless twice (a fresh run, then a rerun that must reuse
+the cache and resume), the committed copy kept clean, and the helpers it calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from whisper_zh import notebook as nb
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "chinese_fine_tune.ipynb"
+SECTIONS = [
+    "1 Prepare work",
+    "2 Load data",
+    "3 Prepare feature extractor, tokenizer and data",
+    "4 Training preparation",
+    "5 Training",
+    "6 Gradio",
+]
+TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{30,}")
+
+# Appended to the executed copy only: reads the kernel's state after the last cell.
+PROBE = """
+import json as _json
+import gradio as _gr
+print("PROBE " + _json.dumps({
+    "prepared_now": {split: s.prepared_now for split, s in data.stats.items()},
+    "plan_resume_from": plan["resume from"],
+    "global_step": result.global_step,
+    "resumed_from": result.resumed_from,
+    "eval_cer": result.eval_cer,
+    "app_is_blocks": isinstance(demo, _gr.Blocks),
+}))
+"""
+
+
+# --------------------------------------------------------------------------------------
+# Headless execution
+# --------------------------------------------------------------------------------------
+
+
+def _execute(out_path: Path, drive: Path, model: Path, dataset: Path, max_steps: int):
+    """Run the notebook with small parameters and the probe; return (probe dict, output notebook)."""
+    import papermill as pm
+
+    source = nbformat.read(NOTEBOOK, as_version=4)
+    source.cells.append(nbformat.v4.new_code_cell(PROBE))
+    patched = out_path.with_suffix(".in.ipynb")
+    nbformat.write(source, patched)
+    parameters = dict(
+        BASE_MODEL=str(model), WORK_DIR=str(drive), DATASET=str(dataset),
+        MAX_STEPS=max_steps, SAVE_STEPS=2, EVAL_STEPS=2, BATCH_SIZE=4, EVAL_SAMPLES=4,
+        MAX_TRAIN_SAMPLES=16, TEST_SPLIT="", GENERATION_MAX_LENGTH=8, LOGGING_STEPS=1,
+        LAUNCH_APP=False,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        # The kernel is a child process: it must import this checkout and stay off the Hub.
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.delenv("HF_TOKEN", raising=False)
+        pm.execute_notebook(str(patched), str(out_path), parameters=parameters, kernel_name="python3",
+                            cwd=str(out_path.parent), progress_bar=False, execution_timeout=900)
+    executed = nbformat.read(out_path, as_version=4)
+    probe = None
+    for cell in executed.cells:
+        for output in cell.get("outputs", []):
+            for line in output.get("text", "").splitlines():
+                if line.startswith("PROBE "):
+                    probe = json.loads(line[len("PROBE "):])
+    assert probe is not None, "the probe cell printed nothing"
+    return probe, executed
+
+
+def _outputs_of(executed, code_start: str) -> list:
+    cells = [c for c in executed.cells if c.cell_type == "code" and c.source.startswith(code_start)]
+    assert len(cells) == 1, code_start
+    return cells[0].outputs
+
+
+def _stream_text(outputs) -> str:
+    return "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_whisper, zh_cv_mini):
+    """The notebook executed once on an empty 'Drive' folder, 4 steps, a checkpoint every 2."""
+    root = tmp_path_factory.mktemp("notebook")
+    drive = root / "drive"
+    probe, executed = _execute(root / "run1.ipynb", drive, tiny_whisper, zh_cv_mini, max_steps=4)
+    return {"root": root, "drive": drive, "probe": probe, "executed": executed,
+            "model": tiny_whisper, "dataset": zh_cv_mini}
+
+
+def _done_files(drive: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in (drive / "cache" / "prepared").glob("*/done.json")}
+
+
+def test_notebook_trains_from_scratch_and_builds_the_app(first_run):
+    drive, probe, executed = first_run["drive"], first_run["probe"], first_run["executed"]
+    output_dir = drive / "whisper-small-zh"
+
+    # Prepared cache on "Drive": train and dev (eval) prepared by this run.
+    assert sorted(probe["prepared_now"]) == ["dev", "train"]
+    assert probe["prepared_now"]["train"] == 16 and probe["prepared_now"]["dev"] > 0
+    assert len(_done_files(drive)) == 2
+    # Checkpoints, the final model, and a final CER written by the package.
+    assert probe["plan_resume_from"] is None and probe["resumed_from"] is None
+    assert probe["global_step"] == 4
+    assert (output_dir / "checkpoint-4" / "trainer_state.json").is_file()
+    assert (output_dir / "model.safetensors").is_file()
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["global_step"] == 4 and results["resumed_from"] is None
+    assert isinstance(results["eval_cer"], float) and results["eval_cer"] >= 0
+    assert results["eval_cer"] == pytest.approx(probe["eval_cer"])
+    assert (output_dir / "training_curves.png").stat().st_size > 0
+    # The app was built (not launched) from the trained model.
+    assert probe["app_is_blocks"] is True
+    assert "built gradio.blocks.Blocks" in _stream_text(_outputs_of(executed, "demo = nb.launch_app"))
+
+    # What a user sees: the counts table, playable clips, the live table, the plot.
+    stats_html = "".join(o.data.get("text/html", "") for o in _outputs_of(executed, "from whisper_zh.train import prepare_data")
+                         if o.output_type == "execute_result")
+    assert "why dropped" in stats_html and "prepared now" in stats_html
+    audio = [o for o in _outputs_of(executed, "examples = nb.show_examples")
+             if "<audio" in o.get("data", {}).get("text/html", "")]
+    assert len(audio) == 3
+    train_outputs = _outputs_of(executed, "from whisper_zh.train import train")
+    live = [o for o in train_outputs if o.output_type in ("display_data", "update_display_data")
+            and "Cer" in o.get("data", {}).get("text/html", "")]
+    assert live, "no live loss/CER table in the training cell's output"
+    plot = _outputs_of(executed, "nb.plot_history")
+    assert any("image/png" in o.get("data", {}) for o in plot)
+
+
+def test_notebook_rerun_skips_preparation_and_resumes(first_run):
+    drive = first_run["drive"]
+    done_before = _done_files(drive)
+    probe, executed = _execute(first_run["root"] / "run2.ipynb", drive, first_run["model"],
+                               first_run["dataset"], max_steps=6)
+    output_dir = drive / "whisper-small-zh"
+
+    assert probe["prepared_now"] == {"train": 0, "dev": 0}
+    assert _done_files(drive) == done_before  # the cache was read, not rewritten
+    assert probe["plan_resume_from"] == str(output_dir / "checkpoint-4")
+    assert probe["resumed_from"] == str(output_dir / "checkpoint-4")
+    assert probe["global_step"] == 6
+    assert f"resuming from {output_dir / 'checkpoint-4'}" in _stream_text(
+        _outputs_of(executed, "from whisper_zh.train import train"))
+    assert (output_dir / "checkpoint-6" / "trainer_state.json").is_file()
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["global_step"] == 6 and results["resumed_from"].endswith("checkpoint-4")
+    assert probe["app_is_blocks"] is True
+
+
+# --------------------------------------------------------------------------------------
+# The committed notebook
+# --------------------------------------------------------------------------------------
+
+
+def test_committed_notebook_is_clean():
+    text = NOTEBOOK.read_text(encoding="utf-8")
+    assert not TOKEN_RE.search(text), "something that looks like a Hugging Face token"
+    assert not re.search(r"""HF_TOKEN["']?\]?\s*=\s*["']""", text), "a token assigned in the notebook"
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata.kernelspec.name == "python3"
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    for cell in code:
+        assert cell.outputs == [], f"committed with outputs: {cell.source[:60]!r}"
+        assert cell.execution_count is None, f"committed with an execution count: {cell.source[:60]!r}"
+    assert "widgets" not in notebook.metadata
+
+    headings = [line[3:].strip() for c in notebook.cells if c.cell_type == "markdown"
+                for line in c.source.splitlines() if line.startswith("## ")]
+    assert headings == SECTIONS
+
+    parameters = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1
+    params = parameters[0].source
+    for name, default in (("MAX_STEPS", "1600"), ("SAVE_STEPS", "400"), ("EVAL_STEPS", "400")):
+        assert re.search(rf"^{name} = {default}\b", params, re.M), name
+    for name in ("BASE_MODEL", "DATASET", "CACHE_DIR", "OUTPUT_DIR", "HUB_MODEL_ID", "BATCH_SIZE", "EVAL_SAMPLES"):
+        assert re.search(rf"^{name} = ", params, re.M), name
+    # The parameters come first; every other cell calls the package.
+    assert code[0] is parameters[0]
+    for cell in code[1:]:
+        assert "whisper_zh" in cell.source or "nb." in cell.source, f"a cell that bypasses whisper_zh: {cell.source!r}"
+
+
+def test_colab_badge_points_at_the_notebook():
+    docs = [p for p in (REPO / "README.md", REPO / "docs" / "notebook.md") if p.exists()]
+    badge = re.compile(r"https://colab\.research\.google\.com/github/[^/\s]+/whisper-zh/blob/main/"
+                       r"notebooks/chinese_fine_tune\.ipynb")
+    assert any(badge.search(p.read_text(encoding="utf-8")) for p in docs)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers (whisper_zh.notebook)
+# --------------------------------------------------------------------------------------
+
+
+FAKE_TOKEN = "hf_" + "x1Y2z3" * 6
+
+
+@pytest.fixture
+def no_prompt(monkeypatch):
+    import getpass
+
+    def prompt(*args, **kwargs):
+        raise AssertionError("prompted for a token")
+
+    monkeypatch.setattr(getpass, "getpass", prompt)
+
+
+@pytest.fixture
+def hub_home(monkeypatch, tmp_path):
+    """An empty HF_HOME, no token anywhere, and a whoami that knows FAKE_TOKEN only."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+
+    def whoami(token=None):
+        if token != FAKE_TOKEN:
+            raise ValueError(f"401 Unauthorized for token {token}")
+        return {"name": "alice"}
+
+    monkeypatch.setattr(huggingface_hub, "whoami", whoami)
+    return tmp_path / "hf"
+
+
+def test_hub_login_not_needed_without_a_repo(no_prompt, hub_home, capsys):
+    assert nb.hub_login(required=False) is None
+    assert "HF_TOKEN" not in os.environ
+
+
+def test_hub_login_from_the_environment_never_shows_or_saves_the_token(no_prompt, hub_home, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    assert nb.hub_login(required=True) == "alice"
+    assert FAKE_TOKEN not in capsys.readouterr().out
+    assert not any(FAKE_TOKEN in p.read_text(errors="ignore") for p in hub_home.rglob("*") if p.is_file())
+
+
+def test_hub_login_from_the_colab_secret(no_prompt, hub_home, monkeypatch, capsys):
+    colab = types.ModuleType("google.colab")
+    colab.userdata = types.SimpleNamespace(get=lambda name: FAKE_TOKEN if name == "HF_TOKEN" else None)
+    google = sys.modules.get("google") or types.ModuleType("google")
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setattr(google, "colab", colab, raising=False)
+    assert nb.in_colab()
+    assert nb.hub_login(required=True) == "alice"
+    assert os.environ["HF_TOKEN"] == FAKE_TOKEN  # for the Trainer's pushes, in this process only
+    assert FAKE_TOKEN not in capsys.readouterr().out
+
+
+def test_hub_login_rejected_token_is_not_quoted(no_prompt, hub_home, monkeypatch):
+    bad = "hf_" + "Q" * 34
+    monkeypatch.setenv("HF_TOKEN", bad)
+    with pytest.raises(RuntimeError) as err:
+        nb.hub_login(required=True)
+    assert bad not in str(err.value) and err.value.__suppress_context__
+    assert "HF_TOKEN" not in os.environ
+
+
+def test_hub_login_headless_without_a_token_says_what_to_set(hub_home, monkeypatch):
+    import getpass
+
+    def headless(*args, **kwargs):
+        raise EOFError("no stdin")
+
+    monkeypatch.setattr(getpass, "getpass", headless)
+    with pytest.raises(RuntimeError, match="HF_TOKEN"):
+        nb.hub_login(required=True)
+
+
+def test_work_dir_and_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr(nb, "LOCAL_WORK_DIR", str(tmp_path / "home-work"))
+    assert nb.prepare_work_dir(None) == str(tmp_path / "home-work")
+    assert (tmp_path / "home-work").is_dir()
+    work = nb.prepare_work_dir(str(tmp_path / "w"))
+    assert nb.path_in(work, "cache") == os.path.join(work, "cache")
+    assert nb.path_in(work, "/abs/out") == "/abs/out"
+
+
+def test_find_dataset(tmp_path):
+    with pytest.raises(FileNotFoundError, match="datacollective"):
+        nb.find_dataset(str(tmp_path))
+    (tmp_path / "cv-corpus-20.0-2024-12-06-zh-CN.tar.gz").write_bytes(b"")
+    (tmp_path / "cv-corpus-21.0-2025-03-14-zh-CN.tar.gz").write_bytes(b"")
+    assert nb.find_dataset(str(tmp_path)).endswith("cv-corpus-21.0-2025-03-14-zh-CN.tar.gz")
+    (tmp_path / "cv-corpus-20.0-2024-12-06").mkdir()  # an extracted release beats a tarball
+    assert nb.find_dataset(str(tmp_path)).endswith("cv-corpus-20.0-2024-12-06")
+    (tmp_path / "mine").mkdir()
+    assert nb.find_dataset(str(tmp_path), "mine") == str(tmp_path / "mine")
+    assert nb.find_dataset(str(tmp_path), "someone/common-voice-zh") == "someone/common-voice-zh"
+
+
+def test_gpu_report_on_cpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU report")
+    report = nb.gpu_report()
+    assert report == {"device": "CPU", "memory_gib": None, "precision": "fp32", "gradient_checkpointing": False}
+    assert "no GPU" in capsys.readouterr().out
+
+
+LOG_HISTORY = [
+    {"loss": 3.0, "step": 1}, {"loss": 2.5, "step": 2},
+    {"eval_loss": 2.4, "eval_cer": 0.9, "eval_wer": 1.0, "step": 2},
+    {"loss": 2.0, "step": 3}, {"loss": 1.5, "step": 4},
+    {"eval_loss": 1.6, "eval_cer": 0.5, "eval_wer": 0.8, "step": 4},
+    {"train_runtime": 1.0, "train_loss": 2.25, "step": 4},
+]
+
+
+def test_history_table_and_plot(tmp_path):
+    table = nb.history_table(LOG_HISTORY)
+    assert list(table.index) == [1, 2, 3, 4]
+    assert table.loc[4, "training loss"] == 1.5 and table.loc[4, "eval CER"] == 0.5
+    assert table["eval CER"].notna().sum() == 2
+    fig = nb.plot_history(LOG_HISTORY, str(tmp_path))
+    loss_ax, cer_ax = fig.axes
+    assert [len(line.get_xdata()) for line in loss_ax.lines] == [4, 2]
+    assert list(cer_ax.lines[0].get_ydata()) == [90.0, 50.0]
+    assert (tmp_path / nb.CURVES_NAME).stat().st_size > 0
+
+
+def test_prepare_stats_table():
+    from whisper_zh.data import PrepareStats
+
+    stats = {"train": PrepareStats(kept=7, dropped=Counter(too_long=2, undecodable=1), audio_seconds=7200,
+                                   cache_bytes=3 * 2**20, prepared_now=10),
+             "dev": PrepareStats(kept=5)}
+    table = nb.prepare_stats_table(stats)
+    assert table.loc["train", "dropped"] == 3
+    assert table.loc["train", "why dropped"] == "too_long 2, undecodable 1"
+    assert table.loc["train", "hours"] == 2.0 and table.loc["train", "cache MiB"] == 3.0
+    assert table.loc["dev", "why dropped"] == "-" and table.loc["dev", "prepared now"] == 0
+
+
+def test_save_results(tmp_path, capsys):
+    from whisper_zh.train import TrainResult
+
+    result = TrainResult(output_dir=str(tmp_path), global_step=8, best_checkpoint=str(tmp_path / "checkpoint-4"),
+                         eval_cer=0.25, test_metrics={"test_cer": 0.3, "test_wer": 0.6, "test_runtime": 9.0},
+                         resumed_from=str(tmp_path / "checkpoint-4"), log_history=[])
+    summary = nb.save_results(result)
+    assert json.loads((tmp_path / nb.RESULTS_NAME).read_text()) == summary
+    assert summary["test_cer"] == 0.3 and "test_runtime" not in summary
+    assert "30.00%" in capsys.readouterr().out

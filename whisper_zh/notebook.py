@@ -1,0 +1,409 @@
+"""What the Colab notebook (``notebooks/chinese_fine_tune.ipynb``) calls, so that no logic
+lives only in the notebook: each of its cells is a call into this module or the pipeline.
+
+The same helpers run in Colab and in a local Jupyter: in Colab the work folder is on
+Google Drive (mounted here) and the Hub token comes from the Colab secret ``HF_TOKEN``;
+elsewhere the work folder is a local directory and the token comes from the environment,
+an earlier ``hf auth login``, or a prompt. Tokens are never printed or written anywhere.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from typing import Optional
+
+DRIVE_MOUNT = "/content/drive"
+COLAB_WORK_DIR = os.path.join(DRIVE_MOUNT, "MyDrive", "whisper-zh")
+LOCAL_WORK_DIR = os.path.join(os.path.expanduser("~"), "whisper-zh")
+RESULTS_NAME = "results.json"
+CURVES_NAME = "training_curves.png"
+
+
+# --------------------------------------------------------------------------------------
+# Where we run, where things go
+# --------------------------------------------------------------------------------------
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    try:
+        import google.colab  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def mount_drive() -> str:
+    """Mount Google Drive at /content/drive (once per runtime); return the mount point."""
+    if not os.path.isdir(os.path.join(DRIVE_MOUNT, "MyDrive")):
+        from google.colab import drive
+
+        drive.mount(DRIVE_MOUNT)
+    return DRIVE_MOUNT
+
+
+def prepare_work_dir(work_dir: Optional[str] = None) -> str:
+    """The folder that holds the dataset, the cache and the checkpoints, created if needed.
+
+    ``None`` means MyDrive/whisper-zh in Colab (so a disconnect loses nothing) and
+    ~/whisper-zh elsewhere. A folder on Drive mounts Drive first."""
+    colab = in_colab()
+    if work_dir is None:
+        work_dir = COLAB_WORK_DIR if colab else LOCAL_WORK_DIR
+    work_dir = os.path.abspath(os.path.expanduser(work_dir))
+    if colab and work_dir.startswith(DRIVE_MOUNT + os.sep):
+        mount_drive()
+    os.makedirs(work_dir, exist_ok=True)
+    print(f"work folder: {work_dir}{' (Google Drive)' if work_dir.startswith(DRIVE_MOUNT) else ''}")
+    return work_dir
+
+
+def path_in(work_dir: str, path: str) -> str:
+    """``path`` if absolute (or ~), else ``work_dir/path``."""
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(work_dir, path)
+
+
+def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
+    """The dataset argument for :class:`~whisper_zh.config.TrainConfig`.
+
+    ``None``: the Common Voice release in ``work_dir`` (an extracted ``cv-corpus-*``
+    folder, else a ``cv-corpus-*.tar.gz``; the newest name wins). A relative path is
+    looked up in ``work_dir`` first; anything else (an absolute path, a Hub dataset id)
+    is returned as given."""
+    if dataset is None:
+        folders = sorted(p for p in glob.glob(os.path.join(work_dir, "cv-corpus-*")) if os.path.isdir(p))
+        tarballs = sorted(glob.glob(os.path.join(work_dir, "cv-corpus-*.tar.gz")))
+        found = (folders or tarballs or [None])[-1]
+        if found is None:
+            raise FileNotFoundError(
+                f"no Common Voice release in {work_dir}: download the zh-CN release "
+                "(cv-corpus-*-zh-CN.tar.gz) from https://datacollective.mozillafoundation.org "
+                "into that folder, or set DATASET to its path")
+        print(f"dataset: {found}")
+        return found
+    candidate = os.path.join(work_dir, os.path.expanduser(dataset))
+    if not os.path.isabs(os.path.expanduser(dataset)) and os.path.exists(candidate):
+        return candidate
+    return os.path.expanduser(dataset) if dataset.startswith("~") else dataset
+
+
+# --------------------------------------------------------------------------------------
+# Hardware and Hub
+# --------------------------------------------------------------------------------------
+
+
+def gpu_report(config=None) -> dict:
+    """Print and return the accelerator: GPU name and memory, and the precision and
+    gradient checkpointing that training will use with ``config`` (a TrainConfig)."""
+    import torch
+
+    from whisper_zh.train import resolve_gradient_checkpointing, resolve_precision
+
+    precision = resolve_precision(config.precision if config else "auto")
+    checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing if config else None)
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        report = {"device": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                  "precision": precision, "gradient_checkpointing": checkpointing}
+        print(f"GPU: {report['device']}, {report['memory_gib']} GiB; training in {precision}, "
+              f"gradient checkpointing {'on' if checkpointing else 'off'}")
+    else:
+        report = {"device": "CPU", "memory_gib": None, "precision": precision,
+                  "gradient_checkpointing": checkpointing}
+        hint = " In Colab: Runtime > Change runtime type > T4 GPU." if in_colab() else ""
+        print(f"no GPU: training runs on the CPU in {precision}, far slower.{hint}")
+    return report
+
+
+def _colab_secret(name: str) -> Optional[str]:
+    """A Colab secret, or None when it is not set or this notebook may not read it."""
+    try:
+        from google.colab import userdata
+
+        return userdata.get(name) or None
+    except Exception:  # not in Colab, secret missing, or access not granted
+        return None
+
+
+def hub_login(required: bool) -> Optional[str]:
+    """Make a Hub token available to this process; return the account name.
+
+    Does nothing when ``required`` is false (no Hub repo to push to). Otherwise the token
+    comes from the Colab secret ``HF_TOKEN``, the ``HF_TOKEN`` environment variable, an
+    earlier ``hf auth login``, or a hidden prompt, in that order. A token found here is
+    kept in this process's environment only: it is never printed and never written to
+    disk (``huggingface_hub.login`` would store it in ~/.cache/huggingface)."""
+    import huggingface_hub
+
+    if not required:
+        print("no Hub repo set: checkpoints and the model stay in the output folder")
+        return None
+    token = _colab_secret("HF_TOKEN") or os.environ.get("HF_TOKEN") or huggingface_hub.get_token()
+    if not token:
+        import getpass
+
+        try:
+            token = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
+        except Exception as err:  # a headless run cannot prompt
+            raise RuntimeError("no Hub token: set the Colab secret HF_TOKEN or the HF_TOKEN environment "
+                               "variable, or run `hf auth login`") from err
+    os.environ["HF_TOKEN"] = token
+    try:
+        name = huggingface_hub.whoami(token=token)["name"]
+    except Exception as err:
+        del os.environ["HF_TOKEN"]
+        # `from None`: the original error may quote the request, and with it the token.
+        raise RuntimeError(f"the Hub rejected the token ({type(err).__name__}): check HF_TOKEN") from None
+    print(f"logged in to the Hub as {name}")
+    return name
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+
+def folder_bytes(path: str) -> int:
+    """Total size of the files under ``path`` (0 when it does not exist)."""
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def describe_source(config):
+    """Open the dataset named in ``config`` and return a table of its splits.
+
+    A Common Voice ``.tar.gz`` is extracted here, once, into ``cache_dir/releases`` (where
+    preparation looks for it); a release folder is only read. Columns: split, clips
+    listed, and which role (train / eval / test) the split plays in ``config``."""
+    import pandas as pd
+
+    from whisper_zh.data import extract_release, open_source, read_cv_split
+
+    source = open_source(config.dataset, config.dataset_config)
+    roles = {}
+    for role, splits in (("train", config.train_split), ("eval", config.eval_split), ("test", config.test_split)):
+        for split in filter(None, (s.strip() for s in (splits or "").split("+"))):
+            roles.setdefault(split, []).append(role)
+    if source.kind in ("cv", "cv-tar"):
+        release = source.location if source.kind == "cv" else extract_release(
+            source.location, os.path.join(os.path.expanduser(config.cache_dir), "releases"))
+        print(f"Common Voice release: {release}")
+        splits = sorted(f[:-4] for f in os.listdir(release) if f.endswith(".tsv"))
+        rows = [{"split": s, "clips": len(read_cv_split(release, s)), "used as": ", ".join(roles.get(s, []))}
+                for s in splits if s in roles or s in ("train", "dev", "test", "validated")]
+    else:
+        import datasets
+
+        print(f"{source.kind} dataset: {source.location}")
+        if source.kind == "disk":
+            loaded = datasets.load_from_disk(source.location)
+            sizes = {k: len(v) for k, v in loaded.items()} if isinstance(loaded, datasets.DatasetDict) else {}
+        else:
+            sizes = {s: None for s in datasets.get_dataset_split_names(source.location, source.config)}
+        rows = [{"split": s, "clips": n, "used as": ", ".join(roles.get(s, []))} for s, n in sizes.items()]
+    return pd.DataFrame(rows).set_index("split")
+
+
+def prepare_stats_table(stats: dict):
+    """``PreparedData.stats`` (split -> PrepareStats) -> a table: clips kept and dropped
+    (with the reasons), hours of audio, cache size, and clips prepared by this call (0 when
+    the cache was reused)."""
+    import pandas as pd
+
+    rows = []
+    for split, s in stats.items():
+        rows.append({
+            "split": split,
+            "kept": s.kept,
+            "dropped": sum(s.dropped.values()),
+            "why dropped": ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items())) or "-",
+            "hours": round(s.audio_seconds / 3600, 2),
+            "cache MiB": round(s.cache_bytes / 2**20, 1),
+            "prepared now": s.prepared_now,
+        })
+    return pd.DataFrame(rows).set_index("split")
+
+
+def show_examples(dataset, n: int = 3, seed: int = 0):
+    """Display ``n`` random rows of a prepared split as a table, each clip playable inline;
+    return the table."""
+    import pandas as pd
+    from IPython.display import Audio, display
+
+    from whisper_zh.features import decode_clip
+
+    n = min(n, len(dataset))
+    rows = dataset.shuffle(seed=seed).select(range(n)) if n else dataset
+    table = pd.DataFrame({
+        "path": rows["path"],
+        "sentence": rows["sentence"],
+        "seconds": [round(d, 2) for d in rows["duration"]],
+        "label tokens": [len(ids) for ids in rows["labels"]],
+    })
+    display(table)
+    for row in rows:
+        print(f"{row['path']}: {row['sentence']}")
+        display(Audio(decode_clip(row["audio"]), rate=16000))
+    return table
+
+
+def describe_processor(config, example: Optional[str] = None) -> dict:
+    """Load the base model's feature extractor and tokenizer, set to ``config``'s language
+    and task, print what they produce and check that a sentence survives encode/decode."""
+    from transformers import WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(config.model_name_or_path)
+    processor.tokenizer.set_prefix_tokens(language=config.language, task=config.task)
+    fe, tok = processor.feature_extractor, processor.tokenizer
+    example = example or "今天天气很好，我们去公园散步吧。"
+    ids = tok(example).input_ids
+    decoded = tok.decode(ids, skip_special_tokens=True)
+    info = {
+        "sampling_rate": fe.sampling_rate,
+        "mel_bins": fe.feature_size,
+        "window_s": fe.chunk_length,
+        "vocab_size": len(tok),
+        "prefix": tok.decode(tok.prefix_tokens),
+        "example_tokens": len(ids),
+        "round_trip": decoded == example,
+    }
+    print(f"feature extractor: {info['mel_bins']} mel bins at {info['sampling_rate']} Hz, "
+          f"{info['window_s']} s windows (log-mel is computed per batch on the GPU during training)")
+    print(f"tokenizer: {info['vocab_size']} tokens; every label starts with {info['prefix']}")
+    print(f"{example!r} -> {info['example_tokens']} tokens -> {decoded!r} "
+          f"({'identical' if info['round_trip'] else 'DIFFERENT'})")
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+def training_plan(config) -> dict:
+    """What :func:`whisper_zh.train.train` will do with ``config``, and where it resumes.
+
+    Reads the prepared training split from the cache (preparing it only if it is missing),
+    derives the schedule and precision, and finds the newest complete checkpoint in the
+    output folder; with a Hub repo and no local checkpoint, the Hub's ``last-checkpoint``
+    is downloaded into the output folder so that training resumes from it."""
+    from whisper_zh.train import (find_resumable_checkpoint, fetch_hub_checkpoint, prepare_data,
+                                  resolve_gradient_checkpointing, resolve_precision, resolve_schedule)
+
+    data = prepare_data(config, splits=["train"], verbose=False)
+    n_train = len(data.train)
+    schedule = resolve_schedule(config, n_train)
+    resume_from = find_resumable_checkpoint(config.output_dir) if config.resume else None
+    if resume_from is None and config.resume and config.hub_model_id:
+        resume_from = fetch_hub_checkpoint(config.hub_model_id, config.output_dir)
+    resume_step = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
+    plan = {
+        "model": config.model_name_or_path,
+        "training clips": n_train,
+        "steps": schedule.max_steps,
+        "clips per step": schedule.global_batch_size,
+        "checkpoint every": schedule.save_steps,
+        "evaluate every": schedule.eval_steps if config.eval_split else None,
+        "warmup steps": schedule.warmup_steps,
+        "precision": resolve_precision(config.precision),
+        "gradient checkpointing": resolve_gradient_checkpointing(config.gradient_checkpointing),
+        "output folder": config.output_dir,
+        "Hub repo": config.hub_model_id,
+        "resume from": resume_from,
+    }
+    for key, value in plan.items():
+        print(f"{key:>24}: {value}")
+    if resume_from and resume_step >= schedule.max_steps:
+        print(f"checkpoint {resume_step} already reaches {schedule.max_steps} steps: training only "
+              "reloads it and writes the final model (raise MAX_STEPS to train further)")
+    elif resume_from:
+        print(f"training resumes at step {resume_step} of {schedule.max_steps}")
+    else:
+        print("no checkpoint yet: training starts from the base model")
+    return plan
+
+
+def history_table(log_history: list):
+    """Trainer ``log_history`` -> one row per step: training loss, eval loss, eval CER/WER."""
+    import pandas as pd
+
+    rows: dict[int, dict] = {}
+    for entry in log_history:
+        row = rows.setdefault(entry["step"], {"step": entry["step"]})
+        if "loss" in entry:
+            row["training loss"] = entry["loss"]
+        for key, name in (("eval_loss", "eval loss"), ("eval_cer", "eval CER"), ("eval_wer", "eval WER")):
+            if key in entry:
+                row[name] = entry[key]
+    columns = ["step", "training loss", "eval loss", "eval CER", "eval WER"]
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["step"]), columns=columns)
+    return table.dropna(how="all", subset=columns[1:]).set_index("step")
+
+
+def plot_history(log_history: list, output_dir: Optional[str] = None):
+    """Loss and CER against the step, as a matplotlib Figure (returned, so the notebook
+    shows it); saved as ``output_dir/training_curves.png`` when ``output_dir`` is given."""
+    import matplotlib.pyplot as plt
+
+    table = history_table(log_history)
+    fig, (loss_ax, cer_ax) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
+    # Closed so that pyplot does not show it a second time at the end of the cell; the
+    # notebook shows the returned figure (pyplot's import set up its inline rendering).
+    plt.close(fig)
+    for column, style in (("training loss", "-"), ("eval loss", "o--")):
+        series = table[column].dropna()
+        if len(series):
+            loss_ax.plot(series.index, series.values, style, label=column)
+    loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+    if loss_ax.lines:
+        loss_ax.legend()
+    cer = table["eval CER"].dropna()
+    cer_ax.plot(cer.index, 100 * cer.values, "o-", color="tab:red")
+    cer_ax.set(xlabel="step", ylabel="CER (%)", title="eval CER")
+    for ax in (loss_ax, cer_ax):
+        ax.grid(alpha=0.3)
+    if output_dir:
+        fig.savefig(os.path.join(output_dir, CURVES_NAME), dpi=100)
+    return fig
+
+
+def save_results(result) -> dict:
+    """Write the outcome of a :class:`~whisper_zh.train.TrainResult` to
+    ``output_dir/results.json`` (global step, where it resumed from, best checkpoint,
+    eval and test CER), print it, and return it."""
+    summary = {
+        "global_step": result.global_step,
+        "resumed_from": result.resumed_from,
+        "best_checkpoint": result.best_checkpoint,
+        "eval_cer": result.eval_cer,
+        **{k: v for k, v in result.test_metrics.items() if k in ("test_cer", "test_wer", "test_loss")},
+    }
+    with open(os.path.join(result.output_dir, RESULTS_NAME), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, ensure_ascii=False)
+    for key, value in summary.items():
+        shown = f"{100 * value:.2f}%" if key.endswith(("_cer", "_wer")) and value is not None else value
+        print(f"{key:>16}: {shown}")
+    return summary
+
+
+# --------------------------------------------------------------------------------------
+# App
+# --------------------------------------------------------------------------------------
+
+
+def launch_app(model_dir: str, launch: bool = True, **build_kwargs):
+    """Build the project's Gradio app (:func:`whisper_zh.app.build_app`, as ``app.py``
+    serves it) on ``model_dir`` and, when ``launch``, start it: with a public share link
+    in Colab, on localhost elsewhere. Returns the ``gr.Blocks``."""
+    from whisper_zh.app import build_app
+
+    demo = build_app(model_dir, **build_kwargs)
+    if launch:
+        demo.launch(share=in_colab())
+    else:
+        print(f"built {type(demo).__module__}.{type(demo).__name__} on {model_dir} (not launched)")
+    sys.stdout.flush()
+    return demo
