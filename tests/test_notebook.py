@@ -196,6 +196,33 @@ def test_committed_notebook_is_clean():
         assert "whisper_zh" in cell.source or "nb." in cell.source, f"a cell that bypasses whisper_zh: {cell.source!r}"
 
 
+def test_after_a_disconnect_sections_1_4_5_6_run_on_their_own():
+    """The names that sections 4, 5 and 6 use are all defined in section 1 (or by
+    themselves), so a rerun of 1, 4 and 5 needs nothing from the data sections."""
+    import ast
+    import builtins
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    section, cells_by_section = None, {}
+    for cell in notebook.cells:
+        heading = next((line[3:].strip() for line in cell.source.splitlines() if line.startswith("## ")), None)
+        if cell.cell_type == "markdown" and heading:
+            section = heading.split()[0]
+        elif cell.cell_type == "code":
+            cells_by_section.setdefault(section, []).append(cell.source)
+    defined = set(dir(builtins))
+    for number in ("1", "4", "5", "6"):
+        for source in cells_by_section[number]:
+            tree = ast.parse(source)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    defined.add(node.id)
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+            used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            assert used <= defined, f"section {number} needs {sorted(used - defined)} from elsewhere"
+
+
 def test_colab_badge_points_at_the_notebook():
     docs = [p for p in (REPO / "README.md", REPO / "docs" / "notebook.md") if p.exists()]
     badge = re.compile(r"https://colab\.research\.google\.com/github/[^/\s]+/whisper-zh/blob/main/"
@@ -360,3 +387,44 @@ def test_save_results(tmp_path, capsys):
     assert json.loads((tmp_path / nb.RESULTS_NAME).read_text()) == summary
     assert summary["test_cer"] == 0.3 and "test_runtime" not in summary
     assert "30.00%" in capsys.readouterr().out
+
+
+def _plan_config(tmp_path, dataset, model, **overrides):
+    from whisper_zh.config import TrainConfig
+
+    return TrainConfig(dataset=str(dataset), model_name_or_path=str(model), cache_dir=str(tmp_path / "cache"),
+                       output_dir=str(tmp_path / "out"), max_train_samples=8, per_device_train_batch_size=4,
+                       max_steps=10, save_steps=5, eval_split="", test_split="", **overrides)
+
+
+def test_training_plan_takes_the_hub_checkpoint_when_the_output_dir_has_none(
+        tmp_path, zh_cv_mini, tiny_whisper, monkeypatch, capsys):
+    import whisper_zh.train as train_module
+
+    fetched = []
+
+    def fetch_hub_checkpoint(repo_id, output_dir):  # stands in for the download from the Hub
+        fetched.append((repo_id, output_dir))
+        path = os.path.join(output_dir, "checkpoint-5")
+        os.makedirs(path)
+        return path
+
+    monkeypatch.setattr(train_module, "fetch_hub_checkpoint", fetch_hub_checkpoint)
+    config = _plan_config(tmp_path, zh_cv_mini, tiny_whisper, hub_model_id="someone/whisper-zh-test")
+    plan = nb.training_plan(config)
+    assert fetched == [("someone/whisper-zh-test", config.output_dir)]
+    assert plan["resume from"] == os.path.join(config.output_dir, "checkpoint-5")
+    assert plan["training clips"] == 8 and plan["steps"] == 10 and plan["checkpoint every"] == 5
+    assert "training resumes at step 5 of 10" in capsys.readouterr().out
+
+
+def test_training_plan_without_hub_or_checkpoint_starts_afresh(tmp_path, zh_cv_mini, tiny_whisper, monkeypatch, capsys):
+    import whisper_zh.train as train_module
+
+    def no_hub(*args):
+        raise AssertionError("asked the Hub without a Hub repo")
+
+    monkeypatch.setattr(train_module, "fetch_hub_checkpoint", no_hub)
+    plan = nb.training_plan(_plan_config(tmp_path, zh_cv_mini, tiny_whisper))
+    assert plan["resume from"] is None
+    assert "starts from the base model" in capsys.readouterr().out
