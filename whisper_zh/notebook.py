@@ -85,10 +85,10 @@ def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
                 "into that folder, or set DATASET to its path")
         print(f"dataset: {found}")
         return found
-    candidate = os.path.join(work_dir, os.path.expanduser(dataset))
-    if not os.path.isabs(os.path.expanduser(dataset)) and os.path.exists(candidate):
-        return candidate
-    return os.path.expanduser(dataset) if dataset.startswith("~") else dataset
+    path = os.path.expanduser(dataset)
+    if not os.path.isabs(path) and os.path.exists(os.path.join(work_dir, path)):
+        return os.path.join(work_dir, path)
+    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -157,7 +157,8 @@ def hub_login(required: bool) -> Optional[str]:
     except Exception as err:
         del os.environ["HF_TOKEN"]
         # `from None`: the original error may quote the request, and with it the token.
-        raise RuntimeError(f"the Hub rejected the token ({type(err).__name__}): check HF_TOKEN") from None
+        raise RuntimeError(f"could not check the token with the Hub ({type(err).__name__}): "
+                           "check HF_TOKEN and the connection") from None
     print(f"logged in to the Hub as {name}")
     return name
 
