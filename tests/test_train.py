@@ -230,3 +230,23 @@ def test_checkpoints_go_to_the_hub_and_a_lost_output_dir_resumes_from_it(tmp_pat
     assert read_state(repo / "last-checkpoint")["global_step"] == 6
     steps = [e["step"] for e in result.log_history if "loss" in e]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# --- data-parallel --------------------------------------------------------------------
+
+
+def test_torchrun_trains_data_parallel(tmp_path, zh_cv_mini, tiny_whisper):
+    """The same command under torchrun: two processes (gloo on a CPU), one shared cache."""
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "whisper_zh", "train",
+         *tiny_args(zh_cv_mini, tiny_whisper, out, tmp_path / "cache", max_steps=4,
+                    per_device_train_batch_size=2)],
+        capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "on CPU x2" in run.stdout and "global batch" not in run.stdout
+    assert "of 4 clips, checkpoint every 2" in run.stdout  # 2 per process x 2 processes
+    summaries = [line for line in run.stdout.splitlines() if line.startswith('{"global_step"')]
+    assert len(summaries) == 1 and json.loads(summaries[0])["global_step"] == 4
+    assert read_state(find_resumable_checkpoint(str(out)))["global_step"] == 4
+    assert len(list((tmp_path / "cache" / "prepared").iterdir())) == 2  # train and dev, prepared once

@@ -334,6 +334,7 @@ class TrainResult:
     test_metrics: dict
     resumed_from: Optional[str]
     log_history: list
+    is_main_process: bool = True
 
 
 def build_training_arguments(config: TrainConfig, schedule: Schedule, precision: str,
@@ -376,6 +377,8 @@ def build_training_arguments(config: TrainConfig, schedule: Schedule, precision:
         dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
         seed=config.seed,
+        # Without a GPU, torchrun's processes only join up (over gloo) in use_cpu mode.
+        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         push_to_hub=bool(config.hub_model_id),
         hub_model_id=config.hub_model_id,
         hub_strategy="checkpoint",
@@ -387,7 +390,8 @@ def train(config: TrainConfig) -> TrainResult:
     """Run the whole pipeline for ``config``; safe to run again after any interruption."""
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True on GPU-less machines: accelerate then also sets up torchrun's processes (gloo).
+    state = PartialState(cpu=not torch.cuda.is_available())
     # Preparation writes the cache once; the other processes of a multi-GPU run wait and read it.
     with state.main_process_first():
         data = prepare_data(config, verbose=state.is_main_process)
@@ -424,12 +428,11 @@ def train(config: TrainConfig) -> TrainResult:
 
     resumed_from = None
     if config.resume:
+        # The main process looks first (and fetches from the Hub); the others then find what it left.
         with state.main_process_first():
             resumed_from = find_resumable_checkpoint(config.output_dir)
             if resumed_from is None and config.hub_model_id and state.is_main_process:
                 resumed_from = fetch_hub_checkpoint(config.hub_model_id, config.output_dir)
-        if state.num_processes > 1:  # the other ranks look again once the main one has fetched
-            resumed_from = find_resumable_checkpoint(config.output_dir)
         if resumed_from and state.is_main_process:
             print(f"resuming from {resumed_from}", flush=True)
     trainer.train(resume_from_checkpoint=resumed_from)
@@ -455,6 +458,7 @@ def train(config: TrainConfig) -> TrainResult:
         test_metrics=test_metrics,
         resumed_from=resumed_from,
         log_history=trainer.state.log_history,
+        is_main_process=trainer.is_world_process_zero(),
     )
 
 
@@ -567,6 +571,8 @@ def main(argv: list[str]) -> int:
     except DataError as err:
         print(f"whisper-zh train: {err}", file=sys.stderr)
         return 2
+    if not result.is_main_process:
+        return 0
     summary = {"global_step": result.global_step, "best_checkpoint": result.best_checkpoint,
                "eval_cer": result.eval_cer, **{k: v for k, v in result.test_metrics.items()
                                                if k in ("test_cer", "test_wer")}}
