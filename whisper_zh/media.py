@@ -16,12 +16,14 @@ network, so that a public Space cannot be used as a proxy into it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import os
 import re
 import socket
 import subprocess
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -252,7 +254,7 @@ def check_url(url: str, *, allow_private: Optional[bool] = None) -> str:
     except ValueError:
         raise UnsafeURLError("the link has an invalid port") from None
     try:
-        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80),
+        infos = _system_getaddrinfo(host, port or (443 if parts.scheme == "https" else 80),
                                    type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise DownloadError(f"cannot find the host {host!r}: check the link") from None
@@ -265,30 +267,40 @@ def check_url(url: str, *, allow_private: Optional[bool] = None) -> str:
     return url
 
 
-def _youtube_dl_class():
-    import yt_dlp
+_guard = threading.local()
+_system_getaddrinfo = socket.getaddrinfo
 
-    class GuardedYoutubeDL(yt_dlp.YoutubeDL):
-        """Every request yt-dlp makes (pages, APIs, media fragments) goes through
-        ``urlopen``: checking it there also covers URLs that an extractor found inside a
-        page, which checking only the pasted link would miss."""
 
-        allow_private = False
+class _RefusedAddress(socket.gaierror):
+    pass
 
-        def urlopen(self, req):
-            url = req if isinstance(req, str) else getattr(req, "url", None) or req.get_full_url()
-            check_url(url, allow_private=self.allow_private)
-            response = super().urlopen(req)
-            final = getattr(response, "url", None)
-            if final and final != url:  # a redirect may point inside the network
-                try:
-                    check_url(final, allow_private=self.allow_private)
-                except DownloadError:
-                    response.close()
-                    raise
-            return response
 
-    return yt_dlp, GuardedYoutubeDL
+def _guarded_getaddrinfo(host, port, *args, **kwargs):
+    infos = _system_getaddrinfo(host, port, *args, **kwargs)
+    if getattr(_guard, "active", False):
+        for *_, sockaddr in infos:
+            if _is_internal(sockaddr[0]):
+                _guard.refused = f"{host} ({sockaddr[0]})"
+                raise _RefusedAddress(socket.EAI_NONAME, f"refused to connect to internal address {sockaddr[0]}")
+    return infos
+
+
+@contextlib.contextmanager
+def _public_addresses_only(active: bool = True):
+    """While active, every host name this thread resolves -- the pasted link, pages and
+    media URLs an extractor finds, each redirect, and each re-resolution (DNS rebinding)
+    -- must resolve to public addresses; otherwise the connection fails before a single
+    packet is sent. yt-dlp and urllib3 both connect through ``socket.getaddrinfo``, so
+    the check sits there, gated per thread so that nothing else in the process is
+    affected."""
+    if socket.getaddrinfo is not _guarded_getaddrinfo:
+        socket.getaddrinfo = _guarded_getaddrinfo
+    previous = getattr(_guard, "active", False)
+    _guard.active, _guard.refused = active, None
+    try:
+        yield
+    finally:
+        _guard.active = previous
 
 
 def _explain_ytdlp_error(message: str, url: str) -> str:
@@ -359,7 +371,7 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
         raise DownloadError(f"cookies file not found: {cookies}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    yt_dlp, GuardedYoutubeDL = _youtube_dl_class()
+    import yt_dlp
 
     def hook(status: dict) -> None:
         if progress is None or status.get("status") != "downloading":
@@ -401,11 +413,11 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
         "cachedir": False,
         "cookiefile": cookies,
         "max_filesize": max_bytes,
+        "concurrent_fragment_downloads": 1,  # fragments in this thread, under its address guard
         "restrictfilenames": True,
     }
     try:
-        with GuardedYoutubeDL(options) as ydl:
-            ydl.allow_private = allow_private
+        with _public_addresses_only(not allow_private), yt_dlp.YoutubeDL(options) as ydl:
             info = ydl.extract_info(url, download=False)
             if info is None:
                 raise DownloadError(f"no media found at {url}")
@@ -426,12 +438,12 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
             info = ydl.process_ie_result(info, download=True)
     except (DownloadError, MediaTooLongError):
         raise
-    except yt_dlp.utils.DownloadError as err:
+    except yt_dlp.utils.YoutubeDLError as err:
+        if getattr(_guard, "refused", None):
+            raise UnsafeURLError(f"the link led to an internal address, {_guard.refused}; refused") from None
         cause = err.exc_info[1] if getattr(err, "exc_info", None) else None
         if isinstance(cause, (DownloadError, MediaTooLongError)):
             raise cause from None
-        raise DownloadError(_explain_ytdlp_error(str(err), url)) from None
-    except yt_dlp.utils.YoutubeDLError as err:
         raise DownloadError(_explain_ytdlp_error(str(err), url)) from None
     files = [p for p in out_dir.iterdir()
              if p.is_file() and p.name.startswith("download.") and not p.name.endswith((".part", ".ytdl"))]

@@ -1,0 +1,109 @@
+"""Test media made on the fly from the real clips in ../shared/data/zh-cv-mini, and a
+local HTTP server on 127.0.0.1 for the download path (nothing else is contacted)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import http.server
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from whisper_zh.media import SAMPLE_RATE, ffmpeg_exe, load_audio
+
+
+def read_split(dataset: Path, split: str = "test") -> list[dict]:
+    with open(dataset / f"{split}.tsv", encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def plain_clips(dataset: Path, count: int, split: str = "test") -> list[dict]:
+    """The first ``count`` rows whose sentence is Chinese characters only: no Latin
+    letters and no digit strings, which Whisper writes as 1307... and a character
+    reference scores as all wrong, whatever the model heard."""
+    digits = set("零一二三四五六七八九")
+    rows = []
+    for row in read_split(dataset, split):
+        sentence = row["sentence"]
+        if any(c.isascii() and c.isalnum() for c in sentence):
+            continue
+        if sum(c in digits for c in sentence) > len(sentence) / 3:
+            continue
+        rows.append(row)
+        if len(rows) == count:
+            break
+    return rows
+
+
+def joined_clips(dataset: Path, seconds: float, split: str = "test") -> tuple[np.ndarray, list[dict], list[float]]:
+    """Clips of ``split`` in order, joined back to back until ``seconds`` is reached.
+
+    Returns:
+        (waveform of shape (n,), the rows used, start time of each clip in seconds)
+    """
+    pieces, rows, starts, total = [], [], [], 0
+    for row in read_split(dataset, split):
+        audio = load_audio(dataset / "clips" / row["path"])
+        starts.append(total / SAMPLE_RATE)
+        pieces.append(audio)
+        rows.append(row)
+        total += len(audio)
+        if total >= seconds * SAMPLE_RATE:
+            break
+    return np.concatenate(pieces), rows, starts
+
+
+def write_wav(path: Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
+    sf.write(str(path), audio, sr, subtype="PCM_16")
+    return path
+
+
+def make_video(audio_path: Path, out: Path) -> Path:
+    """An mp4 with a still picture and ``audio_path`` as its AAC sound track."""
+    seconds = len(load_audio(audio_path)) / SAMPLE_RATE
+    # -t rather than -shortest, which overshoots by seconds against an endless picture
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+           "-f", "lavfi", "-i", "color=c=0x336699:s=320x240:r=5", "-i", str(audio_path),
+           "-map", "0:v", "-map", "1:a", "-c:v", "mpeg4", "-c:a", "aac", "-t", f"{seconds:.3f}", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    requested: list
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.requested.append(self.path)
+        if self.path.startswith("/redirect-to/"):
+            self.send_response(302)
+            self.send_header("Location", "http://" + self.path[len("/redirect-to/"):])
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path, host: str = "127.0.0.1"):
+    """Serve ``directory`` over HTTP on ``host`` (a free port) in a thread.
+
+    Yields:
+        (base URL such as ``http://127.0.0.1:PORT``, list of paths requested so far)
+    """
+    requested: list[str] = []
+    handler = type("Handler", (_QuietHandler,), {"requested": requested})
+    server = http.server.ThreadingHTTPServer((host, 0), functools.partial(handler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
