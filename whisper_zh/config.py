@@ -40,6 +40,10 @@ class TrainConfig:
     max_duration_s: float = field(default=30.0, metadata={"help": "Longer clips are dropped (Whisper's window)."})
     max_label_tokens: int = field(default=448, metadata={"help": "Longer labels are dropped (decoder limit)."})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Prepared data (Drive on Colab)."})
+    extract_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where a release .tar.gz is extracted before preparation (default: cache_dir/releases; "
+                          "on Colab a local disk: only the prepared cache needs to outlive the runtime)."})
     prepare_shard_size: int = field(
         default=1000, metadata={"help": "Clips per cache shard: the unit an interrupted preparation resumes at."})
     preprocessing_num_workers: Optional[int] = field(

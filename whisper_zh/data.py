@@ -140,6 +140,10 @@ def open_source(dataset: str, config: Optional[str] = None) -> Source:
     return Source("hub", dataset, hashlib.sha1(f"{dataset}:{config}".encode()).hexdigest(), config)
 
 
+def default_extract_dir(cache_dir: str) -> str:
+    return os.path.join(os.path.expanduser(cache_dir), "releases")
+
+
 def extract_release(tar_path: str, extract_root: str) -> str:
     """Extract the TSVs and clips of a release tarball once; return the release folder.
 
@@ -468,7 +472,7 @@ def _prepare_one(source, split, cache_dir, labels, opts, extract_dir):
         workers = opts.num_workers or os.cpu_count() or 1
         if source.kind in ("cv", "cv-tar"):
             release = source.location if source.kind == "cv" else extract_release(
-                source.location, extract_dir or os.path.join(os.path.expanduser(cache_dir), "releases"))
+                source.location, extract_dir or default_extract_dir(cache_dir))
             rows = read_cv_split(release, split)[: opts.max_samples]
             jobs = [(rows[i:i + opts.shard_size], release, _shard_dir(target, i // opts.shard_size), opts, labels)
                     for i in range(0, len(rows), opts.shard_size)]

@@ -61,6 +61,13 @@ def prepare_work_dir(work_dir: Optional[str] = None) -> str:
     return work_dir
 
 
+def extract_dir() -> Optional[str]:
+    """Where a release tarball is unpacked: in Colab the runtime's local disk, since
+    unpacking ~50k small files onto Drive is slow and only the prepared cache (on Drive)
+    needs to survive a disconnect; elsewhere None (the default, ``cache_dir/releases``)."""
+    return "/content/cv-release" if in_colab() else None
+
+
 def path_in(work_dir: str, path: str) -> str:
     """``path`` if absolute (or ~), else ``work_dir/path``."""
     path = os.path.expanduser(path)
@@ -176,12 +183,12 @@ def folder_bytes(path: str) -> int:
 def describe_source(config):
     """Open the dataset named in ``config`` and return a table of its splits.
 
-    A Common Voice ``.tar.gz`` is extracted here, once, into ``cache_dir/releases`` (where
+    A Common Voice ``.tar.gz`` is extracted here, once, into ``config.extract_dir`` (where
     preparation looks for it); a release folder is only read. Columns: split, clips
     listed, and which role (train / eval / test) the split plays in ``config``."""
     import pandas as pd
 
-    from whisper_zh.data import extract_release, open_source, read_cv_split
+    from whisper_zh.data import default_extract_dir, extract_release, open_source, read_cv_split
 
     source = open_source(config.dataset, config.dataset_config)
     roles = {}
@@ -190,7 +197,7 @@ def describe_source(config):
             roles.setdefault(split, []).append(role)
     if source.kind in ("cv", "cv-tar"):
         release = source.location if source.kind == "cv" else extract_release(
-            source.location, os.path.join(os.path.expanduser(config.cache_dir), "releases"))
+            source.location, config.extract_dir or default_extract_dir(config.cache_dir))
         print(f"Common Voice release: {release}")
         splits = sorted(f[:-4] for f in os.listdir(release) if f.endswith(".tsv"))
         rows = [{"split": s, "clips": len(read_cv_split(release, s)), "used as": ", ".join(roles.get(s, []))}

@@ -310,7 +310,7 @@ def prepare_data(config: TrainConfig, splits: Optional[list[str]] = None, verbos
         role_opts = opts
         if role == "train" and config.max_train_samples:
             role_opts = PrepareOptions(**{**opts.__dict__, "max_samples": config.max_train_samples})
-        dataset, stats = prepare_split(source, split, config.cache_dir, labels, role_opts)
+        dataset, stats = prepare_split(source, split, config.cache_dir, labels, role_opts, config.extract_dir)
         if role == "eval" and len(dataset) > config.eval_max_samples:
             dataset = dataset.shuffle(seed=config.seed).select(range(config.eval_max_samples))
         setattr(result, role, dataset)
