@@ -203,3 +203,29 @@ def test_prepare_command_prints_counts_and_cache(tmp_path, zh_cv_mini, mini_rows
     bad = subprocess.run([sys.executable, "-m", "whisper_zh", "prepare", "--dataset",
                           "mozilla-foundation/common_voice_11_0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "withdrawn" in bad.stderr
+
+
+def test_streaming_a_data_folder_matches_the_downloaded_read(tmp_path, zh_cv_mini, mini_rows, labels):
+    """A folder of parquet files (as a Hub dataset repo holds them), read with and without streaming."""
+    import datasets
+
+    rows = mini_rows["test"][:5]
+    ds = datasets.Dataset.from_dict({
+        "audio": [str(zh_cv_mini / "clips" / r["path"]) for r in rows],
+        "sentence": [r["sentence"] for r in rows]}).cast_column("audio", datasets.Audio(decode=False))
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    ds.to_parquet(str(tmp_path / "repo" / "data" / "test-00000-of-00001.parquet"))
+    source = open_source(str(tmp_path / "repo"))
+    streamed, s_stats = prepare_split(source, "test", str(tmp_path / "c1"), labels,
+                                      PrepareOptions(streaming=True, shard_size=2))
+    loaded, _ = prepare_split(source, "test", str(tmp_path / "c2"), labels, PrepareOptions(shard_size=2))
+    assert s_stats.kept == 5 and streamed["sentence"] == loaded["sentence"] == [r["sentence"] for r in rows]
+    assert streamed["audio"] == loaded["audio"]
+    # a streamed preparation killed after its first shard resumes after it
+    target = next((tmp_path / "c1" / "prepared").iterdir())
+    (target / "done.json").unlink()
+    for shard in ("shard-00001", "shard-00002"):
+        shutil.rmtree(target / shard)
+    resumed, stats = prepare_split(source, "test", str(tmp_path / "c1"), labels,
+                                   PrepareOptions(streaming=True, shard_size=2))
+    assert stats.prepared_now == 3 and resumed["sentence"] == streamed["sentence"]
