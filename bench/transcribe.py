@@ -1,0 +1,260 @@
+"""Long-form transcription speed and accuracy: whisper-zh against what users would
+otherwise run, in one run on one machine.
+
+A recording of at least ``--minutes`` of real Mandarin is built by joining zh-cv-mini
+clips (test split first, then dev and train) with short pauses, and transcribed by:
+
+* the whisper-zh engine (``Transcriber``) with each backend: transformers (fp32 on a
+  CPU, fp16 on a GPU) and CTranslate2 (int8 on a CPU, float16 on a GPU), at its
+  defaults (greedy, 8 chunks per batch), and the ct2 backend with beam 5;
+* the transformers ASR pipeline, ``chunk_length_s=30``, otherwise default settings;
+* faster-whisper's ``WhisperModel.transcribe`` called directly, with its defaults
+  (beam 5, sequential 30 s windows conditioned on the previous text).
+
+Each system is loaded, warmed up on 5 s of audio, then timed on the whole recording
+(model loading and audio decoding excluded). CER is over the whole recording: all
+reference sentences joined against all output text, after :func:`whisper_zh.text.normalize`.
+
+    python bench/transcribe.py                          # 10 minutes, whisper-base, CPU
+    python bench/transcribe.py --minutes 1              # quick run
+    python bench/transcribe.py --model openai/whisper-small --device cuda
+
+Prints a markdown table and writes ``bench/results/transcribe-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from whisper_zh.media import SAMPLE_RATE, load_audio  # noqa: E402
+from whisper_zh.text import cer  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "zh-cv-mini"
+DEFAULT_MODEL = Path.home() / ".cache" / "whisper-zh" / "whisper-base"
+GAP_S = 0.3
+WARMUP_S = 5.0
+
+# zh-cv-mini's references read numbers out as characters ("一三零七"); zero-shot Whisper
+# writes them as digits or characters depending on context. The second CER column maps
+# digits to characters first, to show how much of a difference is only that.
+_DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
+
+
+def build_recording(data_dir: Path, minutes: float, gap_s: float = GAP_S) -> tuple[np.ndarray, list[str]]:
+    """Join real clips into one recording of at least ``minutes``.
+
+    Returns:
+        ``(audio, sentences)``: float32 waveform of shape ``(n_samples,)`` at 16 kHz, and
+        the reference sentences in order.
+    """
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    parts, sentences, samples = [], [], 0
+    for split in ("test", "dev", "train"):
+        with open(data_dir / f"{split}.tsv", encoding="utf-8") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                audio = load_audio(data_dir / "clips" / row["path"])
+                parts += [audio, gap]
+                sentences.append(row["sentence"])
+                samples += len(audio) + len(gap)
+                if samples >= minutes * 60 * SAMPLE_RATE:
+                    return np.concatenate(parts), sentences
+    raise SystemExit(f"{data_dir} holds only {samples / SAMPLE_RATE / 60:.1f} minutes; ask for fewer")
+
+
+def machine(device: str) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        info["cpu_model"] = fields.get("Model name", "").strip()
+    except OSError:
+        info["cpu_model"] = platform.processor()
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    import ctranslate2
+    import faster_whisper
+    import torch
+    import transformers
+
+    info["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                        "ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__}
+    info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def device_tag(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return "cuda-" + torch.cuda.get_device_name(0).lower().replace(" ", "-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+def prepare_model_dir(model: str, work: Path, device: str) -> tuple[Path, float]:
+    """A private model directory (symlinks to ``model``'s files) with a fresh CTranslate2
+    export in ``ct2/``, so the engine's ct2 backend finds it. Returns it and the export's
+    seconds."""
+    from whisper_zh.export import export_ct2
+
+    src = Path(model)
+    if not src.is_dir():
+        from huggingface_hub import snapshot_download
+
+        src = Path(snapshot_download(model))
+    model_dir = work / "model"
+    model_dir.mkdir()
+    for item in src.iterdir():
+        if item.is_file() and not item.name.startswith("."):
+            (model_dir / item.name).symlink_to(item.resolve())
+    started = time.perf_counter()
+    export_ct2(str(model_dir), quantization="float16" if device.startswith("cuda") else "int8")
+    return model_dir, time.perf_counter() - started
+
+
+def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callable[[np.ndarray], str]]]]:
+    """(name, loader) pairs; a loader returns ``transcribe(audio) -> text``."""
+    cuda = device.startswith("cuda")
+    ct2_dir = str(model_dir / "ct2")
+
+    def engine(backend: str, **overrides):
+        def load():
+            from whisper_zh.transcribe import Transcriber
+
+            transcriber = Transcriber(str(model_dir), backend=backend, device=device)
+            return lambda audio: transcriber.transcribe(audio, **overrides).text
+        return load
+
+    def hf_pipeline():
+        import torch
+        from transformers import pipeline
+
+        pipe = pipeline("automatic-speech-recognition", model=str(model_dir), chunk_length_s=30,
+                        device=device, dtype=torch.float16 if cuda else torch.float32)
+        return lambda audio: pipe(audio.copy(), generate_kwargs={"language": "zh", "task": "transcribe"})["text"]
+
+    def faster_whisper_direct():
+        from faster_whisper import WhisperModel
+
+        model = WhisperModel(ct2_dir, device=device, compute_type="float16" if cuda else "int8")
+        return lambda audio: "".join(s.text for s in model.transcribe(audio, language="zh")[0])
+
+    engine_rows = []
+    try:
+        from whisper_zh.transcribe import Transcriber  # noqa: F401
+
+        weights = "fp16" if cuda else "fp32"
+        quant = "float16" if cuda else "int8"
+        engine_rows = [
+            (f"whisper-zh engine, transformers {weights} (batch 8, greedy)", engine("transformers")),
+            (f"whisper-zh engine, ct2 {quant} (batch 8, greedy)", engine("ct2")),
+            (f"whisper-zh engine, ct2 {quant} (batch 8, beam 5)", engine("ct2", beam_size=5)),
+        ]
+    except ImportError as err:
+        print(f"(no engine rows: {err})", file=sys.stderr)
+    return engine_rows + [
+        (f"transformers pipeline, {'fp16' if cuda else 'fp32'} (chunk_length_s=30, defaults)", hf_pipeline),
+        (f"faster-whisper {'float16' if cuda else 'int8'} direct (defaults: beam 5)", faster_whisper_direct),
+    ]
+
+
+def run(args: argparse.Namespace) -> dict:
+    audio, sentences = build_recording(Path(args.data), args.minutes)
+    duration = len(audio) / SAMPLE_RATE
+    reference = "".join(sentences)
+    print(f"recording: {duration / 60:.2f} min, {len(sentences)} clips from {args.data}", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="whisper-zh-bench-") as work:
+        model_dir, export_s = prepare_model_dir(args.model, Path(work), args.device)
+        print(f"exported to CTranslate2 in {export_s:.1f} s", file=sys.stderr)
+        for name, load in systems(model_dir, args.device):
+            if args.only and not any(key in name for key in args.only):
+                continue
+            transcribe = load()
+            transcribe(audio[: int(WARMUP_S * SAMPLE_RATE)])
+            load_before = os.getloadavg()[0]
+            wall, cpu = time.perf_counter(), time.process_time()
+            text = transcribe(audio)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            row = {
+                "system": name,
+                "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2),
+                "x_realtime": round(duration / wall, 2),
+                "cer": round(cer([reference], [text]), 4),
+                "cer_digits_as_characters": round(cer([reference], [text.translate(_DIGITS)]), 4),
+                "loadavg_1min_before": round(load_before, 2),
+                "text_head": text[:80],
+            }
+            rows.append(row)
+            print(f"{name}: {row['wall_s']} s, {row['x_realtime']}x real time, CER {row['cer']:.3f}", file=sys.stderr)
+            del transcribe
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": str(args.model),
+        "device": args.device,
+        "audio_s": round(duration, 2),
+        "clips": len(sentences),
+        "ct2_export_s": round(export_s, 2),
+        "machine": machine(args.device),
+        "rows": rows,
+    }
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    where = m.get("gpu") or f"{m['cpu_model']}, {m['cpu_count']} cores"
+    lines = [
+        f"{result['audio_s'] / 60:.1f} min of Mandarin ({result['clips']} zh-cv-mini clips), "
+        f"{Path(result['model']).name}, {result['device']}: {where} ({result['date']})",
+        "",
+        "| system | wall s | CPU s | × real time | CER | CER, digits as characters |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['x_realtime']:.1f} "
+                     f"| {row['cer']:.3f} | {row['cer_digits_as_characters']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL),
+                        help="transformers Whisper directory or Hub id (default: the offline whisper-base)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the joined recording")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="a Common Voice-layout folder of clips")
+    parser.add_argument("--only", nargs="*", help="run only the systems whose name contains one of these")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/transcribe-<device>.json)")
+    args = parser.parse_args(argv)
+    result = run(args)
+    table = markdown(result)
+    print(table)
+    out = Path(args.out or REPO / "bench" / "results" / f"transcribe-{device_tag(args.device)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["markdown"] = table
+    out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
