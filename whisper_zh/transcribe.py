@@ -48,13 +48,11 @@ BACKENDS = ("auto", "transformers", "ct2")
 ProgressCallback = Callable[[float, str], None]
 
 # Credits from subtitle sites that Whisper learned from its training data and emits on
-# silence, music or noise. Matched against a whole segment after punctuation is removed;
-# real speech practically never consists of exactly these.
+# silence, music or noise. Matched after normalisation (simplified, no punctuation, lower
+# case); real speech practically never consists of only these.
 _HALLUCINATIONS = re.compile(
-    r"(字幕由.{0,12}(amara|提供)|amara\.?org|请不吝点赞|請不吝點贊|订阅.{0,6}(转发|打赏)|訂閱.{0,6}(轉發|打賞)"
-    r"|明镜与点点|明鏡與點點|字幕志愿者|字幕志願者|中文字幕.{0,4}(提供|製作|制作)|谢谢观看|謝謝觀看"
-    r"|感谢观看|感謝觀看)",
-    re.IGNORECASE,
+    r"字幕由.{0,12}(amara|提供)|amara\.?org|请不吝点赞|订阅.{0,6}(转发|打赏)|明镜与点点|字幕志愿者"
+    r"|中文字幕.{0,4}(提供|制作)|谢谢观看|感谢观看"
 )
 
 
@@ -378,13 +376,12 @@ class Transcriber:
 
 
 def _is_hallucination(text: str) -> bool:
+    """True when a segment is (almost) nothing but known credit lines: at most four
+    characters are left once they are removed. "谢谢观看" ending a real sentence stays."""
     from whisper_zh.text import normalize
 
-    plain = normalize(text, "zh") if text else ""
-    match = _HALLUCINATIONS.search(text) or _HALLUCINATIONS.search(plain)
-    # only a segment that is (almost) nothing but the credit line; "谢谢观看" inside a real
-    # sentence stays
-    return bool(match) and len(plain) <= len(normalize(match.group(0), "zh")) + 6
+    plain = normalize(text, "zh")
+    return bool(plain) and plain != (rest := _HALLUCINATIONS.sub("", plain)) and len(rest) <= 4
 
 
 _engines: dict[tuple, Transcriber] = {}

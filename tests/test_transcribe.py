@@ -1,0 +1,280 @@
+"""The transcription engine: windows, batching and timestamps with a tiny random
+Whisper; accuracy, long-form joins, video and silence with the real whisper-base."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests._media_helpers import joined_clips, make_video, plain_clips, serve_directory, write_wav
+from whisper_zh.media import SAMPLE_RATE, MediaTooLongError, load_audio
+from whisper_zh.subtitles import to_srt
+from whisper_zh.text import cer, to_simplified, to_traditional, utterance_cer
+from whisper_zh.transcribe import (
+    NoSpeechError,
+    Segment,
+    TranscribeOptions,
+    Transcriber,
+    _is_hallucination,
+    frame_energy_db,
+    is_silent,
+    main,
+    plan_windows,
+)
+
+SR = SAMPLE_RATE
+# a random model is unsure of everything: let every window through, once
+MECHANICS = TranscribeOptions(temperatures=(0.0,), logprob_threshold=None, no_speech_threshold=None,
+                              compression_ratio_threshold=None, drop_hallucinations=False)
+
+
+def noise(seconds: float, level: float = 0.1, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(seconds * SR)) * level).astype(np.float32)
+
+
+# -- windows ------------------------------------------------------------------------
+
+def test_short_audio_is_one_window():
+    assert plan_windows(noise(12.0)) == [(0, 12 * SR)]
+    assert plan_windows(noise(30.0)) == [(0, 30 * SR)]
+
+
+def test_cuts_fall_in_pauses():
+    audio = noise(75.0)
+    gaps = [(26.8, 27.3), (54.1, 54.6)]
+    for start, end in gaps:
+        audio[int(start * SR):int(end * SR)] = 0.0
+    windows = plan_windows(audio, search_s=5.0)
+    assert len(windows) == 3
+    assert windows[0][0] == 0 and windows[-1][1] == len(audio)
+    for (start, end), (next_start, _) in zip(windows, windows[1:]):
+        assert end == next_start  # contiguous: nothing lost, nothing decoded twice
+    for (_, cut), (gap_start, gap_end) in zip(windows, gaps):
+        assert gap_start <= cut / SR <= gap_end
+
+
+def test_windows_without_pauses_still_fit():
+    audio = noise(301.0)
+    windows = plan_windows(audio)
+    assert windows[0][0] == 0 and windows[-1][1] == len(audio)
+    assert all(0 < end - start <= 30 * SR for start, end in windows)
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:]))
+    assert len(windows) <= 13  # cuts stay within the last 5 s of each window
+
+
+def test_energy_and_silence():
+    assert frame_energy_db(np.zeros(SR, np.float32)).max() == pytest.approx(-120.0)
+    assert frame_energy_db(np.full(SR, 0.5, np.float32)).min() == pytest.approx(20 * np.log10(0.5), abs=0.01)
+    assert is_silent(np.zeros(SR, np.float32))
+    assert is_silent(noise(2.0, level=0.001))  # about -60 dBFS: a quiet room
+    assert not is_silent(noise(2.0, level=0.05))
+    assert is_silent(np.zeros(0, np.float32))
+
+
+def test_hallucination_filter():
+    assert _is_hallucination("字幕由Amara.org社群提供")
+    assert _is_hallucination("请不吝点赞 订阅 转发 打赏支持明镜与点点栏目")
+    assert _is_hallucination("谢谢观看！")
+    assert not _is_hallucination("今天我们讨论城市规划，谢谢观看我们节目的每一位朋友对这个问题的关心")
+    assert not _is_hallucination("物业公司把西门给锁死了")
+
+
+# -- mechanics with a tiny random Whisper ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_whisper):
+    return Transcriber(str(tiny_whisper), backend="transformers", device="cpu", options=MECHANICS)
+
+
+@pytest.fixture
+def generate_calls(tiny_engine, monkeypatch):
+    """Record the batch shape of every generate call the engine makes."""
+    calls = []
+    original = tiny_engine.model.generate
+
+    def spy(input_features, **kwargs):
+        calls.append(tuple(input_features.shape))
+        kwargs["max_new_tokens"] = 24  # random weights would otherwise ramble to the limit
+        return original(input_features, **kwargs)
+
+    monkeypatch.setattr(tiny_engine.model, "generate", spy)
+    return calls
+
+
+def test_windows_are_batched_and_silence_skipped(tiny_engine, generate_calls):
+    # speech-like noise 0-30 s, silence 30-62 s, noise 62-95 s, with pauses to cut at
+    audio = np.concatenate([noise(29.5), np.zeros(int(32.5 * SR), np.float32), noise(33.0, seed=1)])
+    windows = plan_windows(audio)
+    assert len(windows) == 4
+    progress = []
+    segments = list(tiny_engine.iter_segments(audio, replace_options(batch_size=2),
+                                              progress=lambda f, m: progress.append(f)))
+    voiced = [w for w in windows if not is_silent(audio[w[0]:w[1]])]
+    assert len(voiced) == 3 and 29.5 * SR <= windows[1][0] < windows[1][1] < 62 * SR
+    assert generate_calls == [(2, 80, 3000), (1, 80, 3000)]  # the silent window never reaches the model
+    assert progress[0] == 0.0 and progress[-1] == 1.0
+    for segment in segments:
+        assert any(s / SR <= segment.start <= segment.end <= e / SR + 1e-6 for s, e in voiced)
+    assert [s.start for s in segments] == sorted(s.start for s in segments)
+
+
+def test_batch_size_one_and_three(tiny_engine, generate_calls):
+    audio = noise(100.0)
+    n = len(plan_windows(audio))
+    list(tiny_engine.iter_segments(audio, replace_options(batch_size=3)))
+    assert [c[0] for c in generate_calls] == [3] * (n // 3) + ([n % 3] if n % 3 else [])
+    generate_calls.clear()
+    list(tiny_engine.iter_segments(audio, replace_options(batch_size=1)))
+    assert [c[0] for c in generate_calls] == [1] * n
+
+
+def test_window_segments_offsets(tiny_engine):
+    """Whisper's per-window times become input times; text read off the padding after
+    a window's real end is dropped, and ends are clipped to it."""
+    tokenizer = tiny_engine.processor.tokenizer
+    tokens = torch.tensor(tokenizer("你好", add_special_tokens=False).input_ids)
+    raw = [
+        {"start": torch.tensor(0.0), "end": torch.tensor(2.5), "tokens": tokens},
+        {"start": torch.tensor(2.5), "end": torch.tensor(9.0), "tokens": tokens},  # ends in padding
+        {"start": torch.tensor(8.5), "end": torch.tensor(12.0), "tokens": tokens},  # starts in padding
+    ]
+    segments = list(tiny_engine._window_segments(raw, offset=60.0, window_end=68.0))
+    assert segments == [Segment(60.0, 62.5, "你好"), Segment(62.5, 68.0, "你好")]
+
+
+def test_silence_is_no_speech(tiny_engine, generate_calls, tmp_path):
+    for seconds in (0.3, 5.0, 45.0):
+        with pytest.raises(NoSpeechError, match="no speech found"):
+            tiny_engine.transcribe(np.zeros(int(seconds * SR), np.float32))
+    wav = write_wav(tmp_path / "silence.wav", np.zeros(3 * SR, np.float32))
+    with pytest.raises(NoSpeechError):
+        tiny_engine.transcribe(wav)
+    assert generate_calls == []  # Whisper never saw the silence, so it could not invent text
+
+
+def test_max_duration(tiny_engine, generate_calls):
+    with pytest.raises(MediaTooLongError, match="limit is 1:00"):
+        tiny_engine.transcribe(noise(61.0), max_duration_s=60)
+    assert generate_calls == []
+
+
+def test_backend_choice(tiny_whisper, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Transcriber(str(tiny_whisper), backend="onnx")
+    monkeypatch.setenv("BACKEND", "transformers")
+    assert Transcriber(str(tiny_whisper), device="cpu").backend == "transformers"
+    monkeypatch.delenv("BACKEND")
+    assert Transcriber(str(tiny_whisper), device="cpu").backend == "transformers"  # auto, no model.bin
+
+
+def replace_options(**changes) -> TranscribeOptions:
+    from dataclasses import replace
+
+    return replace(MECHANICS, **changes)
+
+
+# -- the real whisper-base ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base_engine(whisper_base):
+    return Transcriber(str(whisper_base), backend="transformers", device="cpu")
+
+
+@pytest.mark.slow
+def test_clips_are_transcribed(base_engine, zh_cv_mini):
+    rows = plain_clips(zh_cv_mini, 4)
+    for row in rows:
+        result = base_engine.transcribe(zh_cv_mini / "clips" / row["path"])
+        assert utterance_cer(row["sentence"], result.text) < 0.5, (row["sentence"], result.text)
+        assert result.text == to_simplified(result.text)
+        assert 0.0 <= result.segments[0].start < result.segments[-1].end <= result.duration + 1e-6
+
+
+@pytest.mark.slow
+def test_traditional_script(base_engine, zh_cv_mini):
+    row = plain_clips(zh_cv_mini, 1)[0]
+    audio = load_audio(zh_cv_mini / "clips" / row["path"])
+    traditional = base_engine.transcribe(audio, script="traditional").text
+    simplified = base_engine.transcribe(audio, script="simplified").text
+    assert traditional == to_traditional(simplified) and traditional != simplified
+
+
+@pytest.mark.slow
+def test_three_minutes_joined(base_engine, zh_cv_mini):
+    """One 3-minute file made of clips back to back comes back as one transcript that
+    is as good as transcribing the clips one by one: the joins lose nothing."""
+    audio, rows, starts = joined_clips(zh_cv_mini, 180.0)
+    assert len(audio) / SR >= 180.0
+    result = base_engine.transcribe(audio)
+    references = [row["sentence"] for row in rows]
+    joined_cer = cer(["".join(references)], [result.text])
+    per_clip = [base_engine.transcribe(audio[int(s * SR):int(e * SR)]).text
+                for s, e in zip(starts, starts[1:] + [len(audio) / SR])]
+    per_clip_cer = cer(references, per_clip)
+    print(f"\nwhisper-base CER: joined {joined_cer:.3f}, per clip {per_clip_cer:.3f} "
+          f"({len(rows)} clips, {len(audio) / SR:.0f} s, {result.speed:.2f}x real time)")
+    assert joined_cer < per_clip_cer + 0.05
+    assert joined_cer < 0.5
+
+    segments = result.segments
+    assert all(a.start <= b.start for a, b in zip(segments, segments[1:]))
+    assert all(s.start <= s.end for s in segments)
+    assert segments[-1].end <= len(audio) / SR + 1e-6
+    assert segments[-1].end > len(audio) / SR - 5.0  # the last clip is there
+    # Whisper's segments follow the sentences: most clip starts have a segment start nearby
+    aligned = [any(abs(s.start - t) < 1.0 for s in segments) for t in starts[1:]]
+    assert sum(aligned) / len(aligned) > 0.6, [round(s.start, 2) for s in segments]
+    srt = to_srt(segments)
+    assert srt.count(" --> ") == len(segments)
+
+
+@pytest.mark.slow
+def test_video_input(base_engine, zh_cv_mini, tmp_path):
+    row = plain_clips(zh_cv_mini, 2)[1]
+    video = make_video(zh_cv_mini / "clips" / row["path"], tmp_path / "clip.mp4")
+    result = base_engine.transcribe(video)
+    assert utterance_cer(row["sentence"], result.text) < 0.5, (row["sentence"], result.text)
+
+
+# -- command line -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cli_file_and_url(whisper_base, zh_cv_mini, tmp_path, capsys, monkeypatch):
+    row = plain_clips(zh_cv_mini, 3)[2]
+    clip = zh_cv_mini / "clips" / row["path"]
+    srt, vtt = tmp_path / "out.srt", tmp_path / "out.vtt"
+    assert main([str(clip), "--model", str(whisper_base), "--srt", str(srt), "--vtt", str(vtt),
+                 "--backend", "transformers", "--batch-size", "2"]) == 0
+    text = capsys.readouterr().out.strip()
+    assert utterance_cer(row["sentence"], text) < 0.5
+    assert srt.read_text(encoding="utf-8").startswith("1\n00:00:0")
+    assert vtt.read_text(encoding="utf-8").startswith("WEBVTT\n\n00:00:0")
+
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "clip.mp3").write_bytes(clip.read_bytes())
+    with serve_directory(tmp_path / "site") as (base, _):
+        assert main([f"{base}/clip.mp3", "--model", str(whisper_base), "--script", "traditional"]) == 0
+        out = capsys.readouterr().out.strip()
+        assert out == to_traditional(text)
+        assert main([f"{base}/missing.mp3", "--model", str(whisper_base)]) == 1
+        assert "404" in capsys.readouterr().err
+
+
+def test_cli_errors(tiny_whisper, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
+    silence = write_wav(tmp_path / "silence.wav", np.zeros(2 * SR, np.float32))
+    assert main([str(silence), "--model", str(tiny_whisper)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no speech found" in captured.err
+    (tmp_path / "bad.mp3").write_text("not audio")
+    assert main([str(tmp_path / "bad.mp3"), "--model", str(tiny_whisper)]) == 1
+    assert "cannot decode" in capsys.readouterr().err
+    assert main(["file:///etc/passwd", "--model", str(tiny_whisper)]) == 1
+    assert "only http:// and https://" in capsys.readouterr().err
+    assert main(["http://127.0.0.1:1/a.mp3", "--model", str(tiny_whisper)]) == 1
+    assert "private, loopback or link-local" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "FILE_OR_URL" in capsys.readouterr().out
