@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from whisper_zh.ct2 import ct2_transcribe, find_ct2_model, load_ct2, split_words
+from whisper_zh.ct2 import ct2_transcribe, find_ct2_model, load_ct2, speech_chunks, split_words
 from whisper_zh.export import export_ct2
 from whisper_zh.media import SAMPLE_RATE, load_audio
 from whisper_zh.text import cer
@@ -121,7 +121,7 @@ def test_cli_export(tiny_whisper, tmp_path):
 
     bad = subprocess.run([sys.executable, "-m", "whisper_zh", "export", str(tmp_path / "no-such-model")],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert bad.returncode != 0
+    assert bad.returncode == 1 and "no such model" in bad.stderr
     assert not (tmp_path / "no-such-model").exists()
 
 
@@ -167,6 +167,11 @@ def test_base_ct2_int8_transcribes_real_mandarin(base_ct2, zh_cv_mini):
     # a joined recording, batched (VAD chunks) and sequential
     audio = _joined(clips)
     duration = len(audio) / SAMPLE_RATE
+    chunks, pauses = speech_chunks(audio)
+    assert len(chunks) >= 2 and len(pauses) >= len(clips) - 1
+    assert all(0 < end - start <= 30.0 for start, end in chunks)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(chunks, chunks[1:]))
+    assert chunks[0][0] < 1.0 and chunks[-1][1] > duration - len(clips[-1][0]) / SAMPLE_RATE
     reference = "".join(ref for _, ref in clips)
     for batch_size in (8, 1):
         segments = ct2_transcribe(model, audio, batch_size=batch_size)

@@ -1,17 +1,18 @@
 """CTranslate2 backend: run an exported model (``whisper-zh export --ct2``) with faster-whisper.
 
-On the 2-core CPU of a free Space, CTranslate2 int8 decodes several times faster than
-transformers float32 at the same accuracy. The engine (:mod:`whisper_zh.transcribe`)
+On the 2-core CPU of a free Space, CTranslate2 int8 decodes many times faster than
+transformers float32 (bench/transcribe.py). The engine (:mod:`whisper_zh.transcribe`)
 owns the model's lifetime; nothing here is cached globally.
 
 Long audio is decoded by faster-whisper's :class:`BatchedInferencePipeline`: the
-Silero VAD (an onnx file inside the faster-whisper wheel, so it works offline) cuts
-the recording at pauses into chunks of at most 30 s, and ``batch_size`` chunks go
-through the encoder and decoder together. Compared with sequential long-form
-decoding this does no overlapping 30 s windows and no temperature fallback, and
-batches the decoder's matrix products, which is what makes it faster on CPU too.
-Sequential decoding (``batch_size=1``) conditions each window on the previous
-window's text, as openai/whisper does.
+Silero VAD (an onnx file inside the faster-whisper wheel, so it works offline) finds
+the speech, consecutive speech is grouped into contiguous chunks of at most 30 s cut
+in pauses (:func:`speech_chunks`), and ``batch_size`` chunks go through the encoder
+and decoder together. Compared with sequential long-form decoding this does no
+overlapping 30 s windows and no temperature fallback, skips silence, and batches the
+decoder's matrix products, which is what makes it faster on a CPU too. Sequential
+decoding (``batch_size=1``) is faster-whisper's port of openai/whisper's algorithm,
+each window conditioned on the previous window's text.
 """
 
 from __future__ import annotations
@@ -87,12 +88,13 @@ def speech_chunks(audio: np.ndarray, chunk_s: float = CHUNK_S) -> tuple[list[tup
     """
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
+    budget = chunk_s - 2 * CHUNK_PAD_S  # what a chunk may hold before its padding
+    # a longer stretch without pauses is cut by the VAD itself (at its quietest 100 ms)
     options = VadOptions(min_silence_duration_ms=160, speech_pad_ms=int(VAD_PAD_S * 1000),
-                         max_speech_duration_s=chunk_s - 2 * VAD_PAD_S)
+                         max_speech_duration_s=budget)
     pieces = [(p["start"] / SAMPLE_RATE, p["end"] / SAMPLE_RATE) for p in get_speech_timestamps(audio, options)]
     pauses = [(a_end, b_start) for (_, a_end), (b_start, _) in zip(pieces, pieces[1:]) if b_start > a_end]
     duration = audio.shape[0] / SAMPLE_RATE
-    budget = chunk_s - 2 * CHUNK_PAD_S
     groups: list[list[float]] = []
     for start, end in pieces:
         if groups and end - groups[-1][0] <= budget:
