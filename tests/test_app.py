@@ -1,0 +1,229 @@
+"""The Gradio app, launched on a free localhost port and driven like a visitor would:
+through gradio_client for every input route and the bad inputs, then in headless
+Chromium for a screenshot (kept in tests/artifacts/)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from tests._media_helpers import make_video, plain_clips, serve_directory, write_wav  # noqa: E402
+from whisper_zh.text import to_traditional, utterance_cer  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def clips(zh_cv_mini, tmp_path_factory):
+    rows = plain_clips(zh_cv_mini, 3)
+    folder = tmp_path_factory.mktemp("media")
+    first = zh_cv_mini / "clips" / rows[0]["path"]
+    from whisper_zh.media import load_audio
+
+    return {
+        "rows": rows,
+        "mp3": first,
+        "wav": write_wav(folder / "recording.wav", load_audio(zh_cv_mini / "clips" / rows[1]["path"])),
+        "mp4": make_video(zh_cv_mini / "clips" / rows[2]["path"], folder / "clip.mp4"),
+        "silence": write_wav(folder / "silence.wav", np.zeros(16000 * 4, np.float32)),
+        # 70 s but a few kB (FLAC packs silence), so that the duration limit is what trips
+        "long": _flac(folder / "long.flac", np.zeros(16000 * 70, np.float32)),
+        "big": write_wav(folder / "big.wav", np.random.default_rng(0).uniform(-0.1, 0.1, 16000 * 40)),  # 1.3 MB
+        "text": _write(folder / "notes.mp3", b"these are notes, not audio"),
+        "corrupt": _write(folder / "corrupt.mp4", first.read_bytes()[:64] + os.urandom(4000)),
+        "folder": folder,
+    }
+
+
+def _flac(path: Path, audio: np.ndarray) -> Path:
+    import soundfile as sf
+
+    sf.write(str(path), audio, 16000, format="FLAC")
+    return path
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(whisper_base):
+    from whisper_zh.app import AppConfig, build_app
+    from whisper_zh.transcribe import Transcriber
+
+    config = AppConfig(model_id=str(whisper_base), backend="transformers", max_duration_s=60,
+                       max_upload_mb=1, concurrency_limit=1, batch_size=4)
+    engine = Transcriber(str(whisper_base), backend="transformers", device="cpu")
+    demo = build_app(config=config, transcriber=engine)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+def _call(client, route: str, *args):
+    from gradio_client import handle_file
+
+    args = [handle_file(str(a)) if isinstance(a, Path) else a for a in args]
+    return client.predict(*args, api_name=f"/{route}")
+
+
+def _error(client, route: str, *args) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        _call(client, route, *args)
+    return str(info.value).lower()
+
+
+def _check_result(result, sentence: str):
+    status, text, segments, files = result
+    assert utterance_cer(sentence, text) < 0.5, (sentence, text)
+    assert "segments, transcribed in" in status
+    rows = segments["data"]
+    assert rows and all(len(row) == 3 for row in rows) and rows[0][0].startswith("00:00:0")
+    names = sorted(Path(f).suffix for f in files)
+    assert names == [".srt", ".txt", ".vtt"]
+    by_suffix = {Path(f).suffix: Path(f).read_text(encoding="utf-8") for f in files}
+    assert by_suffix[".srt"].startswith("1\n00:00:0") and " --> " in by_suffix[".srt"]
+    assert by_suffix[".vtt"].startswith("WEBVTT")
+    assert by_suffix[".txt"].replace("\n", "") == text
+
+
+@pytest.mark.slow
+def test_api_names(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/transcribe_microphone", "/transcribe_file", "/transcribe_url"} <= set(endpoints)
+
+
+@pytest.mark.slow
+def test_file_route_audio_and_video(client, clips):
+    _check_result(_call(client, "transcribe_file", clips["mp3"], "simplified"), clips["rows"][0]["sentence"])
+    _check_result(_call(client, "transcribe_file", clips["mp4"], "simplified"), clips["rows"][2]["sentence"])
+
+
+@pytest.mark.slow
+def test_microphone_route_traditional(client, clips):
+    status, text, _, _ = _call(client, "transcribe_microphone", clips["wav"], "traditional")
+    assert text == to_traditional(text)
+    assert utterance_cer(clips["rows"][1]["sentence"], text) < 0.5
+
+
+@pytest.mark.slow
+def test_url_route(client, clips, monkeypatch):
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    with serve_directory(clips["folder"]) as (base, requested):
+        shutil.copy(clips["mp3"], clips["folder"] / "clip.mp3")
+        _check_result(_call(client, "transcribe_url", f"{base}/clip.mp3", "simplified", None),
+                      clips["rows"][0]["sentence"])
+        assert "404 not found" in _error(client, "transcribe_url", f"{base}/gone.mp3", "simplified", None)
+        assert "limit is 1:00" in _error(client, "transcribe_url", f"{base}/long.flac", "simplified", None)
+
+
+@pytest.mark.slow
+def test_refused_links(client, monkeypatch):
+    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
+    assert "only http:// and https://" in _error(client, "transcribe_url", "file:///etc/passwd", "simplified", None)
+    message = _error(client, "transcribe_url", "http://127.0.0.1:9/a.mp3", "simplified", None)
+    assert "private, loopback or link-local" in message
+    assert "not a link" in _error(client, "transcribe_url", "just some words", "simplified", None)
+    assert "paste a link" in _error(client, "transcribe_url", "", "simplified", None)
+
+
+@pytest.mark.slow
+def test_bad_inputs_then_the_app_keeps_serving(client, clips):
+    assert "not audio or video" in _error(client, "transcribe_file", clips["text"], "simplified")
+    assert "not audio or video" in _error(client, "transcribe_file", clips["corrupt"], "simplified")
+    assert "limit is 1:00" in _error(client, "transcribe_file", clips["long"], "simplified")
+    assert "upload a file first" in _error(client, "transcribe_file", None, "simplified")
+    assert "record something first" in _error(client, "transcribe_microphone", None, "simplified")
+    status, text, segments, files = _call(client, "transcribe_microphone", clips["silence"], "simplified")
+    assert "No speech found" in status and text == "" and not files
+    # after all of that, a good request still works
+    _check_result(_call(client, "transcribe_file", clips["mp3"], "simplified"), clips["rows"][0]["sentence"])
+
+
+@pytest.mark.slow
+def test_upload_size_cap(client, clips):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises((AppError, ValueError, Exception), match="(?i)size|large|MB|413"):
+        _call(client, "transcribe_file", clips["big"], "simplified")
+
+
+def test_request_files_are_cleaned_up(whisper_base, clips, tmp_path, monkeypatch):
+    """Downloads and subtitle files live in one temporary directory per request, gone
+    once the request is over -- whether it succeeded or failed."""
+    import tempfile
+
+    from whisper_zh.app import AppConfig, Handlers, UserError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    handlers = Handlers(AppConfig(model_id=str(whisper_base), max_duration_s=60), transcriber=_NoModel())
+    outputs = list(handlers.run("file", str(clips["silence"]), "simplified"))
+    assert "No speech found" in outputs[-1][0]
+    with pytest.raises(UserError):
+        list(handlers.run("file", str(clips["text"]), "simplified"))
+    assert list(tmp_path.iterdir()) == []
+
+
+class _NoModel:
+    """Stands in where no model is needed: silence never reaches one."""
+
+    backend, device = "none", "cpu"
+
+    def iter_segments(self, audio, options, progress=None):
+        from whisper_zh.transcribe import is_silent
+
+        assert is_silent(audio, options.silence_threshold_db)
+        return iter(())
+
+
+@pytest.mark.slow
+def test_screenshot(app_url, clips):
+    """The page in headless Chromium after transcribing a clip through the UI."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url, wait_until="networkidle")
+        page.get_by_role("tab", name="📁 File").click()
+        page.locator("input[type=file]").first.set_input_files(str(clips["mp3"]))
+        page.get_by_role("button", name="Transcribe file").click()
+        transcript = page.get_by_label("Transcript")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('textarea')].some(t => t.value.length > 0)", timeout=120_000)
+        text = transcript.input_value()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        browser.close()
+    assert utterance_cer(clips["rows"][0]["sentence"], text) < 0.5
+    assert (ARTIFACTS / "app.png").stat().st_size > 10_000
