@@ -157,33 +157,44 @@ def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callab
         model = WhisperModel(ct2_dir, device=device, compute_type="float16" if cuda else "int8")
         return lambda audio: "".join(s.text for s in model.transcribe(audio, language="zh")[0])
 
-    engine_rows = []
+    engine_ct2, engine_hf = [], []
     try:
         from whisper_zh.transcribe import Transcriber  # noqa: F401
 
         weights = "fp16" if cuda else "fp32"
         quant = "float16" if cuda else "int8"
-        engine_rows = [
-            (f"whisper-zh engine, transformers {weights} (batch 8, greedy)", engine("transformers")),
+        engine_ct2 = [
             (f"whisper-zh engine, ct2 {quant} (batch 8, greedy)", engine("ct2")),
             (f"whisper-zh engine, ct2 {quant} (batch 8, beam 5)", engine("ct2", beam_size=5)),
         ]
+        engine_hf = [(f"whisper-zh engine, transformers {weights} (batch 8, greedy)", engine("transformers"))]
     except ImportError as err:
         print(f"(no engine rows: {err})", file=sys.stderr)
-    return engine_rows + [
-        (f"transformers pipeline, {'fp16' if cuda else 'fp32'} (chunk_length_s=30, defaults)", hf_pipeline),
+    # fastest first: a run cut short still has them
+    return engine_ct2 + [
         (f"faster-whisper {'float16' if cuda else 'int8'} direct (defaults: beam 5)", faster_whisper_direct),
+    ] + engine_hf + [
+        (f"transformers pipeline, {'fp16' if cuda else 'fp32'} (chunk_length_s=30, defaults)", hf_pipeline),
     ]
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: None) -> dict:
     audio, sentences = build_recording(Path(args.data), args.minutes)
     duration = len(audio) / SAMPLE_RATE
     reference = "".join(sentences)
     print(f"recording: {duration / 60:.2f} min, {len(sentences)} clips from {args.data}", file=sys.stderr)
-    rows = []
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": str(args.model),
+        "device": args.device,
+        "audio_s": round(duration, 2),
+        "clips": len(sentences),
+        "machine": machine(args.device),
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory(prefix="whisper-zh-bench-") as work:
         model_dir, export_s = prepare_model_dir(args.model, Path(work), args.device)
+        result["ct2_export_s"] = round(export_s, 2)
         print(f"exported to CTranslate2 in {export_s:.1f} s", file=sys.stderr)
         for name, load in systems(model_dir, args.device):
             if args.only and not any(key in name for key in args.only):
@@ -201,22 +212,16 @@ def run(args: argparse.Namespace) -> dict:
                 "x_realtime": round(duration / wall, 2),
                 "cer": round(cer([reference], [text]), 4),
                 "cer_digits_as_characters": round(cer([reference], [text.translate(_DIGITS)]), 4),
-                "loadavg_1min_before": round(load_before, 2),
+                # other processes on the machine slow everything down: say how busy it was
+                "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "text_head": text[:80],
             }
-            rows.append(row)
-            print(f"{name}: {row['wall_s']} s, {row['x_realtime']}x real time, CER {row['cer']:.3f}", file=sys.stderr)
+            result["rows"].append(row)
+            save(result)
+            print(f"{name}: {row['wall_s']} s, {row['x_realtime']}x real time, CER {row['cer']:.3f}",
+                  file=sys.stderr, flush=True)
             del transcribe
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": str(args.model),
-        "device": args.device,
-        "audio_s": round(duration, 2),
-        "clips": len(sentences),
-        "ct2_export_s": round(export_s, 2),
-        "machine": machine(args.device),
-        "rows": rows,
-    }
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -226,12 +231,15 @@ def markdown(result: dict) -> str:
         f"{result['audio_s'] / 60:.1f} min of Mandarin ({result['clips']} zh-cv-mini clips), "
         f"{Path(result['model']).name}, {result['device']}: {where} ({result['date']})",
         "",
-        "| system | wall s | CPU s | × real time | CER | CER, digits as characters |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| system | wall s | CPU s | × real time | CER | CER, digits as characters | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['x_realtime']:.1f} "
-                     f"| {row['cer']:.3f} | {row['cer_digits_as_characters']:.3f} |")
+                     f"| {row['cer']:.3f} | {row['cer_digits_as_characters']:.3f} "
+                     f"| {row['loadavg_1min'][0]:.1f}–{row['loadavg_1min'][1]:.1f} |")
+    lines += ["", f"load avg: the machine's 1-minute load average before–after the row; above "
+              f"{m['cpu_count']} means other processes were competing for the {m['cpu_count']} cores."]
     return "\n".join(lines)
 
 
@@ -245,13 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only the systems whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/transcribe-<device>.json)")
     args = parser.parse_args(argv)
-    result = run(args)
-    table = markdown(result)
-    print(table)
     out = Path(args.out or REPO / "bench" / "results" / f"transcribe-{device_tag(args.device)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    result["markdown"] = table
-    out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+    def save(result: dict) -> None:
+        result["markdown"] = markdown(result)
+        out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+    result = run(args, save)
+    print(markdown(result))
     print(f"\nwrote {out}", file=sys.stderr)
     return 0
 
