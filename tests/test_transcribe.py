@@ -278,3 +278,49 @@ def test_cli_errors(tiny_whisper, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "FILE_OR_URL" in capsys.readouterr().out
+
+
+# -- the CTranslate2 backend ------------------------------------------------------------------
+
+def _linked_copy(src, dst):
+    """A copy made of symlinks, so that an export written into it leaves the shared
+    fixture as other tests see it."""
+    dst.mkdir(parents=True)
+    for item in src.iterdir():
+        if item.is_file():
+            (dst / item.name).symlink_to(item.resolve())
+    return dst
+
+
+def test_auto_picks_ct2_when_exported(tiny_whisper, tmp_path, monkeypatch):
+    pytest.importorskip("faster_whisper")
+    from whisper_zh.export import export_ct2
+
+    model_dir = _linked_copy(tiny_whisper, tmp_path / "tiny")
+    export_ct2(str(model_dir))
+    monkeypatch.delenv("BACKEND", raising=False)
+    engine = Transcriber(str(model_dir), device="cpu", options=MECHANICS)
+    assert engine.backend == "ct2"
+    assert Transcriber(str(model_dir / "ct2"), device="cpu").backend == "ct2"  # the export itself
+    assert Transcriber(str(model_dir), backend="transformers", device="cpu").backend == "transformers"
+    with pytest.raises(NoSpeechError):
+        engine.transcribe(np.zeros(3 * SR, np.float32))
+    segments = list(engine.iter_segments(noise(40.0)))
+    assert all(isinstance(s, Segment) and 0.0 <= s.start <= s.end <= 40.0 for s in segments)
+    with pytest.raises(FileNotFoundError, match="no CTranslate2 model"):
+        Transcriber(str(tiny_whisper), backend="ct2", device="cpu")
+
+
+@pytest.mark.slow
+def test_ct2_backend_transcribes(whisper_base, zh_cv_mini, tmp_path):
+    pytest.importorskip("faster_whisper")
+    from whisper_zh.export import export_ct2
+
+    model_dir = _linked_copy(whisper_base, tmp_path / "base")
+    export_ct2(str(model_dir))
+    engine = Transcriber(str(model_dir), backend="auto", device="cpu")
+    assert engine.backend == "ct2"
+    row = plain_clips(zh_cv_mini, 1)[0]
+    result = engine.transcribe(zh_cv_mini / "clips" / row["path"], script="traditional")
+    assert result.backend == "ct2" and result.text == to_traditional(result.text)
+    assert utterance_cer(row["sentence"], result.text) < 0.5

@@ -110,10 +110,12 @@ class Handlers:
                 yield (NO_SPEECH, "", [], None)
                 return
             text = "".join(s.text for s in segments)
-            rows = [[format_timestamp(s.start), format_timestamp(s.end), s.text] for s in segments]
+            hours = segments[-1].end >= 3600
+            rows = [[format_timestamp(s.start, always_include_hours=hours), format_timestamp(s.end, always_include_hours=hours),
+                     s.text] for s in segments]
             files = write_all(segments, workdir, stem=_stem(kind, source))
             elapsed = time.perf_counter() - started
-            status = (f"{format_duration(duration)} of audio, {len(segments)} segments, "
+            status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
                       f"transcribed in {elapsed:.1f} s ({self.transcriber.backend}, {self.transcriber.device}).")
             yield (status, text, rows, [str(files[f]) for f in ("srt", "vtt", "txt")])
         finally:
@@ -228,7 +230,7 @@ def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = N
                 files = gr.File(label="Subtitles and text", file_count="multiple", interactive=False)
                 segments = gr.Dataframe(headers=["start", "end", "text"], datatype=["str", "str", "str"],
                                         label="Segments", interactive=False, wrap=True,
-                                        column_widths=["16%", "16%", "68%"], max_height=400)
+                                        column_widths=["110px", "110px", "auto"], max_height=400)
         outputs = [status, text, segments, files]
         mic_button.click(_handler(handlers, "microphone"), [mic, script], outputs,
                          api_name="transcribe_microphone")
