@@ -159,6 +159,16 @@ def test_max_duration(tiny_engine, generate_calls):
     assert generate_calls == []
 
 
+def test_explicit_windows(tiny_engine, generate_calls):
+    audio = noise(50.0)
+    segments = list(tiny_engine.iter_segments(audio, replace_options(batch_size=8),
+                                              windows=[(0, 10 * SR), (10 * SR, 35 * SR), (35 * SR, 50 * SR)]))
+    assert generate_calls == [(3, 80, 3000)]
+    assert all(0 <= s.start <= s.end <= 50.0 for s in segments)
+    with pytest.raises(ValueError, match="longer than 30 s"):
+        list(tiny_engine.iter_segments(audio, windows=[(0, 31 * SR)]))
+
+
 def test_backend_choice(tiny_whisper, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         Transcriber(str(tiny_whisper), backend="onnx")
@@ -209,8 +219,13 @@ def test_three_minutes_joined(base_engine, zh_cv_mini):
     result = base_engine.transcribe(audio)
     references = [row["sentence"] for row in rows]
     joined_cer = cer(["".join(references)], [result.text])
-    per_clip = [base_engine.transcribe(audio[int(s * SR):int(e * SR)]).text
-                for s, e in zip(starts, starts[1:] + [len(audio) / SR])]
+    # the same clips one by one: one window each, decoded in batches
+    bounds = [round(t * SR) for t in starts] + [len(audio)]
+    clip_windows = list(zip(bounds, bounds[1:]))
+    per_clip = [""] * len(rows)
+    for segment in base_engine.iter_segments(audio, windows=clip_windows):
+        index = max(i for i, (s, _) in enumerate(clip_windows) if s <= round(segment.start * SR))
+        per_clip[index] += segment.text
     per_clip_cer = cer(references, per_clip)
     print(f"\nwhisper-base CER: joined {joined_cer:.3f}, per clip {per_clip_cer:.3f} "
           f"({len(rows)} clips, {len(audio) / SR:.0f} s, {result.speed:.2f}x real time)")

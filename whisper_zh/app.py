@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from whisper_zh.media import (
+    SAMPLE_RATE,
     AudioDecodeError,
     DownloadError,
     MediaTooLongError,
@@ -32,6 +33,8 @@ from whisper_zh.media import (
 )
 from whisper_zh.subtitles import format_timestamp, write_all
 from whisper_zh.transcribe import DEFAULT_MODEL_ID, NoSpeechError, TranscribeOptions, Transcriber, get_transcriber
+
+PARTIAL_EVERY_S = 10.0
 
 NO_SPEECH = "No speech found: the input is silent or holds only noise or music."
 
@@ -98,26 +101,30 @@ class Handlers:
             except AudioDecodeError:
                 raise UserError("This file is not audio or video that ffmpeg can decode "
                                 "(corrupt, empty, or without a sound track).") from None
-            duration = len(audio) / 16000
+            shutil.rmtree(workdir / "download", ignore_errors=True)  # decoded: the download is no longer needed
+            duration = len(audio) / SAMPLE_RATE
             yield (f"Decoded {format_duration(duration)} of audio; transcribing…", "", [], None)
             options = TranscribeOptions(script=script or "simplified", batch_size=self.config.batch_size,
                                         max_duration_s=self.config.max_duration_s)
-            segments = []
+            segments: list = []
+            shown = time.perf_counter()
             for segment in self.transcriber.iter_segments(
                     audio, options, progress=lambda f, msg: report(f, desc=msg)):
                 segments.append(segment)
+                # long inputs: show what is done so far, a few times a minute
+                if time.perf_counter() - shown > PARTIAL_EVERY_S:
+                    shown = time.perf_counter()
+                    yield (f"Transcribed {format_duration(segment.end)} of {format_duration(duration)}…",
+                           _text(segments), _rows(segments), None)
             if not segments:
                 yield (NO_SPEECH, "", [], None)
                 return
-            text = "".join(s.text for s in segments)
-            hours = segments[-1].end >= 3600
-            rows = [[format_timestamp(s.start, always_include_hours=hours), format_timestamp(s.end, always_include_hours=hours),
-                     s.text] for s in segments]
+            text = _text(segments)
             files = write_all(segments, workdir, stem=_stem(kind, source))
             elapsed = time.perf_counter() - started
             status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
                       f"transcribed in {elapsed:.1f} s ({self.transcriber.backend}, {self.transcriber.device}).")
-            yield (status, text, rows, [str(files[f]) for f in ("srt", "vtt", "txt")])
+            yield (status, text, _rows(segments), [str(files[f]) for f in ("srt", "vtt", "txt")])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -140,6 +147,17 @@ class Handlers:
         return source
 
 
+def _text(segments: list) -> str:
+    return "".join(s.text for s in segments)
+
+
+def _rows(segments: list) -> list[list[str]]:
+    """Table rows: start, end, text; hours shown only for inputs that reach an hour."""
+    hours = bool(segments) and segments[-1].end >= 3600
+    return [[format_timestamp(s.start, always_include_hours=hours),
+             format_timestamp(s.end, always_include_hours=hours), s.text] for s in segments]
+
+
 def _stem(kind: str, source: Optional[str]) -> str:
     if kind == "file" and source:
         stem = Path(source).stem
@@ -159,7 +177,8 @@ def _handler(handlers: Handlers, kind: str):
         except NoSpeechError:
             yield (NO_SPEECH, "", [], None)
         except (UserError, DownloadError, MediaTooLongError, FileNotFoundError) as err:
-            raise gr.Error(str(err)[:1] .upper() + str(err)[1:], title="Cannot transcribe") from None
+            message = str(err)
+            raise gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe") from None
 
     handle.__name__ = f"transcribe_{kind}"
     return handle
@@ -230,7 +249,7 @@ def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = N
                 files = gr.File(label="Subtitles and text", file_count="multiple", interactive=False)
                 segments = gr.Dataframe(headers=["start", "end", "text"], datatype=["str", "str", "str"],
                                         label="Segments", interactive=False, wrap=True,
-                                        column_widths=["110px", "110px", "auto"], max_height=400)
+                                        column_widths=["15%", "15%", "70%"], max_height=400)
         outputs = [status, text, segments, files]
         mic_button.click(_handler(handlers, "microphone"), [mic, script], outputs,
                          api_name="transcribe_microphone")

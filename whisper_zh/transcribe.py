@@ -24,14 +24,13 @@ the model directory holds a CTranslate2 conversion.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import re
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -277,11 +276,16 @@ class Transcriber:
                           elapsed_s=time.perf_counter() - started, backend=self.backend)
 
     def iter_segments(self, audio: np.ndarray, options: Optional[TranscribeOptions] = None, *,
-                      progress: Optional[ProgressCallback] = None) -> Iterator[Segment]:
+                      progress: Optional[ProgressCallback] = None,
+                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
         """Yield segments in time order as soon as each batch of windows is decoded.
 
         Args:
             audio: float32 waveform, shape ``(n_samples,)``, 16 kHz mono.
+            windows: ``[(start_sample, end_sample), ...]``, each at most 30 s, to decode
+                instead of :func:`plan_windows`'s (e.g. the boundaries of clips joined
+                into ``audio``: each is then transcribed on its own, in batches).
+                transformers backend only.
         """
         from whisper_zh.media import MediaTooLongError
 
@@ -293,8 +297,14 @@ class Transcriber:
                 f"{format_duration(options.max_duration_s)} (set MAX_DURATION_S to change it)")
         if is_silent(audio, options.silence_threshold_db):
             return
+        if windows is not None:
+            if self.backend != "transformers":
+                raise ValueError("explicit windows need the transformers backend")
+            too_long = [w for w in windows if w[1] - w[0] > options.window_s * SAMPLE_RATE]
+            if too_long:
+                raise ValueError(f"windows longer than {options.window_s:g} s: {too_long[:3]}")
         raw = self._iter_ct2(audio, options, progress) if self.backend == "ct2" else \
-            self._iter_transformers(audio, options, progress)
+            self._iter_transformers(audio, options, progress, windows)
         for segment in raw:
             text = convert_script(segment.text.strip(), options.script)
             if not text or (options.drop_hallucinations and _is_hallucination(text)):
@@ -315,10 +325,12 @@ class Transcriber:
         return kwargs
 
     def _iter_transformers(self, audio: np.ndarray, options: TranscribeOptions,
-                           progress: Optional[ProgressCallback]) -> Iterator[Segment]:
+                           progress: Optional[ProgressCallback],
+                           windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
         import torch
 
-        windows = plan_windows(audio, SAMPLE_RATE, options.window_s, options.cut_search_s)
+        if windows is None:
+            windows = plan_windows(audio, SAMPLE_RATE, options.window_s, options.cut_search_s)
         # silent windows cost nothing and cannot hallucinate
         voiced = [w for w in windows if not is_silent(audio[w[0]:w[1]], options.silence_threshold_db)]
         total = len(voiced)
