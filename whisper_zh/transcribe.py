@@ -376,13 +376,10 @@ class Transcriber:
                                      batch_size=options.batch_size, beam_size=options.beam_size)
         duration = len(audio) / SAMPLE_RATE
         for item in results:
-            no_speech = item.get("no_speech_prob")
-            if options.no_speech_threshold is not None and no_speech is not None \
-                    and no_speech > max(options.no_speech_threshold, 0.9):
-                continue  # ct2 already skips the confident no-speech windows; these are the rest
+            # faster-whisper has already applied Whisper's no-speech rule to each chunk
             start = max(0.0, float(item["start"]))
-            yield Segment(start=round(start, 3), end=round(min(max(float(item["end"]), start), duration), 3),
-                          text=item["text"], no_speech_prob=no_speech)
+            yield Segment(start=round(start, 3), end=round(max(min(float(item["end"]), duration), start), 3),
+                          text=item["text"], no_speech_prob=item.get("no_speech_prob"))
         if progress:
             progress(1.0, "transcribed")
 
