@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from tests._media_helpers import make_video, plain_clips, serve_directory, write_wav  # noqa: E402
+from _media_helpers import make_video, plain_clips, serve_directory, write_wav  # noqa: E402
 from whisper_zh.text import to_traditional, utterance_cer  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests._media_helpers import make_video, serve_directory, write_wav
+from _media_helpers import make_video, serve_directory, write_wav
 from whisper_zh import media
 from whisper_zh.media import (
     AudioDecodeError,

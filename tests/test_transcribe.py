@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests._media_helpers import joined_clips, make_video, plain_clips, serve_directory, write_wav
+from _media_helpers import joined_clips, make_video, plain_clips, serve_directory, write_wav
 from whisper_zh.media import SAMPLE_RATE, MediaTooLongError, load_audio
 from whisper_zh.subtitles import to_srt
 from whisper_zh.text import cer, to_simplified, to_traditional, utterance_cer
