@@ -68,9 +68,9 @@ def main(argv=None) -> int:
                         help="real whisper-base directory (build with ../shared/tools/make_whisper_base.py)")
     parser.add_argument("--work-dir", default=os.path.join(ROOT, "outputs", "bench-finetune-cpu"),
                         help="cache and checkpoints (deleted first)")
-    parser.add_argument("--steps", type=int, default=60, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=32, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per step")
-    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (linear decay)")
+    parser.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (linear decay)")
     parser.add_argument("--warmup", type=int, default=None, help="warmup steps (default: a tenth of the run)")
     parser.add_argument("--train-encoder", action="store_true", help="train the encoder too (~3x slower)")
     parser.add_argument("--test-clips", type=int, default=None, help="score only the first N test clips")
@@ -131,8 +131,8 @@ def main(argv=None) -> int:
         "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, result.global_step),
         "eval_seconds_before": before["seconds"], "eval_seconds_after": after["seconds"], "total_seconds": total,
         "loss_curve": losses,
-        "examples": [{"reference": b["reference"], "before": b["hypothesis"], "after": a["hypothesis"]}
-                     for b, a in zip(before["rows"][:5], after["rows"][:5])],
+        "clips": [{"path": b["path"], "reference": b["reference"], "before": b["hypothesis"], "cer_before": b["cer"],
+                   "after": a["hypothesis"], "cer_after": a["cer"]} for b, a in zip(before["rows"], after["rows"])],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print()

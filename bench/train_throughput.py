@@ -80,6 +80,21 @@ PROFILES = {
 }
 
 
+def effective_profile(name: str, args, cuda: bool) -> dict:
+    """``PROFILES[name]`` as it runs here: fp32 and no torch.compile on a CPU (fp16/bf16
+    autocast and compilation are GPU settings), ``--compile`` and ``--batch-size`` applied."""
+    profile = dict(PROFILES[name])
+    if not cuda:
+        profile.update(precision="fp32")
+    if args.compile != "auto":
+        profile["compile"] = args.compile == "on"
+    elif not cuda:
+        profile["compile"] = False
+    if args.batch_size:
+        profile["batch"] = args.batch_size
+    return profile
+
+
 def describe(profile: dict) -> str:
     """``name: precision, batch N, [grad. checkpointing, ]attention[, torch.compile]``."""
     parts = [profile["precision"], f"batch {profile['batch']}"]
@@ -201,16 +216,8 @@ def run_profile(name: str, args) -> dict:
     from whisper_zh.config import TrainConfig
     from whisper_zh.train import prepare_data
 
-    profile = dict(PROFILES[name])
     cuda = torch.cuda.is_available()
-    if not cuda:  # fp16/bf16 autocast and torch.compile are GPU settings
-        profile.update(precision="fp32")
-    if args.compile != "auto":
-        profile["compile"] = args.compile == "on"
-    elif not cuda:
-        profile["compile"] = False
-    if args.batch_size:
-        profile["batch"] = args.batch_size
+    profile = effective_profile(name, args, cuda)
     batch = profile["batch"]
     total_steps = args.warmup + args.steps
     work = args.work_dir
@@ -431,7 +438,7 @@ def main(argv=None) -> int:
                 cmd += ["--batch-size", str(args.batch_size)]
             if args.workers is not None:
                 cmd += ["--workers", str(args.workers)]
-            print(f"== {name}: {describe(PROFILES[name])}", flush=True)
+            print(f"== {name}: {describe(effective_profile(name, args, cuda))}", flush=True)
             started = time.perf_counter()
             proc = subprocess.run(cmd)
             if proc.returncode == 0 and os.path.exists(part):
@@ -440,7 +447,8 @@ def main(argv=None) -> int:
                 print(f"   {result['samples_per_second']:.1f} samples/s, data wait "
                       f"{100 * result['data_wait_share']:.0f}% ({time.perf_counter() - started:.0f} s)", flush=True)
             else:
-                result = {"profile": name, "label": describe(PROFILES[name]), "error": f"exit {proc.returncode}"}
+                result = {"profile": name, "label": describe(effective_profile(name, args, cuda)),
+                          "error": f"exit {proc.returncode}"}
             results.append(result)
     finally:
         if own_work:
