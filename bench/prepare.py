@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import sys
@@ -35,6 +34,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from _machine import cpu_name, first_existing  # noqa: E402
+from whisper_zh.data import dir_bytes  # noqa: E402
+
 STAGE_DIR = os.path.join(ROOT, "outputs", "bench-gpu")
 DATA_CANDIDATES = [os.path.join(os.path.dirname(ROOT), "shared", "data", "zh-cv-mini"),
                    os.path.join(STAGE_DIR, "zh-cv-mini")]
@@ -42,24 +44,10 @@ PROCESSOR_CANDIDATES = [os.path.join(os.path.expanduser("~"), ".cache", "whisper
                         os.path.join(STAGE_DIR, "processor")]
 
 
-def first_existing(paths):
-    return next((p for p in paths if os.path.exists(p)), None)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def dir_bytes(path: str) -> int:
-    """Bytes of all files under ``path``."""
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
 def main(argv=None) -> int:

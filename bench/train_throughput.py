@@ -55,6 +55,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from _machine import cpu_name, first_existing  # noqa: E402
+
 STAGE_DIR = os.path.join(ROOT, "outputs", "bench-gpu")
 DATA_CANDIDATES = [os.path.join(os.path.dirname(ROOT), "shared", "data", "zh-cv-mini"),
                    os.path.join(STAGE_DIR, "zh-cv-mini")]
@@ -106,19 +108,8 @@ def describe(profile: dict) -> str:
     return f"{profile['name']}: {', '.join(parts)}"
 
 
-def first_existing(paths: list[str]) -> str | None:
-    return next((p for p in paths if os.path.exists(p)), None)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name() -> str:

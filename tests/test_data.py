@@ -1,8 +1,6 @@
 """Data in: Common Voice folders and tarballs, datasets directories, bad clips, the cache."""
 
 import csv
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +10,7 @@ import numpy as np
 import pytest
 
 from whisper_zh.data import (
-    DataError, LabelEncoder, PrepareOptions, extract_release, open_source, prepare_split, read_cv_split)
+    DataError, LabelEncoder, PrepareOptions, open_source, prepare_split, read_cv_split)
 from whisper_zh.media import ffmpeg_exe, load_audio
 
 CV_COLUMNS = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accents",

@@ -431,7 +431,8 @@ def cache_path(cache_dir: str, source: Source, split: str, opts: PrepareOptions,
     return os.path.join(os.path.expanduser(cache_dir), "prepared", f"{source.name}-{split}-{digest}")
 
 
-def _dir_bytes(path: str) -> int:
+def dir_bytes(path: str) -> int:
+    """Total size in bytes of the files under ``path`` (0 when it does not exist)."""
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
@@ -500,7 +501,7 @@ def _prepare_one(source, split, cache_dir, labels, opts, extract_dir):
         stats.add(shard_stats)
         if shard_stats.kept:  # a shard whose clips were all dropped adds counts, not rows
             parts.append(datasets.load_from_disk(shard))
-    stats.cache_bytes = _dir_bytes(target)
+    stats.cache_bytes = dir_bytes(target)
     stats.prepared_now = prepared_now
     stats.seconds = time.perf_counter() - started if prepared_now else 0.0
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else \

@@ -14,7 +14,6 @@ import csv
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 

@@ -175,11 +175,6 @@ def hub_login(required: bool) -> Optional[str]:
 # --------------------------------------------------------------------------------------
 
 
-def folder_bytes(path: str) -> int:
-    """Total size of the files under ``path`` (0 when it does not exist)."""
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
-
-
 def describe_source(config):
     """Open the dataset named in ``config`` and return a table of its splits.
 

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from whisper_zh.config import TrainConfig
-from whisper_zh.data import LabelEncoder, PrepareOptions, PrepareStats, open_source, prepare_split
+from whisper_zh.data import LabelEncoder, PrepareOptions, open_source, prepare_split
 from whisper_zh.features import SpeechCollator, log_mel_spectrogram, mel_filters_of
 from whisper_zh.text import error_rates, uses_cer
 
