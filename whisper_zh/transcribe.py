@@ -31,11 +31,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from whisper_zh.ct2 import find_ct2_model
 from whisper_zh.media import SAMPLE_RATE, format_duration, is_url, load_media
 from whisper_zh.text import CHARACTER_LANGUAGES, convert_script
 
@@ -173,15 +173,6 @@ def plan_windows(audio: np.ndarray, sr: int = SAMPLE_RATE, window_s: float = WIN
 # Backends
 # ---------------------------------------------------------------------------
 
-def _ct2_dir(model_id: str) -> Optional[str]:
-    """The CTranslate2 conversion belonging to ``model_id``, if there is one locally:
-    the directory itself or its ``ct2/`` subdirectory, holding ``model.bin``."""
-    for candidate in (Path(model_id), Path(model_id) / "ct2"):
-        if (candidate / "model.bin").is_file():
-            return str(candidate)
-    return None
-
-
 def _default_device() -> str:
     import torch
 
@@ -210,7 +201,7 @@ class Transcriber:
         self.device = device or _default_device()
         self.options = options or TranscribeOptions()
         if backend == "auto":
-            backend = "ct2" if self.device == "cpu" and _ct2_dir(self.model_id) else "transformers"
+            backend = "ct2" if self.device == "cpu" and find_ct2_model(self.model_id) else "transformers"
         self.backend = backend
         # generate() keeps per-call state on the model (generation config, caches), so two
         # requests in the same process take turns rather than share it mid-call
@@ -232,11 +223,11 @@ class Transcriber:
     def _load_ct2(self) -> None:
         from whisper_zh.ct2 import load_ct2
 
-        model_dir = _ct2_dir(self.model_id)
+        model_dir = find_ct2_model(self.model_id)
         if model_dir is None and not os.path.isdir(self.model_id):
             from huggingface_hub import snapshot_download
 
-            model_dir = _ct2_dir(snapshot_download(self.model_id, allow_patterns=["ct2/*"]))
+            model_dir = find_ct2_model(snapshot_download(self.model_id, allow_patterns=["ct2/*"]))
         if model_dir is None:
             raise FileNotFoundError(
                 f"{self.model_id} has no CTranslate2 model (model.bin or ct2/model.bin): "
