@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -159,7 +158,7 @@ def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callab
 
     engine_ct2, engine_hf = [], []
     try:
-        from whisper_zh.transcribe import Transcriber  # noqa: F401
+        import whisper_zh.transcribe  # noqa: F401  (the engine rows need it)
 
         weights = "fp16" if cuda else "fp32"
         quant = "float16" if cuda else "int8"
