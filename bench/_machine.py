@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 import platform
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Inputs, found beside the checkout (../shared) here, or staged into the repo for a GPU
+# machine, which has no ../shared (`bench/train_throughput.py --stage`).
+STAGE_DIR = os.path.join(ROOT, "outputs", "bench-gpu")
+DATA_CANDIDATES = [os.path.join(os.path.dirname(ROOT), "shared", "data", "zh-cv-mini"),
+                   os.path.join(STAGE_DIR, "zh-cv-mini")]
+PROCESSOR_CANDIDATES = [os.path.join(os.path.expanduser("~"), ".cache", "whisper-zh", "whisper-base"),
+                        os.path.join(STAGE_DIR, "processor")]
+
 
 def cpu_name() -> str:
     """The CPU's model name ("AMD EPYC ..."), as ``lscpu`` shows it."""

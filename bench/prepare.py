@@ -34,14 +34,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from _machine import cpu_name, first_existing  # noqa: E402
+from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, cpu_name, first_existing  # noqa: E402
 from whisper_zh.data import dir_bytes  # noqa: E402
-
-STAGE_DIR = os.path.join(ROOT, "outputs", "bench-gpu")
-DATA_CANDIDATES = [os.path.join(os.path.dirname(ROOT), "shared", "data", "zh-cv-mini"),
-                   os.path.join(STAGE_DIR, "zh-cv-mini")]
-PROCESSOR_CANDIDATES = [os.path.join(os.path.expanduser("~"), ".cache", "whisper-zh", "whisper-base"),
-                        os.path.join(STAGE_DIR, "processor")]
 
 
 

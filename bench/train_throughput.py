@@ -55,13 +55,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from _machine import cpu_name, first_existing  # noqa: E402
-
-STAGE_DIR = os.path.join(ROOT, "outputs", "bench-gpu")
-DATA_CANDIDATES = [os.path.join(os.path.dirname(ROOT), "shared", "data", "zh-cv-mini"),
-                   os.path.join(STAGE_DIR, "zh-cv-mini")]
-PROCESSOR_CANDIDATES = [os.path.join(os.path.expanduser("~"), ".cache", "whisper-zh", "whisper-base"),
-                        os.path.join(STAGE_DIR, "processor")]
+from whisper_zh.data import dir_bytes  # noqa: E402
+from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, STAGE_DIR, cpu_name, first_existing  # noqa: E402
 
 ARCHITECTURES = {  # WhisperConfig fields; vocab, mels and special tokens come from the processor's config
     "small": dict(d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention_heads=12,
@@ -340,7 +335,7 @@ def stage(args) -> int:
         WhisperProcessor.from_pretrained(args.processor_from).save_pretrained(proc_out)
         WhisperConfig.from_pretrained(args.processor_from).save_pretrained(proc_out)
         GenerationConfig.from_pretrained(args.processor_from).save_pretrained(proc_out)
-    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(STAGE_DIR) for f in fs)
+    size = dir_bytes(STAGE_DIR)
     print(f"staged {STAGE_DIR} ({size / 2**20:.1f} MiB): carry 'outputs/bench-gpu' to the GPU machine")
     return 0
 
