@@ -111,7 +111,7 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path, zh_cv_mini, tiny_wh
     output = second.stdout + second.stderr
     assert f"skipping {broken}: incomplete" in output
     assert f"resuming from {out / f'checkpoint-{done_step}'}" in output
-    assert not broken.exists() and (out / f"incomplete-checkpoint-{done_step + 2}").exists()
+    assert not broken.exists() and (out / f"_incomplete-checkpoint-{done_step + 2}").exists()
 
     final = read_state(find_resumable_checkpoint(str(out)))
     assert final["global_step"] == 14
@@ -133,7 +133,7 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
     (out / "checkpoint-2").mkdir(parents=True)
     (out / "checkpoint-2" / "model.safetensors").write_bytes(b"\x00" * 10)  # no trainer_state.json
     assert find_resumable_checkpoint(str(out)) is None
-    assert (out / "incomplete-checkpoint-2").exists() and not (out / "checkpoint-2").exists()
+    assert (out / "_incomplete-checkpoint-2").exists() and not (out / "checkpoint-2").exists()
     assert find_resumable_checkpoint(str(tmp_path / "missing")) is None
 
 

@@ -227,7 +227,8 @@ def find_resumable_checkpoint(output_dir: str) -> Optional[str]:
     """The newest complete ``checkpoint-N`` in ``output_dir``, or None.
 
     Incomplete ones (a run killed while saving) are moved aside to
-    ``incomplete-checkpoint-N`` so the Trainer never loads or rotates them."""
+    ``_incomplete-checkpoint-N`` so the Trainer never loads or rotates them (and, by the
+    leading underscore, never pushes them with the output directory)."""
     if not os.path.isdir(output_dir):
         return None
     found = sorted(
@@ -237,7 +238,7 @@ def find_resumable_checkpoint(output_dir: str) -> Optional[str]:
         path = os.path.join(output_dir, name)
         if is_complete_checkpoint(path):
             return path
-        aside = os.path.join(output_dir, "incomplete-" + name)
+        aside = os.path.join(output_dir, "_incomplete-" + name)
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(path, aside)
         print(f"skipping {path}: incomplete (the run stopped while saving it); moved to {aside}", flush=True)
@@ -250,7 +251,7 @@ def fetch_hub_checkpoint(repo_id: str, output_dir: str) -> Optional[str]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-    tmp = os.path.join(output_dir, ".hub-download")
+    tmp = os.path.join(output_dir, "_hub-download")  # "_*" is never pushed with the output dir
     try:
         snapshot_download(repo_id, allow_patterns=["last-checkpoint/*"], local_dir=tmp)
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
@@ -536,8 +537,7 @@ def push_final_model(trainer, config: TrainConfig) -> None:
         repo_id=config.hub_model_id,
         folder_path=config.output_dir,
         commit_message=f"whisper-zh: final model after {trainer.state.global_step} steps",
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "incomplete-*", "incomplete-*/**",
-                         ".hub-download/**", "runs/**", "last-checkpoint/**"],
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "_*", "_*/**", "runs/**", "last-checkpoint/**"],
     )
     print(f"pushed to https://huggingface.co/{config.hub_model_id}", flush=True)
 
