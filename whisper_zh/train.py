@@ -495,7 +495,7 @@ metrics: [{metric}]
 # {os.path.basename(config.output_dir.rstrip('/'))}
 
 [{config.model_name_or_path}](https://huggingface.co/{config.model_name_or_path}) fine-tuned for
-`{config.language}` speech recognition with [whisper-zh](https://github.com/) on `{source}`.
+`{config.language}` speech recognition with [whisper-zh](https://github.com/whisper-zh/whisper-zh) on `{source}`.
 
 | | |
 |---|---|
