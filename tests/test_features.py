@@ -46,9 +46,3 @@ def test_collator_decodes_bytes_pads_audio_and_labels(two_clips):
     # the leading <|startoftranscript|> is dropped (the model prepends it); padding is -100
     assert batch["labels"].tolist() == [[50260, 50359, 50363, 1, 2, 50257], [50260, 50359, 50363, 3, 50257, -100]]
 
-
-def test_collator_can_emit_features_on_cpu(feature_extractor, two_clips):
-    _, encoded = two_clips
-    collate = SpeechCollator(50258, mel_filters=mel_filters_of(feature_extractor))
-    batch = collate([{"audio": e} for e in encoded])
-    assert batch["input_features"].shape == (2, 80, 3000) and "labels" not in batch

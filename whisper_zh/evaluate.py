@@ -40,10 +40,6 @@ class EvalResult:
                 f"{self.clips_per_second:.1f} clips/s, {self.audio_seconds / self.seconds:.0f}x real time")
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @torch.inference_mode()
 def evaluate_model(model, processor, dataset, *, language: str = "zh", task: str = "transcribe",
                    batch_size: int = 16, max_new_tokens: int = 225, num_beams: int = 1) -> EvalResult:
@@ -84,6 +80,7 @@ def main(argv: list[str]) -> int:
     from whisper_zh.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL
     from whisper_zh.data import DataError, LabelEncoder, PrepareOptions, open_source, prepare_split
     from whisper_zh.train import load_model_and_processor, resolve_precision
+    from whisper_zh.transcribe import default_device
 
     parser = argparse.ArgumentParser(prog="whisper-zh evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Whisper Hub id or local directory")

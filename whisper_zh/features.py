@@ -12,7 +12,7 @@ rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ def decode_clip(data: Any) -> np.ndarray:
 
 @dataclass
 class SpeechCollator:
-    """Rows of a prepared dataset -> ``{"input_audio", "input_lengths", "labels"}``.
+    """Rows of a prepared dataset -> ``{"input_audio", "labels"}``.
 
     ``input_audio`` is float32 ``(batch, longest clip in samples)``; the trainer turns it
     into ``input_features`` on the device (:func:`log_mel_spectrogram`). ``labels`` are
@@ -74,18 +74,13 @@ class SpeechCollator:
 
     decoder_start_token_id: int
     n_samples: int = N_SAMPLES
-    mel_filters: Optional[torch.Tensor] = None  # set: emit input_features here instead (CPU)
 
     def __call__(self, rows: list[dict]) -> dict:
         clips = [decode_clip(row["audio"])[: self.n_samples] for row in rows]
         audio = torch.zeros(len(clips), max(c.shape[0] for c in clips), dtype=torch.float32)
         for i, clip in enumerate(clips):
             audio[i, : clip.shape[0]] = torch.from_numpy(clip)
-        batch: dict[str, torch.Tensor] = {}
-        if self.mel_filters is not None:
-            batch["input_features"] = log_mel_spectrogram(audio, self.mel_filters, self.n_samples)
-        else:
-            batch["input_audio"] = audio
+        batch: dict[str, torch.Tensor] = {"input_audio": audio}
         if "labels" in rows[0]:
             batch["labels"] = self.pad_labels([row["labels"] for row in rows])
         return batch

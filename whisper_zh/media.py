@@ -113,11 +113,6 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)
 
 
-def from_int16(pcm: np.ndarray) -> np.ndarray:
-    """int16 PCM -> float32 in [-1, 1]."""
-    return np.asarray(pcm, dtype=np.float32) / 32767.0
-
-
 # ---------------------------------------------------------------------------
 # Probing, size limits, and downloading from links (yt-dlp)
 # ---------------------------------------------------------------------------

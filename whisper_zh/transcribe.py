@@ -173,7 +173,7 @@ def plan_windows(audio: np.ndarray, sr: int = SAMPLE_RATE, window_s: float = WIN
 # Backends
 # ---------------------------------------------------------------------------
 
-def _default_device() -> str:
+def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -198,7 +198,7 @@ class Transcriber:
         backend = (backend or os.environ.get("BACKEND") or "auto").lower()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        self.device = device or _default_device()
+        self.device = device or default_device()
         self.options = options or TranscribeOptions()
         if backend == "auto":
             backend = "ct2" if self.device == "cpu" and find_ct2_model(self.model_id) else "transformers"
