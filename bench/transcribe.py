@@ -4,9 +4,11 @@ otherwise run, in one run on one machine.
 A recording of at least ``--minutes`` of real Mandarin is built by joining zh-cv-mini
 clips (test split first, then dev and train) with short pauses, and transcribed by:
 
-* the whisper-zh engine (``Transcriber``) with each backend: transformers (fp32 on a
-  CPU, fp16 on a GPU) and CTranslate2 (int8 on a CPU, float16 on a GPU), at its
-  defaults (greedy, 8 chunks per batch), and the ct2 backend with beam 5;
+* the whisper-zh engine (``Transcriber``) with each backend at its defaults:
+  CTranslate2 (int8 on a CPU, float16 on a GPU; 8 lanes, beam 5) and transformers (fp32
+  on a CPU, fp16 on a GPU; 8 windows per batch, greedy); the ct2 backend also greedy,
+  and without previous-text conditioning (``ct2_transcribe(...,
+  condition_on_previous_text=False)``, to show what the lanes buy);
 * the transformers ASR pipeline, ``chunk_length_s=30``, otherwise default settings;
 * faster-whisper's ``WhisperModel.transcribe`` called directly, with its defaults
   (beam 5, sequential 30 s windows conditioned on the previous text).
@@ -17,6 +19,7 @@ reference sentences joined against all output text, after :func:`whisper_zh.text
 
     python bench/transcribe.py                          # 10 minutes, whisper-base, CPU
     python bench/transcribe.py --minutes 1              # quick run
+    python bench/transcribe.py --minutes all --only ct2 direct engine   # all 42 min of zh-cv-mini
     python bench/transcribe.py --model openai/whisper-small --device cuda
 
 Prints a markdown table and writes ``bench/results/transcribe-<device>.json``.
@@ -56,8 +59,8 @@ WARMUP_S = 5.0
 _DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
 
 
-def build_recording(data_dir: Path, minutes: float, gap_s: float = GAP_S) -> tuple[np.ndarray, list[str]]:
-    """Join real clips into one recording of at least ``minutes``.
+def build_recording(data_dir: Path, minutes: float | None, gap_s: float = GAP_S) -> tuple[np.ndarray, list[str]]:
+    """Join real clips into one recording of at least ``minutes`` (None: every clip).
 
     Returns:
         ``(audio, sentences)``: float32 waveform of shape ``(n_samples,)`` at 16 kHz, and
@@ -72,8 +75,10 @@ def build_recording(data_dir: Path, minutes: float, gap_s: float = GAP_S) -> tup
                 parts += [audio, gap]
                 sentences.append(row["sentence"])
                 samples += len(audio) + len(gap)
-                if samples >= minutes * 60 * SAMPLE_RATE:
+                if minutes is not None and samples >= minutes * 60 * SAMPLE_RATE:
                     return np.concatenate(parts), sentences
+    if minutes is None and parts:
+        return np.concatenate(parts), sentences
     raise SystemExit(f"{data_dir} holds only {samples / SAMPLE_RATE / 60:.1f} minutes; ask for fewer")
 
 
@@ -150,6 +155,13 @@ def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callab
                         device=device, dtype=torch.float16 if cuda else torch.float32)
         return lambda audio: pipe(audio.copy(), generate_kwargs={"language": "zh", "task": "transcribe"})["text"]
 
+    def ct2_without_previous_text():
+        from whisper_zh.ct2 import ct2_transcribe, load_ct2
+
+        model = load_ct2(ct2_dir, device=device, compute_type="float16" if cuda else "int8")
+        return lambda audio: "".join(s["text"] for s in ct2_transcribe(model, audio, beam_size=5,
+                                                                      condition_on_previous_text=False))
+
     def faster_whisper_direct():
         from faster_whisper import WhisperModel
 
@@ -163,10 +175,12 @@ def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callab
         weights = "fp16" if cuda else "fp32"
         quant = "float16" if cuda else "int8"
         engine_ct2 = [
-            (f"whisper-zh engine, ct2 {quant} (batch 8, greedy)", engine("ct2")),
-            (f"whisper-zh engine, ct2 {quant} (batch 8, beam 5)", engine("ct2", beam_size=5)),
+            (f"whisper-zh engine, ct2 {quant} (defaults: 8 lanes, beam 5)", engine("ct2")),
+            (f"whisper-zh engine, ct2 {quant} (8 lanes, greedy)", engine("ct2", beam_size=1)),
+            (f"whisper-zh ct2 {quant}, 8 chunks, beam 5, no previous text", ct2_without_previous_text),
         ]
-        engine_hf = [(f"whisper-zh engine, transformers {weights} (batch 8, greedy)", engine("transformers"))]
+        engine_hf = [(f"whisper-zh engine, transformers {weights} (defaults: batch 8, greedy)",
+                      engine("transformers"))]
     except ImportError as err:
         print(f"(no engine rows: {err})", file=sys.stderr)
     # fastest first: a run cut short still has them
@@ -178,7 +192,7 @@ def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callab
 
 
 def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: None) -> dict:
-    audio, sentences = build_recording(Path(args.data), args.minutes)
+    audio, sentences = build_recording(Path(args.data), None if args.minutes == "all" else float(args.minutes))
     duration = len(audio) / SAMPLE_RATE
     reference = "".join(sentences)
     print(f"recording: {duration / 60:.2f} min, {len(sentences)} clips from {args.data}", file=sys.stderr)
@@ -247,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help="transformers Whisper directory or Hub id (default: the offline whisper-base)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--minutes", type=float, default=10.0, help="length of the joined recording")
+    parser.add_argument("--minutes", default="10", help="length of the joined recording, or 'all' clips")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="a Common Voice-layout folder of clips")
     parser.add_argument("--only", nargs="*", help="run only the systems whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/transcribe-<device>.json)")

@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from whisper_zh.ct2 import ct2_transcribe, find_ct2_model, load_ct2, speech_chunks, split_words
+from whisper_zh.ct2 import (ChunkResult, ct2_transcribe, decode_chunks, find_ct2_model, load_ct2,
+                            speech_chunks, split_words)
 from whisper_zh.export import export_ct2
 from whisper_zh.media import SAMPLE_RATE, load_audio
 from whisper_zh.text import cer
@@ -43,6 +44,27 @@ def _clips(zh_cv_mini: Path, n: int) -> list[tuple[np.ndarray, str]]:
 def _joined(clips: list[tuple[np.ndarray, str]], gap_s: float = 0.5) -> np.ndarray:
     gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
     return np.concatenate([part for audio, _ in clips for part in (audio, gap)])
+
+
+class _RecordingGenerate:
+    """Stands in for ``WhisperModel.model`` (the CTranslate2 Whisper) and records every
+    ``generate`` call's prompts and keyword arguments; everything else passes through."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list[tuple[list[list[int]], dict]] = []
+
+    def generate(self, encoder_output, prompts, **kwargs):
+        self.calls.append(([list(p) for p in prompts], kwargs))
+        return self.inner.generate(encoder_output, prompts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(scope="module")
+def tiny_ct2(tiny_whisper, tmp_path_factory) -> Path:
+    return Path(export_ct2(str(tiny_whisper), str(tmp_path_factory.mktemp("ct2") / "tiny"), "float32"))
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +143,80 @@ def test_cli_export(tiny_whisper, tmp_path):
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert bad.returncode == 1 and "no such model" in bad.stderr
     assert not (tmp_path / "no-such-model").exists()
+
+
+# -- decoding in lanes -------------------------------------------------------------------
+
+def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(tiny_ct2):
+    """Random weights are unsure of every token (mean log-probability far below -1), so
+    every chunk is decoded again at each fallback temperature, sampled, in one batch;
+    text decoded at 0.8 is not used as the next chunk's prompt."""
+    model = load_ct2(str(tiny_ct2))
+    model.model = recorder = _RecordingGenerate(model.model)
+    audio = np.random.default_rng(1).normal(0, 0.1, 12 * SAMPLE_RATE).astype(np.float32)
+    chunks = [(0.0, 3.0), (3.0, 6.0), (6.0, 9.0), (9.0, 12.0)]
+    results = decode_chunks(model, audio, chunks, batch_size=2, temperatures=(0.0, 0.4, 0.8),
+                            no_speech_threshold=None)
+    assert len(results) == 4
+    assert [len(prompts) for prompts, _ in recorder.calls] == [2, 2, 2, 2, 2, 2]
+    temperatures = [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls]
+    assert temperatures == [0.0, 0.4, 0.8] * 2
+    assert all(kwargs["num_hypotheses"] == 5 and kwargs["beam_size"] == 1 for _, kwargs in recorder.calls[1:3])
+    first_step_prompts = recorder.calls[0][0]
+    assert all(prompts == first_step_prompts for prompts, _ in recorder.calls)  # reset: no previous text
+    kept = [r for r in results if r is not None]
+    assert all(isinstance(r, ChunkResult) and r.temperature == 0.8 for r in kept)
+    assert all(0.0 <= w["start"] <= w["end"] <= 12.0 for r in kept for w in r.words)
+
+    # without thresholds nothing is retried
+    recorder.calls.clear()
+    decode_chunks(model, audio, chunks, batch_size=2, compression_ratio_threshold=None,
+                  logprob_threshold=None, no_speech_threshold=None, word_timestamps=False)
+    assert [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls] == [0.0, 0.0]
+    assert decode_chunks(model, audio, [], batch_size=2) == []
+
+
+@pytest.mark.slow
+def test_decode_chunks_conditions_each_lane_on_its_previous_chunk(base_ct2, zh_cv_mini):
+    """Six clips, one chunk each, three lanes: the second generate call decodes clips 1,
+    3 and 5 together, each prompted with the end of the text of clip 0, 2 and 4 (as many
+    tokens each: CTranslate2 needs <|startoftranscript|> at one position)."""
+    clips = _clips(zh_cv_mini, 6)
+    audio = _joined(clips, gap_s=0.5)
+    chunks, start = [], 0.0
+    for clip, _ in clips:
+        chunks.append((start, start + len(clip) / SAMPLE_RATE))
+        start = chunks[-1][1] + 0.5
+    model = load_ct2(str(base_ct2))
+    model.model = recorder = _RecordingGenerate(model.model)
+    tokenizer = model.hf_tokenizer
+    sot, sot_prev = tokenizer.token_to_id("<|startoftranscript|>"), tokenizer.token_to_id("<|startofprev|>")
+
+    results = decode_chunks(model, audio, chunks, batch_size=3)
+    assert all(r is not None for r in results)
+    assert cer([ref for _, ref in clips], [r.text for r in results]) < 0.5
+    for (chunk_start, chunk_end), r in zip(chunks, results):
+        assert r.words and all(chunk_start - 0.05 <= w["start"] <= w["end"] <= chunk_end + 0.05 for w in r.words)
+    (first, _), (second, _) = recorder.calls[:2]  # no fallback for clean speech at beam 1
+    assert len(first) == len(second) == 3
+    assert all(p[0] == sot for p in first)
+    positions = {p.index(sot) for p in second}
+    assert len(positions) == 1 and all(p[0] == sot_prev for p in second)
+    keep = positions.pop() - 1
+    assert keep == min(len(results[i].tokens) for i in (0, 2, 4)) > 0
+    for prompt, previous in zip(second, (0, 2, 4)):
+        assert prompt[1:1 + keep] == results[previous].tokens[-keep:]
+
+    # one lane: each chunk after the first is prompted with the whole text before it
+    recorder.calls.clear()
+    results = decode_chunks(model, audio, chunks[:3], batch_size=1, word_timestamps=False)
+    assert [len(prompts) for prompts, _ in recorder.calls] == [1, 1, 1]
+    assert recorder.calls[1][0][0][1:1 + len(results[0].tokens)] == results[0].tokens
+    assert recorder.calls[2][0][0][1:1 + len(results[1].tokens)] == results[1].tokens
+    # and without conditioning every prompt is the bare start of transcript
+    recorder.calls.clear()
+    decode_chunks(model, audio, chunks[:3], batch_size=3, condition_on_previous_text=False, word_timestamps=False)
+    assert all(p[0] == sot for prompts, _ in recorder.calls for p in prompts)
 
 
 # -- segmentation ---------------------------------------------------------------------

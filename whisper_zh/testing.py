@@ -46,6 +46,9 @@ def make_tiny_whisper(out_dir: str, processor_from: str, *, d_model: int = 64, l
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
     model.generation_config = GenerationConfig.from_pretrained(processor_from)
+    # the reference's cross-attention heads for word timing name layers this model lacks
+    # (CTranslate2 crashes on them): use every head of the last decoder layer
+    model.generation_config.alignment_heads = [[layers - 1, head] for head in range(config.decoder_attention_heads)]
     tmp = out_dir + ".tmp"
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
