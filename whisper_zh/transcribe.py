@@ -35,18 +35,16 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from whisper_zh.ct2 import find_ct2_model
+from whisper_zh.ct2 import BEAM_SIZE as CT2_BEAM_SIZE, find_ct2_model
 from whisper_zh.media import SAMPLE_RATE, format_duration, is_url, load_media
 from whisper_zh.text import CHARACTER_LANGUAGES, convert_script
 
 DEFAULT_MODEL_ID = "openai/whisper-small"
 WINDOW_S = 30.0  # Whisper's fixed input length
 BACKENDS = ("auto", "transformers", "ct2")
-# Beam search where it is cheap. CTranslate2 int8 on 2 CPU cores, 42 min of zh-cv-mini,
-# whisper-base: beam 5 took 20% longer than greedy and cut CER from 0.213 to 0.177
-# (bench/transcribe.py). Greedy is openai/whisper's choice at temperature 0 and what the
-# transformers backend's batched generate does fastest.
-DEFAULT_BEAM_SIZE = {"ct2": 5, "transformers": 1}
+# Beam search where it is cheap (CTranslate2, see whisper_zh.ct2.BEAM_SIZE); greedy, as
+# openai/whisper decodes at temperature 0, where it is not (transformers' beam search).
+DEFAULT_BEAM_SIZE = {"ct2": CT2_BEAM_SIZE, "transformers": 1}
 
 # (fraction done in [0, 1], what is happening) -> None; gr.Progress fits this shape.
 ProgressCallback = Callable[[float, str], None]
