@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,12 +43,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, cpu_name, first_existing  # noqa: E402
 from whisper_zh.media import SAMPLE_RATE, load_audio  # noqa: E402
 from whisper_zh.text import cer  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "zh-cv-mini"
-DEFAULT_MODEL = Path.home() / ".cache" / "whisper-zh" / "whisper-base"
+DEFAULT_DATA = Path(first_existing(DATA_CANDIDATES) or DATA_CANDIDATES[0])
+DEFAULT_MODEL = Path(PROCESSOR_CANDIDATES[0])  # the offline whisper-base, weights included
 GAP_S = 0.3
 WARMUP_S = 5.0
 
@@ -83,13 +84,8 @@ def build_recording(data_dir: Path, minutes: float | None, gap_s: float = GAP_S)
 
 
 def machine(device: str) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        info["cpu_model"] = fields.get("Model name", "").strip()
-    except OSError:
-        info["cpu_model"] = platform.processor()
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_name()}
     if device.startswith("cuda"):
         import torch
 
@@ -159,7 +155,7 @@ def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callab
         from whisper_zh.ct2 import ct2_transcribe, load_ct2
 
         model = load_ct2(ct2_dir, device=device, compute_type="float16" if cuda else "int8")
-        return lambda audio: "".join(s["text"] for s in ct2_transcribe(model, audio, beam_size=5,
+        return lambda audio: "".join(s["text"] for s in ct2_transcribe(model, audio,
                                                                       condition_on_previous_text=False))
 
     def faster_whisper_direct():

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -294,6 +294,10 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
         prompts = [model.get_prompt(tokenizer, previous[j][len(previous[j]) - keep:] if keep else [],
                                     without_timestamps=True) for j in active]
 
+        def encoded(batch_items: list[int]):
+            """The encoder output of some of this step's chunks (CTranslate2's cannot be sliced)."""
+            return encoder_output if len(batch_items) == len(indices) else model.encode(features[batch_items])
+
         options = dict(beam_size=beam_size, best_of=best_of, suppress_tokens=suppress_tokens)
         tries = [[r] for r in _generate(model, tokenizer, encoder_output, prompts, temperature=temperatures[0],
                                         **options)]
@@ -301,7 +305,7 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
             retry = [b for b, attempts in enumerate(tries) if _needs_fallback(attempts[-1], *thresholds)]
             if not retry:
                 break
-            again = _generate(model, tokenizer, model.encode(features[retry]), [prompts[b] for b in retry],
+            again = _generate(model, tokenizer, encoded(retry), [prompts[b] for b in retry],
                               temperature=temperature, **options)
             for b, result in zip(retry, again):
                 tries[b].append(result)
@@ -311,8 +315,7 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
             if _needs_fallback(last, *thresholds):
                 not_looping = [r for r in attempts if not _is_loop(r, compression_ratio_threshold)]
                 best = max(not_looping or attempts, key=lambda r: r.avg_logprob)
-                last = ChunkResult(best.tokens, best.text, best.avg_logprob, best.no_speech_prob,
-                                   best.compression_ratio, last.temperature)
+                last = replace(best, temperature=last.temperature)
             chosen.append(last)
 
         if word_timestamps:
@@ -320,12 +323,11 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
             # empty text cannot be aligned (CTranslate2 fails), so those are left out
             texts = [b for b, r in enumerate(chosen) if r.tokens]
             if texts:
-                aligned = encoder_output if len(texts) == len(chosen) else model.encode(features[texts])
                 segments = [[{"tokens": chosen[b].tokens, "seek": chunks[indices[b]][0] * model.frames_per_second,
                               "start": chunks[indices[b]][0], "end": chunks[indices[b]][1]}] for b in texts]
                 frames = [int(math.ceil(chunks[indices[b]][1] - chunks[indices[b]][0]) * model.frames_per_second)
                           for b in texts]
-                model.add_word_timestamps(segments, tokenizer, aligned, frames,
+                model.add_word_timestamps(segments, tokenizer, encoded(texts), frames,
                                           _PREPEND_PUNCTUATIONS, _APPEND_PUNCTUATIONS, 0.0)
                 for b, segment in zip(texts, segments):
                     chosen[b].words = segment[0].get("words") or []
@@ -363,6 +365,8 @@ def ct2_transcribe(model, audio: np.ndarray, *, language: str = "zh", task: str 
         start of ``audio`` (floats, ``0 <= start <= end <= duration``), ``text`` (str,
         stripped) and ``no_speech_prob`` (float in [0, 1]).
     """
+    from faster_whisper.transcribe import Word
+
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"audio must be 1-D (n_samples,), got shape {audio.shape}")
@@ -377,7 +381,7 @@ def ct2_transcribe(model, audio: np.ndarray, *, language: str = "zh", task: str 
     for (start, end), result in zip(chunks, results):
         if result is None:
             continue
-        words = [_Word(w["word"], w["start"], w["end"]) for w in result.words or []]
+        words = [Word(**w) for w in result.words or []]
         if words:
             pieces += [(*phrase, result.no_speech_prob) for phrase in split_words(words, pauses)]
         else:
@@ -392,10 +396,3 @@ def ct2_transcribe(model, audio: np.ndarray, *, language: str = "zh", task: str 
         out.append({"start": start, "end": end, "text": text, "no_speech_prob": float(no_speech_prob)})
     out.sort(key=lambda s: s["start"])
     return out
-
-
-@dataclass(frozen=True)
-class _Word:
-    word: str
-    start: float
-    end: float

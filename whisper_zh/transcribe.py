@@ -373,12 +373,11 @@ class Transcriber:
                                      compression_ratio_threshold=options.compression_ratio_threshold,
                                      logprob_threshold=options.logprob_threshold,
                                      no_speech_threshold=options.no_speech_threshold)
-        duration = len(audio) / SAMPLE_RATE
         for item in results:
-            # ct2_transcribe has already applied Whisper's no-speech rule to each chunk
-            start = max(0.0, float(item["start"]))
-            yield Segment(start=round(start, 3), end=round(max(min(float(item["end"]), duration), start), 3),
-                          text=item["text"], no_speech_prob=item.get("no_speech_prob"))
+            # ct2_transcribe has already clamped the times to the audio and applied
+            # Whisper's no-speech rule to each chunk
+            yield Segment(start=round(item["start"], 3), end=round(item["end"], 3), text=item["text"],
+                          no_speech_prob=item["no_speech_prob"])
         if progress:
             progress(1.0, "transcribed")
 
