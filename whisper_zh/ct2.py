@@ -26,8 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000  # Hz, what faster-whisper expects for an array input
-WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's input: 30 s, 3000 log-mel frames
+from whisper_zh.audio import N_SAMPLES as WINDOW_SAMPLES, SAMPLE_RATE
 
 # Batched decoding reads whole chunks of at most 30 s without timestamp tokens (with
 # them, whisper-base dropped whole sentences in batched mode: CER 0.17 vs 0.12 on

@@ -17,11 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from whisper_zh.audio import HOP_LENGTH, N_FFT, N_SAMPLES
 from whisper_zh.media import load_audio
-
-N_FFT = 400
-HOP_LENGTH = 160
-N_SAMPLES = 480000  # 30 s at 16 kHz: Whisper's window
 
 
 def log_mel_spectrogram(audio: torch.Tensor, mel_filters: torch.Tensor, n_samples: int = N_SAMPLES) -> torch.Tensor:

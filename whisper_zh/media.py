@@ -30,7 +30,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-SAMPLE_RATE = 16000  # Hz, what Whisper's feature extractor expects
+from whisper_zh.audio import SAMPLE_RATE
 
 AudioSource = Union[str, os.PathLike, bytes]
 

@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Optional
 
+from whisper_zh.audio import SAMPLE_RATE
+
 DRIVE_MOUNT = "/content/drive"
 COLAB_WORK_DIR = os.path.join(DRIVE_MOUNT, "MyDrive", "whisper-zh")
 LOCAL_WORK_DIR = os.path.join(os.path.expanduser("~"), "whisper-zh")
@@ -249,7 +251,7 @@ def show_examples(dataset, n: int = 3, seed: int = 0):
     display(table)
     for row in rows:
         print(f"{row['path']}: {row['sentence']}")
-        display(Audio(decode_clip(row["audio"]), rate=16000))
+        display(Audio(decode_clip(row["audio"]), rate=SAMPLE_RATE))
     return table
 
 

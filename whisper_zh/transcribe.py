@@ -66,6 +66,23 @@ class NoSpeechError(ValueError):
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word (for Chinese: usually one character) with its time, from the backend's
+    cross-attention alignment.
+
+    Attributes:
+        start, end: seconds from the beginning of the input.
+        word: its text as the model wrote it, leading space included for Latin words.
+        probability: the model's probability of the word, when known.
+    """
+
+    start: float
+    end: float
+    word: str
+    probability: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class Segment:
     """One stretch of speech.
 
@@ -74,12 +91,15 @@ class Segment:
         text: the words, in the requested script.
         no_speech_prob: the model's probability that the window held no speech, when the
             backend reports it (ct2 does; transformers applies it inside generate).
+        words: the segment's timed words, in order, when the backend aligned them
+            (empty otherwise); their texts joined give ``text`` in the model's script.
     """
 
     start: float
     end: float
     text: str
     no_speech_prob: Optional[float] = None
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True)
