@@ -34,7 +34,7 @@ from whisper_zh.media import (
 from whisper_zh.subtitles import format_timestamp, write_all
 from whisper_zh.transcribe import DEFAULT_MODEL_ID, NoSpeechError, TranscribeOptions, Transcriber, get_transcriber
 
-PARTIAL_EVERY_S = 10.0
+PARTIAL_EVERY_S = 2.0  # seconds between partial results shown while transcribing
 
 NO_SPEECH = "No speech found: the input is silent or holds only noise or music."
 
@@ -107,14 +107,19 @@ class Handlers:
             options = TranscribeOptions(script=script or "simplified", batch_size=self.config.batch_size,
                                         max_duration_s=self.config.max_duration_s)
             segments: list = []
-            shown = time.perf_counter()
-            for segment in self.transcriber.iter_segments(
-                    audio, options, progress=lambda f, msg: report(f, desc=msg)):
+            done = [0.0]  # fraction decoded, as the engine last reported it
+
+            def on_progress(fraction: float, message: str) -> None:
+                done[0] = fraction
+                report(fraction, desc=message)
+
+            shown = 0.0
+            for segment in self.transcriber.iter_segments(audio, options, progress=on_progress):
                 segments.append(segment)
-                # long inputs: show what is done so far, a few times a minute
+                # show the text as it grows, at most every PARTIAL_EVERY_S
                 if time.perf_counter() - shown > PARTIAL_EVERY_S:
                     shown = time.perf_counter()
-                    yield (f"Transcribed {format_duration(segment.end)} of {format_duration(duration)}…",
+                    yield (f"Transcribed {done[0]:.0%} of {format_duration(duration)}…",
                            _text(segments), _rows(segments), None)
             if not segments:
                 yield (NO_SPEECH, "", [], None)
@@ -123,7 +128,7 @@ class Handlers:
             files = write_all(segments, workdir, stem=_stem(kind, source))
             elapsed = time.perf_counter() - started
             status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
-                      f"transcribed in {elapsed:.1f} s ({self.transcriber.backend}, {self.transcriber.device}).")
+                      f"transcribed in {elapsed:.1f} s ({self.transcriber.backend.name}, {self.transcriber.device}).")
             yield (status, text, _rows(segments), [str(files[f]) for f in ("srt", "vtt", "txt")])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -2,12 +2,16 @@
 
 Each sub-command lives in the module of its stage and takes its own arguments
 (``whisper-zh train --help``); this file only dispatches, importing lazily so that
-``whisper-zh transcribe`` never pays for the training stack and vice versa.
+``whisper-zh transcribe`` never pays for the training stack and vice versa. It is also
+the one place that sets up logging and turns the library's exceptions into a one-line
+message and an exit code (``WHISPER_ZH_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 
 COMMANDS = {
@@ -39,5 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"whisper-zh: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock", "faster_whisper"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     module, func, _ = COMMANDS[argv[0]]
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    except KeyboardInterrupt:
+        print(f"whisper-zh {argv[0]}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as err:
+        # the library's errors (bad data or input, a missing file, a failed download)
+        # all say what went wrong in their message; a traceback adds nothing for a user
+        if os.environ.get("WHISPER_ZH_DEBUG"):
+            raise
+        print(f"whisper-zh {argv[0]}: error: {err}", file=sys.stderr)
+        return 1

@@ -24,6 +24,8 @@ the model directory holds a CTranslate2 conversion.
 from __future__ import annotations
 
 import argparse
+import bisect
+import logging
 import os
 import re
 import sys
@@ -31,20 +33,23 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
-from whisper_zh.ct2 import BEAM_SIZE as CT2_BEAM_SIZE, find_ct2_model
-from whisper_zh.media import SAMPLE_RATE, format_duration, is_url, load_media
+from whisper_zh.audio import CHUNK_LENGTH, SAMPLE_RATE
+from whisper_zh.media import format_duration, is_url, load_media
 from whisper_zh.text import CHARACTER_LANGUAGES, convert_script
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MODEL_ID = "openai/whisper-small"
-WINDOW_S = 30.0  # Whisper's fixed input length
 BACKENDS = ("auto", "transformers", "ct2")
-# Beam search where it is cheap (CTranslate2, see whisper_zh.ct2.BEAM_SIZE); greedy, as
-# openai/whisper decodes at temperature 0, where it is not (transformers' beam search).
-DEFAULT_BEAM_SIZE = {"ct2": CT2_BEAM_SIZE, "transformers": 1}
+# Beam search where it is cheap: on 2 CPU cores, 42 min of zh-cv-mini, whisper-base
+# int8, CTranslate2's beam 5 took 18% longer than greedy and cut CER from 0.213 to 0.177
+# (bench/transcribe.py). transformers' beam search is several times slower than its
+# greedy search, so it decodes greedily, as openai/whisper does at temperature 0.
+DEFAULT_BEAM_SIZE = {"ct2": 5, "transformers": 1}
 
 # (fraction done in [0, 1], what is happening) -> None; gr.Progress fits this shape.
 ProgressCallback = Callable[[float, str], None]
@@ -109,8 +114,14 @@ class TranscribeOptions:
     language: str = "zh"
     task: str = "transcribe"
     script: str = "simplified"  # simplified | traditional | original (as the model wrote it)
-    batch_size: int = 8  # 30 s windows per generate call
+    batch_size: int = 8  # windows of up to 30 s decoded together by one model call
     beam_size: Optional[int] = None  # None: the backend's default (DEFAULT_BEAM_SIZE); 1 = greedy
+    best_of: int = 5  # candidates sampled at each fallback temperature
+    # Text that leads every window's prompt (<|startofprev|>), not only the first one's:
+    # a style to imitate ("以下是普通话的句子。" pushes towards Simplified and punctuation)
+    # and names or terms the model should prefer ("小米 澎湃OS").
+    prompt: Optional[str] = None
+    hotwords: Optional[str] = None
     # openai/whisper retries at 0.2, 0.4 ... 1.0; three steps catch the same loops at half
     # the worst-case cost (measured: same CER on real clips, 40% less time)
     temperatures: tuple[float, ...] = (0.0, 0.4, 0.8)
@@ -118,8 +129,7 @@ class TranscribeOptions:
     logprob_threshold: Optional[float] = -1.0  # below: low confidence, retry hotter
     no_speech_threshold: Optional[float] = 0.6  # above (and low confidence): skip the window
     silence_threshold_db: float = -45.0  # a window whose loudest 20 ms stays below is skipped
-    window_s: float = WINDOW_S
-    cut_search_s: float = 5.0  # look this far back from the 30 s mark for a pause to cut at
+    window_s: float = float(CHUNK_LENGTH)  # the longest piece of audio decoded at once
     max_duration_s: Optional[float] = 3600.0
     drop_hallucinations: bool = True
 
@@ -150,6 +160,8 @@ class Transcript:
 # Windows
 # ---------------------------------------------------------------------------
 
+CUT_SEARCH_S = 5.0  # a cut before the 30 s mark looks this far back for a pause
+
 def frame_energy_db(audio: np.ndarray, sr: int = SAMPLE_RATE, frame_s: float = 0.02) -> np.ndarray:
     """RMS level of consecutive ``frame_s`` frames in dBFS (0 = full scale); shape
     ``(ceil(n_samples / frame),)``. Digital silence gives -120 rather than -inf."""
@@ -164,8 +176,8 @@ def is_silent(audio: np.ndarray, threshold_db: float = -45.0, sr: int = SAMPLE_R
     return audio.size == 0 or float(frame_energy_db(audio, sr).max()) < threshold_db
 
 
-def plan_windows(audio: np.ndarray, sr: int = SAMPLE_RATE, window_s: float = WINDOW_S,
-                 search_s: float = 5.0) -> list[tuple[int, int]]:
+def plan_windows(audio: np.ndarray, sr: int = SAMPLE_RATE, window_s: float = float(CHUNK_LENGTH),
+                 search_s: float = CUT_SEARCH_S) -> list[tuple[int, int]]:
     """Cut points for long audio: ``[(start_sample, end_sample), ...]``, contiguous,
     non-overlapping, each at most ``window_s`` long, covering the whole input.
 
@@ -196,155 +208,71 @@ def plan_windows(audio: np.ndarray, sr: int = SAMPLE_RATE, window_s: float = WIN
 # Backends
 # ---------------------------------------------------------------------------
 
+class Backend(Protocol):
+    """What the engine needs of a backend; :class:`TransformersBackend` and
+    :class:`whisper_zh.ct2.CT2Backend` implement it, with the same options meaning the same.
+    """
+
+    name: str  # "transformers" or "ct2"
+    device: str
+
+    def iter_segments(self, audio: np.ndarray, options: TranscribeOptions,
+                      progress: Optional[ProgressCallback] = None,
+                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
+        """Yield the segments of ``audio`` (float32, 16 kHz mono) in time order, each as
+        soon as it and everything before it is decoded, calling ``progress`` after each
+        model step. ``windows`` (sample spans of at most ``options.window_s``) replace the
+        backend's own cutting; each is then decoded on its own (clips joined for batching).
+        The text is as the model wrote it: the engine converts scripts and filters."""
+
+
 def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Transcriber:
-    """A Whisper model loaded once, ready to transcribe any number of inputs.
+class TransformersBackend:
+    """Whisper in PyTorch through ``model.generate``: windows cut in pauses, decoded a batch
+    at a time with timestamps (fp16 on a GPU, fp32 on a CPU)."""
 
-    Args:
-        model_id: a Hub id or a local directory (default: ``$MODEL_ID`` or
-            openai/whisper-small).
-        backend: "transformers", "ct2" or "auto" (default: ``$BACKEND`` or auto). Auto
-            picks ct2 on a CPU when ``model_id`` (or its ``ct2/`` folder) holds a
-            CTranslate2 ``model.bin``, transformers otherwise.
-        device: "cuda" or "cpu" (default: cuda when available). fp16 on a GPU, fp32 on a CPU.
-        options: default :class:`TranscribeOptions` for :meth:`transcribe`.
-    """
+    name = "transformers"
 
-    def __init__(self, model_id: Optional[str] = None, *, backend: Optional[str] = None,
-                 device: Optional[str] = None, options: Optional[TranscribeOptions] = None):
-        self.model_id = model_id or os.environ.get("MODEL_ID") or DEFAULT_MODEL_ID
-        backend = (backend or os.environ.get("BACKEND") or "auto").lower()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        self.device = device or default_device()
-        self.options = options or TranscribeOptions()
-        if backend == "auto":
-            backend = "ct2" if self.device == "cpu" and find_ct2_model(self.model_id) else "transformers"
-        self.backend = backend
-        # generate() keeps per-call state on the model (generation config, caches), so two
-        # requests in the same process take turns rather than share it mid-call
-        self._lock = threading.Lock()
-        if backend == "ct2":
-            self._load_ct2()
-        else:
-            self._load_transformers()
-
-    def _load_transformers(self) -> None:
+    def __init__(self, model_id: str, device: str):
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        self.processor = WhisperProcessor.from_pretrained(self.model_id)
-        self.model = WhisperForConditionalGeneration.from_pretrained(self.model_id, dtype=self.dtype)
-        self.model.to(self.device).eval()
-
-    def _load_ct2(self) -> None:
-        from whisper_zh.ct2 import load_ct2
-
-        model_dir = find_ct2_model(self.model_id)
-        if model_dir is None and not os.path.isdir(self.model_id):
-            from huggingface_hub import snapshot_download
-
-            model_dir = find_ct2_model(snapshot_download(self.model_id, allow_patterns=["ct2/*"]))
-        if model_dir is None:
-            raise FileNotFoundError(
-                f"{self.model_id} has no CTranslate2 model (model.bin or ct2/model.bin): "
-                "run `whisper-zh export` first, or use backend='transformers'")
-        compute_type = "float16" if self.device.startswith("cuda") else "int8"
-        self.model = load_ct2(model_dir, device=self.device, compute_type=compute_type)
-        self.dtype = compute_type
-
-    def __repr__(self) -> str:
-        return f"Transcriber({self.model_id!r}, backend={self.backend!r}, device={self.device!r})"
-
-    # -- public API ---------------------------------------------------------
-
-    def transcribe(self, audio: Union[np.ndarray, str, os.PathLike],
-                   options: Optional[TranscribeOptions] = None, *,
-                   progress: Optional[ProgressCallback] = None, **overrides) -> Transcript:
-        """Transcribe a whole input.
-
-        Args:
-            audio: float32 waveform of shape ``(n_samples,)`` at 16 kHz, or a media path.
-            options: decoding options (default: the engine's); ``overrides`` replace
-                single fields, e.g. ``script="traditional"``.
-            progress: called with (fraction, message) after each batch of windows.
-
-        Raises:
-            NoSpeechError: nothing but silence or noise was found.
-            MediaTooLongError: longer than ``options.max_duration_s``.
-        """
-        options = replace(options or self.options, **overrides)
-        if not isinstance(audio, np.ndarray):
-            audio = load_media(audio, max_duration_s=options.max_duration_s)
-        started = time.perf_counter()
-        segments = list(self.iter_segments(audio, options, progress=progress))
-        if not segments:
-            raise NoSpeechError()
-        return Transcript(segments=segments, duration=len(audio) / SAMPLE_RATE, language=options.language,
-                          elapsed_s=time.perf_counter() - started, backend=self.backend)
-
-    def iter_segments(self, audio: np.ndarray, options: Optional[TranscribeOptions] = None, *,
-                      progress: Optional[ProgressCallback] = None,
-                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
-        """Yield segments in time order as soon as each batch of windows is decoded.
-
-        Args:
-            audio: float32 waveform, shape ``(n_samples,)``, 16 kHz mono.
-            windows: ``[(start_sample, end_sample), ...]``, each at most 30 s, to decode
-                instead of :func:`plan_windows`'s (e.g. the boundaries of clips joined
-                into ``audio``: each is then transcribed on its own, in batches).
-                transformers backend only.
-        """
-        from whisper_zh.media import MediaTooLongError
-
-        options = options or self.options
-        duration = len(audio) / SAMPLE_RATE
-        if options.max_duration_s is not None and duration > options.max_duration_s:
-            raise MediaTooLongError(
-                f"the input is {format_duration(duration)} long; the limit is "
-                f"{format_duration(options.max_duration_s)} (set MAX_DURATION_S to change it)")
-        if is_silent(audio, options.silence_threshold_db):
-            return
-        if windows is not None:
-            if self.backend != "transformers":
-                raise ValueError("explicit windows need the transformers backend")
-            too_long = [w for w in windows if w[1] - w[0] > options.window_s * SAMPLE_RATE]
-            if too_long:
-                raise ValueError(f"windows longer than {options.window_s:g} s: {too_long[:3]}")
-        raw = self._iter_ct2(audio, options, progress) if self.backend == "ct2" else \
-            self._iter_transformers(audio, options, progress, windows)
-        for segment in raw:
-            text = convert_script(segment.text.strip(), options.script)
-            if not text or (options.drop_hallucinations and _is_hallucination(text)):
-                continue
-            yield replace(segment, text=text)
-
-    # -- transformers -------------------------------------------------------
+        self.device = device
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.processor = WhisperProcessor.from_pretrained(model_id)
+        self.model = WhisperForConditionalGeneration.from_pretrained(model_id, dtype=self.dtype)
+        self.model.to(device).eval()
+        # generate() keeps per-call state on the model (generation config, caches), so two
+        # requests in the same process take turns, one model call at a time
+        self.lock = threading.Lock()
 
     def _generate_kwargs(self, options: TranscribeOptions) -> dict:
         kwargs = dict(language=options.language, task=options.task, return_timestamps=True,
-                      return_segments=True, num_beams=options.beam_size or DEFAULT_BEAM_SIZE["transformers"])
+                      return_segments=True, num_beams=options.beam_size or DEFAULT_BEAM_SIZE[self.name])
         if options.temperatures:
             kwargs["temperature"] = tuple(options.temperatures)
         # the thresholds only make sense together: generate's fallback reads them all
         for name in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold"):
             if getattr(options, name) is not None:
                 kwargs[name] = getattr(options, name)
+        prompt = " ".join(t.strip() for t in (options.prompt, options.hotwords) if t and t.strip())
+        if prompt:
+            # a short-form generate call prompts every window of the batch with it
+            kwargs["prompt_ids"] = self.processor.get_prompt_ids(" " + prompt, return_tensors="pt").to(self.device)
         return kwargs
 
-    def _iter_transformers(self, audio: np.ndarray, options: TranscribeOptions,
-                           progress: Optional[ProgressCallback],
-                           windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
+    def iter_segments(self, audio: np.ndarray, options: TranscribeOptions,
+                      progress: Optional[ProgressCallback] = None,
+                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
         import torch
 
         if windows is None:
-            windows = plan_windows(audio, SAMPLE_RATE, options.window_s, options.cut_search_s)
+            windows = plan_windows(audio, SAMPLE_RATE, options.window_s)
         # silent windows cost nothing and cannot hallucinate
         voiced = [w for w in windows if not is_silent(audio[w[0]:w[1]], options.silence_threshold_db)]
         total = len(voiced)
@@ -352,18 +280,19 @@ class Transcriber:
         generate_kwargs = self._generate_kwargs(options)
         feature_extractor = self.processor.feature_extractor
         if progress:
-            progress(0.0, f"transcribing {total} window{'s' * (total != 1)} of up to {options.window_s:.0f} s")
+            progress(0.0, f"transcribing {total} window{'s' * (total != 1)} of up to {options.window_s:.0f} s, "
+                          f"{min(batch_size, max(total, 1))} at a time")
         for first in range(0, total, batch_size):
             batch = voiced[first:first + batch_size]
             features = feature_extractor([audio[s:e] for s, e in batch], sampling_rate=SAMPLE_RATE,
                                          return_tensors="pt").input_features
-            with self._lock, torch.inference_mode():
+            with self.lock, torch.inference_mode():
                 output = self.model.generate(features.to(self.device, self.dtype), **generate_kwargs)
             for (start, end), window_segments in zip(batch, output["segments"]):
                 yield from self._window_segments(window_segments, start / SAMPLE_RATE, end / SAMPLE_RATE)
             if progress:
                 done = first + len(batch)
-                progress(done / total, f"transcribed {done}/{total} windows")
+                progress(done / total, f"decoded {done}/{total} windows")
 
     def _window_segments(self, raw_segments: list[dict], offset: float, window_end: float) -> Iterator[Segment]:
         """Whisper's per-window segments -> Segments in input time. Segments that start
@@ -377,29 +306,120 @@ class Transcriber:
             text = tokenizer.decode(raw["tokens"], skip_special_tokens=True)
             yield Segment(start=round(start, 3), end=round(max(end, start), 3), text=text)
 
-    # -- CTranslate2 --------------------------------------------------------
 
-    def _iter_ct2(self, audio: np.ndarray, options: TranscribeOptions,
-                  progress: Optional[ProgressCallback]) -> Iterator[Segment]:
-        from whisper_zh.ct2 import ct2_transcribe
+class Transcriber:
+    """A Whisper model loaded once, ready to transcribe any number of inputs.
 
-        if progress:
-            progress(0.0, "transcribing")
-        with self._lock:
-            results = ct2_transcribe(self.model, audio, language=options.language, task=options.task,
-                                     batch_size=options.batch_size,
-                                     beam_size=options.beam_size or DEFAULT_BEAM_SIZE["ct2"],
-                                     temperatures=options.temperatures,
-                                     compression_ratio_threshold=options.compression_ratio_threshold,
-                                     logprob_threshold=options.logprob_threshold,
-                                     no_speech_threshold=options.no_speech_threshold)
-        for item in results:
-            # ct2_transcribe has already clamped the times to the audio and applied
-            # Whisper's no-speech rule to each chunk
-            yield Segment(start=round(item["start"], 3), end=round(item["end"], 3), text=item["text"],
-                          no_speech_prob=item["no_speech_prob"])
-        if progress:
-            progress(1.0, "transcribed")
+    Args:
+        model_id: a Hub id or a local directory (default: ``$MODEL_ID`` or
+            openai/whisper-small).
+        backend: "transformers", "ct2" or "auto" (default: ``$BACKEND`` or auto). On a
+            CPU auto means ct2 for every model: its own CTranslate2 export (a local
+            ``ct2/`` folder, or only the ``ct2/`` folder of a Hub repo is downloaded),
+            else a one-time int8 conversion cached for the next start
+            (:func:`whisper_zh.ct2.resolve_ct2_model`). On a GPU auto means transformers.
+        device: "cuda" or "cpu" (default: cuda when available).
+        options: default :class:`TranscribeOptions` for :meth:`transcribe`.
+    """
+
+    def __init__(self, model_id: Optional[str] = None, *, backend: Optional[str] = None,
+                 device: Optional[str] = None, options: Optional[TranscribeOptions] = None):
+        self.model_id = model_id or os.environ.get("MODEL_ID") or DEFAULT_MODEL_ID
+        choice = (backend or os.environ.get("BACKEND") or "auto").lower()
+        if choice not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {choice!r}")
+        self.device = device or default_device()
+        self.options = options or TranscribeOptions()
+        if choice == "auto":
+            choice = "ct2" if self.device == "cpu" else "transformers"
+        started = time.perf_counter()
+        if choice == "ct2":
+            from whisper_zh.ct2 import CT2Backend, resolve_ct2_model
+
+            self.backend: Backend = CT2Backend(resolve_ct2_model(self.model_id), device=self.device)
+        else:
+            self.backend = TransformersBackend(self.model_id, self.device)
+        logger.info("loaded %s with the %s backend on %s in %.1f s", self.model_id, self.backend.name,
+                    self.device, time.perf_counter() - started)
+
+    def __repr__(self) -> str:
+        return f"Transcriber({self.model_id!r}, backend={self.backend.name!r}, device={self.device!r})"
+
+    # -- public API ---------------------------------------------------------
+
+    def transcribe(self, audio: Union[np.ndarray, str, os.PathLike],
+                   options: Optional[TranscribeOptions] = None, *,
+                   progress: Optional[ProgressCallback] = None, **overrides) -> Transcript:
+        """Transcribe a whole input.
+
+        Args:
+            audio: float32 waveform of shape ``(n_samples,)`` at 16 kHz, or a media path.
+            options: decoding options (default: the engine's); ``overrides`` replace
+                single fields, e.g. ``script="traditional"``.
+            progress: called with (fraction, message) after each model step.
+
+        Raises:
+            NoSpeechError: nothing but silence or noise was found.
+            MediaTooLongError: longer than ``options.max_duration_s``.
+        """
+        options = replace(options or self.options, **overrides)
+        if not isinstance(audio, np.ndarray):
+            audio = load_media(audio, max_duration_s=options.max_duration_s)
+        started = time.perf_counter()
+        segments = list(self.iter_segments(audio, options, progress=progress))
+        if not segments:
+            raise NoSpeechError()
+        return Transcript(segments=segments, duration=len(audio) / SAMPLE_RATE, language=options.language,
+                          elapsed_s=time.perf_counter() - started, backend=self.backend.name)
+
+    def iter_segments(self, audio: np.ndarray, options: Optional[TranscribeOptions] = None, *,
+                      progress: Optional[ProgressCallback] = None,
+                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
+        """Yield segments in time order, each as soon as it is decoded.
+
+        Args:
+            audio: float32 waveform, shape ``(n_samples,)``, 16 kHz mono.
+            windows: ``[(start_sample, end_sample), ...]``, each at most 30 s, to decode
+                instead of the backend's own cuts (e.g. the boundaries of clips joined
+                into ``audio``: each is then transcribed on its own, in batches).
+        """
+        from whisper_zh.media import MediaTooLongError
+
+        options = options or self.options
+        duration = len(audio) / SAMPLE_RATE
+        if options.max_duration_s is not None and duration > options.max_duration_s:
+            raise MediaTooLongError(
+                f"the input is {format_duration(duration)} long; the limit is "
+                f"{format_duration(options.max_duration_s)} (set MAX_DURATION_S to change it)")
+        if is_silent(audio, options.silence_threshold_db):
+            return
+        if windows is not None:
+            too_long = [w for w in windows if w[1] - w[0] > options.window_s * SAMPLE_RATE]
+            if too_long:
+                raise ValueError(f"windows longer than {options.window_s:g} s: {too_long[:3]}")
+        for segment in self.backend.iter_segments(audio, options, progress, windows):
+            text = convert_script(segment.text.strip(), options.script)
+            if not text or (options.drop_hallucinations and _is_hallucination(text)):
+                continue
+            words = tuple(replace(w, word=convert_script(w.word, options.script)) for w in segment.words)
+            yield replace(segment, text=text, words=words)
+
+    def transcribe_clips(self, clips: Sequence[np.ndarray], options: Optional[TranscribeOptions] = None, *,
+                         progress: Optional[ProgressCallback] = None) -> list[str]:
+        """The text of each of many short clips (each at most ``options.window_s``),
+        decoded independently, ``options.batch_size`` at a time: what evaluation needs."""
+        options = replace(options or self.options, max_duration_s=None)
+        bounds = np.cumsum([0] + [len(c) for c in clips])
+        windows = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        texts: list[list[str]] = [[] for _ in clips]
+        starts = [int(a) for a in bounds[:-1]]
+        for segment in self.iter_segments(np.concatenate(clips) if clips else np.zeros(0, np.float32), options,
+                                          progress=progress, windows=windows):
+            # a segment belongs to the clip its start falls in
+            clip = bisect.bisect_right(starts, int(round(segment.start * SAMPLE_RATE))) - 1
+            texts[max(clip, 0)].append(segment.text)
+        joiner = "" if options.language in CHARACTER_LANGUAGES else " "
+        return [joiner.join(t).strip() for t in texts]
 
 
 def _is_hallucination(text: str) -> bool:
