@@ -4,6 +4,7 @@ with real subtitle parsers (``srt``, ``webvtt-py``) and by ffmpeg reading them."
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -378,3 +379,13 @@ def test_real_bilingual_subtitles(real, tmp_path):
     english = " ".join(line for c in cues for line in c.content.split("\n")[1:])
     assert english.split() == " ".join(s.text for s in translation).split()  # all of it, in order
     assert sum(len(c.content.split("\n")) > 1 for c in cues) >= len(cues) / 2
+
+
+def test_markup_and_arrows_in_the_text_are_escaped():
+    segment = Segment(0.0, 2.0, "A<B & C --> D")
+    assert "A&lt;B &amp; C --&gt; D" in to_vtt([segment])
+    karaoke = to_karaoke_vtt([segment]).split("\n", 3)[3]
+    assert "&lt;B" in karaoke and "<B" not in karaoke and "-->" not in karaoke
+    assert "C -> D" in to_srt([segment]) and "-->" not in to_srt([segment]).split("\n", 2)[2]
+    captions = webvtt.from_string(to_vtt([segment])).captions
+    assert len(captions) == 1 and html.unescape(captions[0].text) == "A<B & C --> D"

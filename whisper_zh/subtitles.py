@@ -225,7 +225,7 @@ def _align(shown: str, written: str, times: list[tuple[float, float, int]]) -> l
     return out
 
 
-def _timed_chars(segment, index: int) -> list[_Char]:
+def _timed_chars(segment) -> list[_Char]:
     """The characters of ``segment.text`` with times: from its words when it has them (the
     words are in the model's script, the text may have been converted, see :func:`_align`);
     else spread over the segment, Han characters twice as long as a Latin letter or digit,
@@ -240,15 +240,14 @@ def _timed_chars(segment, index: int) -> list[_Char]:
         space = False
     if not shown:
         return []
-    words = getattr(segment, "words", None) or ()
-    source: list[tuple[float, float, int]] = []  # (start, end, word index) per non-space character
-    for w_index, word in enumerate(words):
-        chars = [c for c in word.word if not c.isspace()]
+    written, source = "", []  # the words' non-space characters; (start, end, word index) of each
+    for w_index, word in enumerate(getattr(segment, "words", None) or ()):
+        chars = "".join(word.word.split())
         step = (word.end - word.start) / max(len(chars), 1)
+        written += chars
         source += [(word.start + k * step, word.start + (k + 1) * step, w_index) for k in range(len(chars))]
     if source:
-        times = _align("".join(c for c, _ in shown), "".join(c for w in words for c in w.word if not c.isspace()),
-                       source)
+        times = _align("".join(c for c, _ in shown), written, source)
     else:
         weights = [0.0 if unicodedata.category(c)[0] in "PSZ" else _char_width(c, True) for c, _ in shown]
         total = sum(weights) or 1.0
@@ -302,8 +301,8 @@ def _tokens(chars: list[_Char]) -> list[_Token]:
 
 def _pieces(segments: Sequence[TimedText], style: SubtitleStyle) -> list[Piece]:
     tokens: list[_Token] = []
-    for index, segment in enumerate(segments):
-        segment_tokens = _tokens(_timed_chars(segment, index))
+    for segment in segments:
+        segment_tokens = _tokens(_timed_chars(segment))
         if segment_tokens:
             segment_tokens[-1].segment_end = True
             tokens += segment_tokens
@@ -455,7 +454,7 @@ class _Layout:
             if cost < float("inf"):
                 starts = (i,) + ends[:-1]
                 return list(zip(starts, ends))
-        return [(i, j)]  # unreachable for a cue that fits; kept for a single overlong piece
+        return [(i, j)]  # not reached: cues are only cut where their pieces fit in max_lines lines
 
 
 def _timed_cues(raw: list[Cue], style: SubtitleStyle) -> list[Cue]:
@@ -474,6 +473,7 @@ def _timed_cues(raw: list[Cue], style: SubtitleStyle) -> list[Cue]:
 
 def make_cues(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = None) -> list[Cue]:
     """Lay ``segments`` out as subtitles in ``style`` (default: :func:`default_style`)."""
+    segments = list(segments)
     style = style or default_style(segments)
     if style.max_line_width is None:
         cues = []
@@ -496,10 +496,16 @@ def make_cues(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = No
 # -- writers ----------------------------------------------------------------------------
 
 def _srt(cues: Sequence[Cue]) -> str:
+    # an arrow in the text would read as a timing line
     blocks = [f"{index}\n{format_timestamp(cue.start, decimal_marker=',')} --> "
-              f"{format_timestamp(cue.end, decimal_marker=',')}\n{cue.text}\n"
+              f"{format_timestamp(cue.end, decimal_marker=',')}\n{cue.text.replace('-->', '->')}\n"
               for index, cue in enumerate(cues, start=1)]
     return "\n".join(blocks)
+
+
+def _vtt_text(text: str) -> str:
+    """WebVTT cue text: &, < and > escaped, else read as markup (and --> as a timing line)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_srt(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = None) -> str:
@@ -509,7 +515,7 @@ def to_srt(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = None)
 
 def to_vtt(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = None) -> str:
     """WebVTT: the ``WEBVTT`` header, then cues with ``HH:MM:SS.mmm`` times."""
-    blocks = [f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n{cue.text}\n"
+    blocks = [f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n{_vtt_text(cue.text)}\n"
               for cue in make_cues(segments, style)]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
@@ -530,7 +536,7 @@ def to_karaoke_vtt(segments: Sequence[TimedText], style: Optional[SubtitleStyle]
                 if last_ms < tag_ms < end_ms:
                     parts.append(f"<{format_timestamp(piece.start)}>")
                     last = piece.start
-                parts.append(text)
+                parts.append(_vtt_text(text))
             shown.append("".join(parts).strip())
         blocks.append(f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n" + "\n".join(shown) + "\n")
     return "WEBVTT\n\n" + "\n".join(blocks)
@@ -601,13 +607,14 @@ def bilingual_cues(segments: Sequence[TimedText], translation: Sequence[TimedTex
     english = [(float(s.start), float(s.end), " ".join(s.text.split())) for s in translation if s.text.strip()]
     if not cues:
         return []
-    owner = []
-    for cue in cues:
+    owned_by: dict[int, list[int]] = {}  # translated segment -> the cues that belong to it
+    for k, cue in enumerate(cues):
         overlaps = [_overlap(cue.start, cue.end, s, e) for s, e, _ in english]
-        owner.append(max(range(len(english)), key=overlaps.__getitem__) if overlaps and max(overlaps) > 0 else None)
+        if overlaps and max(overlaps) > 0:
+            owned_by.setdefault(max(range(len(english)), key=overlaps.__getitem__), []).append(k)
     parts: list[list[tuple[float, str]]] = [[] for _ in cues]
     for e_index, (start, end, text) in enumerate(english):
-        owned = [k for k, o in enumerate(owner) if o == e_index]
+        owned = owned_by.get(e_index)
         if not owned:
             nearest = max(range(len(cues)), key=lambda k: _overlap(cues[k].start, cues[k].end, start, end))
             owned = [nearest]
