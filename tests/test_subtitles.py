@@ -14,7 +14,7 @@ import pytest
 import srt
 import webvtt
 
-from whisper_zh.subtitles import (CHINESE_STYLE, FORMATS, LATIN_STYLE, SEGMENT_STYLE, SUFFIXES, SubtitleStyle,
+from whisper_zh.subtitles import (CHINESE_STYLE, FORMATS, LATIN_STYLE, MIN_GAP_S, SEGMENT_STYLE, SUFFIXES, SubtitleStyle,
                                   bilingual_cues, default_style, format_of, format_timestamp, make_cues, text_width,
                                   to_bilingual_srt, to_json, to_karaoke_vtt, to_srt, to_txt, to_vtt, write_all,
                                   write_subtitles)
@@ -195,7 +195,11 @@ def test_duration_limits():
     cues = make_cues([Segment(1.0, 1.2, "好"), Segment(5.0, 6.0, "我们走吧")])
     assert cues[0].end == pytest.approx(1.0 + 5 / 6)
     cues = make_cues([Segment(1.0, 1.2, "好"), Segment(1.5, 3.0, "我们走吧")], SubtitleStyle(max_line_width=2))
-    assert cues[0].end <= cues[1].start and cues[0].end - cues[0].start == pytest.approx(5 / 6)  # taken from before
+    assert cues[1].start - cues[0].end == pytest.approx(MIN_GAP_S)  # two frames apart, as Netflix asks
+    assert cues[0].end - cues[0].start == pytest.approx(5 / 6)  # taken from the silence before
+    # cues that touch get two frames between them, taken from the first
+    cues = make_cues([Segment(1.0, 2.2, "好的好的"), Segment(2.2, 3.0, "我们走吧")], SubtitleStyle(4, max_lines=1))
+    assert (cues[0].end, cues[1].start) == (pytest.approx(2.2 - MIN_GAP_S), 2.2)
 
 
 def test_converted_text_keeps_the_words_times():
@@ -337,7 +341,9 @@ def test_real_subtitles_follow_the_chinese_rules(real, tmp_path):
         assert end - start <= 7.0 + 1e-3
         if following is not None:
             assert end <= following.start.total_seconds()
-            assert end - start >= 5 / 6 - 1e-3 or end == following.start.total_seconds()
+            gap = following.start.total_seconds() - end
+            assert gap >= MIN_GAP_S - 1e-3  # Netflix: two frames between cues
+            assert end - start >= 5 / 6 - 1e-3 or gap <= MIN_GAP_S + 1e-3
         assert start in char_starts or end - start == pytest.approx(5 / 6, abs=2e-3)  # cut at a character's time
     # every character the model wrote is shown, in order, less the pause punctuation
     shown = re.sub(r"[\s\u3000]", "", "".join(c.content for c in cues))

@@ -85,6 +85,7 @@ BILINGUAL_STYLE = replace(CHINESE_STYLE, max_lines=1)  # the second line is the 
 _CHINESE_LANGUAGES = frozenset({"zh", "yue"})
 # a pause this long ends a cue: text should not sit on screen through silence
 MAX_PAUSE_IN_CUE_S = 1.0
+MIN_GAP_S = 2 / 24  # Netflix: two frames between cues
 
 _OPENING = frozenset("“‘（《「『〈【〔([{")
 _PAUSES = frozenset("，。、；：,.;:")  # read as a pause: a space inside a line, nothing at its end
@@ -459,14 +460,17 @@ class _Layout:
 
 def _timed_cues(raw: list[Cue], style: SubtitleStyle) -> list[Cue]:
     """Cues lengthened to ``min_duration`` into the silence after them (then before them),
-    never overlapping a neighbour."""
+    at least :data:`MIN_GAP_S` apart so that a viewer sees a new cue arrive."""
     out: list[Cue] = []
     for k, cue in enumerate(raw):
         next_start = raw[k + 1].start if k + 1 < len(raw) else float("inf")
-        start, end = cue.start, max(cue.end, cue.start + style.min_duration)
-        end = max(start, min(end, next_start))
+        start = cue.start
+        end = min(max(cue.end, start + style.min_duration), next_start - MIN_GAP_S)
+        if end <= start:  # a cue shorter than the gap: keep it, touching the next
+            end = min(cue.end, next_start)
         if end - start < style.min_duration:
-            start = max(end - style.min_duration, out[-1].end if out else 0.0)
+            start = max(end - style.min_duration, out[-1].end + MIN_GAP_S if out else 0.0, 0.0)
+            start = min(start, cue.start)
         out.append(replace(cue, start=start, end=end))
     return out
 
