@@ -7,11 +7,12 @@ file's text, so the app, the CLI and tests share one implementation.
 
 Chinese subtitles follow the Netflix Simplified Chinese style by default
 (:data:`CHINESE_STYLE`): at most 16 full-width characters a line (a Latin letter or digit
-counts half), 2 lines a cue, 7 s a cue, at least 5/6 s; lines never start with closing
-punctuation, and pause punctuation (，。、；：) becomes a space inside a line and disappears
-at its end. Cues are cut at the words' times (at characters' times interpolated within the
-segment when the backend did not align words), preferring punctuation, pauses and word
-boundaries; a Latin word or a number is never split:
+counts half), 2 lines a cue, 7 s a cue, at least 5/6 s, two frames between cues; lines
+never start with closing punctuation, and pause punctuation (，。、；：) becomes a
+full-width space inside a line and disappears at its end. Cues are cut at the words'
+times (at characters' times interpolated within the segment when the backend did not
+align words), preferring punctuation, pauses and word boundaries; a Latin word or a
+number is never split:
 
     >>> from types import SimpleNamespace as S
     >>> print(to_srt([S(start=0.0, end=6.0, text="今天我们发布了iPhone 15，售价是5999元。大家觉得怎么样？")]))
@@ -58,7 +59,7 @@ class SubtitleStyle:
         max_lines: lines a cue.
         max_duration: seconds a cue at most (a single unsplittable token may exceed it).
         min_duration: seconds a cue at least, taken from the silence after it (or before
-            it) when there is some; never overlapping a neighbour.
+            it) when there is some; cues stay :data:`MIN_GAP_S` apart.
         keep_punctuation: keep ，。、；： as written instead of spaces / line ends.
         chinese: Chinese widths and punctuation rules.
     """
@@ -95,10 +96,10 @@ _NO_LINE_START = frozenset("”’）》」』〉】〕)]}？！?!…‥～·%")
 _JOINERS = frozenset(".,:-'’/")
 _SENTENCE_ENDS = frozenset("。？！?!…")
 _FULL_WIDTH = str.maketrans("?!,.;:", "？！，。；：")  # after a Han character, in Chinese style
-_CHINESE_SPACE = "\u3000"
+_CHINESE_SPACE = "\u3000"  # one full-width space where a comma or full stop was
 # particles close what comes before them: a break after one reads well, before one badly
 # (no word segmenter needed; the model's "words" for Chinese are sub-word tokens)
-_PARTICLES = frozenset("的了吗呢吧啊呀嘛么着过地得")  # one full-width space where a comma or full stop was
+_PARTICLES = frozenset("的了吗呢吧啊呀嘛么着过地得")
 
 # the cost of ending a line after a piece (0 = ideal); ending a cue there costs twice as much
 _BREAK_AT_SENTENCE_END = 0.0
