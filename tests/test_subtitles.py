@@ -1,13 +1,24 @@
-"""SRT / WebVTT / TXT writers."""
+"""Subtitle writers: the Chinese layout on hand-made segments and on a real transcription
+(whisper-base through faster-whisper with word timestamps), checked by parsing the files
+with real subtitle parsers (``srt``, ``webvtt-py``) and by ffmpeg reading them."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
+import subprocess
 
 import pytest
+import srt
+import webvtt
 
-from whisper_zh.subtitles import format_timestamp, to_srt, to_txt, to_vtt, write_all, write_subtitles
-from whisper_zh.transcribe import Segment
+from whisper_zh.subtitles import (CHINESE_STYLE, FORMATS, LATIN_STYLE, MIN_GAP_S, SEGMENT_STYLE, SUFFIXES,
+                                  SubtitleStyle, bilingual_cues, default_style, format_of, format_timestamp, make_cues,
+                                  text_width, to_bilingual_srt, to_json, to_karaoke_vtt, to_srt, to_txt, to_vtt,
+                                  write_all, write_subtitles)
+from whisper_zh.text import convert_script
+from whisper_zh.transcribe import Segment, Word
 
 SEGMENTS = [
     Segment(0.0, 2.5, "你好，世界"),
@@ -15,7 +26,46 @@ SEGMENTS = [
     Segment(61.04, 61.04, "   "),  # blank: dropped
     Segment(3599.9996, 3725.4, "一小时以后"),
 ]
+CLOSING = set("，。、；：？！”’）》」』〉】…,.;:?!)")
+OPENING = set("“‘（《「『〈【(")
+PAUSES = "，。、；：,.;:"
 
+
+def _words(pieces: list[tuple[str, float, float]]) -> tuple[Word, ...]:
+    return tuple(Word(start, end, text) for text, start, end in pieces)
+
+
+def _even_words(text: str, start: float, end: float, sizes=None) -> tuple[Word, ...]:
+    """``text`` cut into words of ``sizes`` characters (default: one each), evenly timed."""
+    sizes = sizes or [1] * len(text)
+    step, words, k = (end - start) / len(sizes), [], 0
+    for n, size in enumerate(sizes):
+        words.append(Word(start + n * step, start + (n + 1) * step, text[k:k + size]))
+        k += size
+    assert k == len(text)
+    return tuple(words)
+
+
+def _lines(cues) -> list[str]:
+    return [line for cue in cues for line in cue.text.split("\n")]
+
+
+def _check_chinese_rules(cues, style: SubtitleStyle = CHINESE_STYLE) -> None:
+    for cue in cues:
+        lines = cue.text.split("\n")
+        assert 1 <= len(lines) <= style.max_lines, cue.text
+        for line in lines:
+            assert text_width(line) <= style.max_line_width, line
+            assert line and line[0] not in CLOSING, line
+            assert line[-1] not in OPENING, line
+            assert not re.search("[\u4e00-\u9fff] [\u4e00-\u9fff]", line), line  # whisperX issue 597
+            if not style.keep_punctuation:
+                assert not set(line) & set(PAUSES), line
+    for a, b in zip(cues, cues[1:]):
+        assert a.end <= b.start + 1e-9
+
+
+# -- timestamps and the layout before Chinese rules ------------------------------------------
 
 @pytest.mark.parametrize("seconds, marker, expected", [
     (0.0, ".", "00:00:00.000"),
@@ -35,37 +85,316 @@ def test_format_timestamp_without_hours():
     assert format_timestamp(3725.0, always_include_hours=False) == "01:02:05.000"
 
 
-def test_srt_layout():
-    srt = to_srt(SEGMENTS)
-    blocks = srt.strip().split("\n\n")
-    assert len(blocks) == 3
-    assert blocks[0] == "1\n00:00:00,000 --> 00:00:02,500\n你好，世界"
-    assert blocks[1] == "2\n00:00:02,500 --> 00:01:01,040\n第二句 换行了"  # no blank line inside a cue
-    assert blocks[2] == "3\n01:00:00,000 --> 01:02:05,400\n一小时以后"
-    assert srt.endswith("\n")
-
-
-def test_vtt_layout():
-    vtt = to_vtt(SEGMENTS)
-    assert vtt.startswith("WEBVTT\n\n")
-    cues = vtt[len("WEBVTT\n\n"):].strip().split("\n\n")
-    assert cues[0] == "00:00:00.000 --> 00:00:02.500\n你好，世界"
-    assert len(cues) == 3
-    assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n.+", cue) for cue in cues)
+def test_segment_style_keeps_one_cue_per_segment():
+    blocks = to_srt(SEGMENTS, SEGMENT_STYLE).strip().split("\n\n")
+    assert blocks == ["1\n00:00:00,000 --> 00:00:02,500\n你好，世界",
+                      "2\n00:00:02,500 --> 00:01:01,040\n第二句 换行了",  # no blank line inside a cue
+                      "3\n01:00:00,000 --> 01:02:05,400\n一小时以后"]
+    vtt = to_vtt(SEGMENTS, SEGMENT_STYLE)
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:02.500\n你好，世界\n\n")
+    assert "00:00:05,000 --> 00:00:05,000" in to_srt([Segment(5.0, 4.0, "x")], SEGMENT_STYLE)
 
 
 def test_txt_one_segment_per_line():
     assert to_txt(SEGMENTS) == "你好，世界\n第二句 换行了\n一小时以后\n"
 
 
-def test_end_never_before_start():
-    assert "00:00:05,000 --> 00:00:05,000" in to_srt([Segment(5.0, 4.0, "x")])
+# -- the Chinese layout on hand-made segments ------------------------------------------------
+
+def test_default_style_follows_the_language_or_the_text():
+    assert default_style(SEGMENTS) is CHINESE_STYLE
+    assert default_style([Segment(0, 1, "Hello there, 你好")]) is LATIN_STYLE
+    assert default_style([Segment(0, 1, "Hello")], language="zh") is CHINESE_STYLE
+    assert default_style(SEGMENTS, language="en") is LATIN_STYLE
 
 
-def test_write_files(tmp_path):
+def test_text_width_counts_latin_as_half():
+    assert text_width("iPhone 15手机") == pytest.approx(4.5 + 2)
+    assert text_width("“你好”") == 4
+    assert text_width("iPhone", LATIN_STYLE) == 6
+
+
+def test_long_segment_becomes_two_line_cues_without_sentence_punctuation():
+    text = "我们今天要讨论的问题是，人工智能会不会改变每个人的工作方式。有人说会，有人说不会！你怎么看？"
+    cues = make_cues([Segment(10.0, 24.0, text)])
+    _check_chinese_rules(cues)
+    assert len(cues) > 1 and max(len(cue.text.split("\n")) for cue in cues) == 2
+    shown = "".join(_lines(cues)).replace("\u3000", "")
+    assert shown == re.sub(f"[{PAUSES}]", "", text)  # every character kept, in order
+    assert "！" in shown and "？" in shown  # question and exclamation marks stay
+    assert cues[0].start == 10.0 and cues[-1].end == 24.0
+    assert all(cue.end - cue.start <= CHINESE_STYLE.max_duration for cue in cues)
+    # a comma inside a line is a full-width space; cuts prefer punctuation
+    assert any("\u3000" in line for line in _lines(cues))
+    # every cue but the last ends where the text had punctuation
+    shown_at = [k for k, c in enumerate(text) if c not in PAUSES]  # the shown characters' places in text
+    done = 0
+    for cue in cues[:-1]:
+        done += len(re.sub(r"\s", "", cue.text))
+        assert text[shown_at[done - 1]] in "！？" or text[shown_at[done - 1] + 1] in PAUSES, cue.text
+
+
+def test_latin_words_and_numbers_are_never_split():
+    text = "我在2023年买了iPhone 15 Pro Max，价格是9,999元，比去年的iPhone 14贵了3.5%。"
+    # the model's tokens cut Latin words and numbers into pieces: "i" "Phone", "20" "23"
+    tokens = ["我", "在", "20", "23", "年", "买", "了", "i", "Phone", " 15", " Pro", " Max", "，", "价", "格",
+              "是", "9", ",", "999", "元", "，", "比", "去", "年", "的", "i", "Phone", " 14", "贵", "了",
+              "3", ".", "5", "%", "。"]
+    assert "".join(tokens) == text
+    segment = Segment(0.0, 12.0, text, words=_even_words(text, 0.0, 12.0, [len(t) for t in tokens]))
+    for width in (4, 6, 16):
+        style = SubtitleStyle(max_line_width=width)
+        lines = _lines(make_cues([segment], style))
+        for atom in ("2023", "iPhone", "9,999", "3.5%", "Max", "Pro"):
+            assert any(atom in line for line in lines), (atom, lines)
+        assert not any(line[0] in CLOSING for line in lines), lines
+    # one cue of two lines at 16: the space between Latin words stays a half-width space
+    assert "iPhone 15 Pro Max" in "".join(_lines(make_cues([segment])))
+
+
+def test_closing_punctuation_stays_with_what_it_closes():
+    text = "他说：“我读完了《三体》。”然后呢？（笑）她回答：“好的！”"
+    for width in (3, 5, 8):
+        cues = make_cues([Segment(0.0, 8.0, text)], SubtitleStyle(max_line_width=width, max_lines=1))
+        for line in _lines(cues):
+            assert line[0] not in CLOSING and line[-1] not in OPENING, line
+        assert "《三体》" in "".join(_lines(cues))  # book-title marks kept
+
+
+def test_keep_punctuation_option():
+    text = "你好，世界。今天天气很好，我们出去走走吧。"
+    cues = make_cues([Segment(0.0, 5.0, text)], SubtitleStyle(keep_punctuation=True))
+    assert "".join(_lines(cues)) == text
+    cues = make_cues([Segment(0.0, 5.0, "你好, world. 今天?")], SubtitleStyle(keep_punctuation=True))
+    assert cues[0].text == "你好， world. 今天？"  # half-width marks after Han characters become full-width
+
+
+def test_cuts_follow_word_times_and_pauses():
+    # "今天天气很好" spoken 0-1.2 s, a 0.8 s pause, then "我们出去玩吧" 2.0-3.2 s: one segment,
+    # the pause is the cut (rather than the full line 今天天气很好我们); cue times are the words'
+    first = _even_words("今天天气很好", 0.0, 1.2, [2, 2, 1, 1])
+    second = _even_words("我们出去玩吧", 2.0, 3.2, [2, 2, 1, 1])
+    segment = Segment(0.0, 3.2, "今天天气很好我们出去玩吧", words=first + second)
+    assert [cue.text for cue in make_cues([segment], SubtitleStyle(max_line_width=8))] == ["今天天气很好\n我们出去玩吧"]
+    cues = make_cues([segment], SubtitleStyle(max_line_width=8, max_lines=1))
+    assert [cue.text for cue in cues] == ["今天天气很好", "我们出去玩吧"]
+    assert (cues[0].start, cues[0].end, cues[1].start, cues[1].end) == (0.0, 1.2, 2.0, 3.2)
+    # a pause of a second or more always ends a cue, even when the text would fit
+    long_pause = Segment(0.0, 4.0, "好的谢谢", words=_words([("好的", 0.0, 0.6), ("谢谢", 2.0, 2.6)]))
+    assert [cue.text for cue in make_cues([long_pause])] == ["好的", "谢谢"]
+    # a multi-character word is cut only when nothing else fits
+    words = _even_words("人工智能改变世界", 0.0, 2.0, [4, 2, 2])
+    lines = _lines(make_cues([Segment(0.0, 2.0, "人工智能改变世界", words=words)], SubtitleStyle(max_line_width=6)))
+    assert lines[0] == "人工智能"
+
+
+def test_duration_limits():
+    # 30 characters spoken over 20 s: no cue longer than 7 s
+    text = "这是一个非常非常慢的句子我们一个字一个字地读出来看看字幕怎么切"
+    cues = make_cues([Segment(0.0, 20.0, text)])
+    assert all(cue.end - cue.start <= 7.0 + 1e-9 for cue in cues) and len(cues) >= 3
+    # a 0.2 s word gets 5/6 s from the silence after it, but never overlaps the next cue
+    cues = make_cues([Segment(1.0, 1.2, "好"), Segment(5.0, 6.0, "我们走吧")])
+    assert cues[0].end == pytest.approx(1.0 + 5 / 6)
+    cues = make_cues([Segment(1.0, 1.2, "好"), Segment(1.5, 3.0, "我们走吧")], SubtitleStyle(max_line_width=2))
+    assert cues[1].start - cues[0].end == pytest.approx(MIN_GAP_S)  # two frames apart, as Netflix asks
+    assert cues[0].end - cues[0].start == pytest.approx(5 / 6)  # taken from the silence before
+    # cues that touch get two frames between them, taken from the first
+    cues = make_cues([Segment(1.0, 2.2, "好的好的"), Segment(2.2, 3.0, "我们走吧")], SubtitleStyle(4, max_lines=1))
+    assert (cues[0].end, cues[1].start) == (pytest.approx(2.2 - MIN_GAP_S), 2.2)
+
+
+def test_converted_text_keeps_the_words_times():
+    # words in the model's Simplified; the text converted to Taiwan's standard, where
+    # s2twp turns U盘 into 隨身碟 (one character more)
+    simplified = "插上U盘然后拔出来"
+    words = _even_words(simplified, 3.0, 5.25)
+    text = convert_script(simplified, "taiwan")
+    assert len(text) == len(simplified) + 1 and "隨身碟" in text
+    cues = make_cues([Segment(3.0, 5.25, text, words=words)], SubtitleStyle(max_line_width=5, max_lines=1))
+    assert [cue.text for cue in cues] == ["插上隨身碟", "然後拔出來"]
+    assert cues[0].start == 3.0 and cues[-1].end == 5.25
+    assert 3.0 + 4 * 0.25 <= cues[1].start <= 3.0 + 5 * 0.25  # 然 is the 5th of 9 characters spoken
+    # character for character conversions keep each character's own time
+    text = convert_script(simplified, "traditional")
+    words = _even_words(simplified, 3.0, 7.5)
+    cues = make_cues([Segment(3.0, 7.5, text, words=words)], SubtitleStyle(max_line_width=3, max_lines=1))
+    assert len(cues) == 3 and "".join(c.text for c in cues) == text
+    assert [c.start for c in cues] == [3.0 + text.index(c.text) * 0.5 for c in cues]
+
+
+def test_latin_style_for_english():
+    text = ("This is a fairly long English sentence, spoken quickly, that needs to be wrapped "
+            "into lines of at most forty-two characters.")
+    cues = make_cues([Segment(0.0, 6.0, text)])
+    assert all(len(line) <= 42 for line in _lines(cues))
+    assert " ".join(_lines(cues)) == text  # punctuation and spaces kept
+
+
+def test_karaoke_vtt_tags_are_increasing_and_inside_their_cue():
+    text = "我们今天学习Python编程"
+    segment = Segment(0.0, 3.0, text, words=_even_words(text, 0.0, 3.0, [2, 2, 2, 1, 5, 2]))
+    vtt = to_karaoke_vtt([segment])
+    # a tag before each character (the words' times shared out) and before each Latin word, whole
+    assert "<00:00:00.500>今<00:00:00.750>天" in vtt and "<00:00:01.500>Python<00:00:02.500>编" in vtt
+    for cue in re.findall(r"(\S+) --> (\S+)\n(.+?)(?:\n\n|\n?$)", vtt, re.S):
+        start, end, body = cue
+        tags = re.findall(r"<(\d\d:\d\d:\d\d\.\d{3})>", body)
+        assert tags == sorted(tags) and len(set(tags)) == len(tags)
+        assert all(start < tag < end for tag in tags)
+
+
+def test_json_has_words_and_utf8():
+    words = (Word(0.0, 0.5, "你", 0.9), Word(0.5, 1.0, "好", 0.8))
+    segment = Segment(0.0, 1.0, "你好", no_speech_prob=0.01, words=words)
+    text = to_json([segment, Segment(1.0, 2.0, "世界")])
+    assert "你好" in text  # not \\u escapes
+    data = json.loads(text)
+    assert data["segments"][0]["words"][1] == {"start": 0.5, "end": 1.0, "word": "好", "probability": 0.8}
+    assert data["segments"][1]["words"] == []
+
+
+def test_bilingual_shares_each_translation_over_its_cues():
+    chinese = [Segment(0.0, 6.0, "我们今天讨论人工智能，它会不会改变我们每个人的工作方式？"),
+               Segment(6.5, 8.0, "我不知道。")]
+    english = [Segment(0.0, 5.5, "Today we discuss AI: will it change the way each of us works?"),
+               Segment(5.5, 8.0, "I don't know.")]
+    cues = bilingual_cues(chinese, english)
+    assert len(cues) >= 3
+    for cue in cues:
+        lines = cue.text.split("\n")
+        assert re.search("[\u4e00-\u9fff]", lines[0]) and text_width(lines[0]) <= 16
+        assert all(not re.search("[\u4e00-\u9fff]", line) for line in lines[1:])
+    assert " ".join(c.translation for c in cues if c.translation) == " ".join(s.text for s in english)
+    assert cues[-1].translation == "I don't know."
+    # a translated segment that owns no cue joins the one it overlaps most
+    cues = bilingual_cues([Segment(0.0, 4.0, "好的好的")], [Segment(0.0, 3.0, "OK,"), Segment(3.0, 4.0, "OK.")])
+    assert [c.translation for c in cues] == ["OK, OK."]
+    assert to_bilingual_srt(chinese, english).startswith("1\n00:00:00,000 --> ")
+
+
+def test_write_files_and_formats(tmp_path):
     paths = write_all(SEGMENTS, tmp_path, stem="talk")
     assert {p.name for p in paths.values()} == {"talk.srt", "talk.vtt", "talk.txt"}
     assert paths["srt"].read_text(encoding="utf-8") == to_srt(SEGMENTS)
+    paths = write_all(SEGMENTS, tmp_path, "talk", FORMATS, translation=[Segment(0.0, 2.5, "Hello, world")])
+    assert sorted(p.name for p in paths.values()) == sorted(f"talk{SUFFIXES[f]}" for f in FORMATS)
+    assert format_of(paths["karaoke"]) == "karaoke" and format_of(paths["bilingual"]) == "bilingual"
     assert write_subtitles(SEGMENTS, tmp_path / "x.VTT").read_text(encoding="utf-8") == to_vtt(SEGMENTS)
     with pytest.raises(ValueError, match="unknown subtitle format"):
         write_subtitles(SEGMENTS, tmp_path / "x.ass")
+    with pytest.raises(ValueError, match="translation"):
+        write_all(SEGMENTS, tmp_path, "talk", ["bilingual"])
+    with pytest.raises(ValueError):
+        SubtitleStyle(max_line_width=0)
+
+
+# -- a real transcription ------------------------------------------------------------------
+
+CLIPS = ["zhmd_spark_prompt_audio.mp3", "zhmd_moss_single_reference.mp3"]  # 31 s, ads and talk
+
+
+@pytest.fixture(scope="module")
+def real(whisper_base, zh_cv_mini, tmp_path_factory):
+    """whisper-base (int8 CTranslate2) on two zh-multi-dev clips joined, words aligned by
+    faster-whisper; the prompt makes it write punctuation, so the punctuation rules are
+    exercised on real output. Also its translation into English, for bilingual files."""
+    import numpy as np
+    from faster_whisper import WhisperModel
+
+    from whisper_zh.export import export_ct2
+    from whisper_zh.media import SAMPLE_RATE, load_audio
+
+    clips = zh_cv_mini.parent / "zh-multi-dev" / "clips"
+    ct2 = export_ct2(str(whisper_base), str(tmp_path_factory.mktemp("ct2") / "base-int8"), "int8")
+    model = WhisperModel(str(ct2), device="cpu", compute_type="int8", cpu_threads=2)
+    gap = np.zeros(int(0.6 * SAMPLE_RATE), np.float32)
+    audio = np.concatenate([part for name in CLIPS for part in (load_audio(clips / name), gap)])
+    # no temperature fallback: its retries would triple the time on these 2 cores
+    raw, _ = model.transcribe(audio, language="zh", word_timestamps=True, temperature=0.0,
+                              initial_prompt="以下是普通话的句子。")
+    segments = [Segment(s.start, s.end, convert_script(s.text.strip(), "simplified"), s.no_speech_prob,
+                        tuple(Word(w.start, w.end, w.word, w.probability) for w in s.words)) for s in raw]
+    translated, _ = model.transcribe(audio, language="zh", task="translate", beam_size=1, temperature=0.0)
+    translation = [Segment(s.start, s.end, s.text.strip()) for s in translated]
+    assert sum(len(s.text) for s in segments) > 100 and translation
+    return segments, translation
+
+
+def _ffmpeg(*args: str) -> subprocess.CompletedProcess:
+    import imageio_ffmpeg
+
+    return subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", *args],
+                          capture_output=True, text=True, encoding="utf-8")
+
+
+def test_real_subtitles_follow_the_chinese_rules(real, tmp_path):
+    segments, translation = real
+    paths = write_all(segments, tmp_path, "talk", FORMATS, translation=translation)
+    cues = list(srt.parse(paths["srt"].read_text(encoding="utf-8")))
+    assert len(cues) > len([s for s in segments if s.text]) * 0.8  # long segments were cut
+    char_starts = {round(w.start + k * (w.end - w.start) / len(w.word.strip()), 3)
+                   for s in segments for w in s.words for k in range(len(w.word.strip()))}
+    for cue, following in zip(cues, cues[1:] + [None]):
+        lines = cue.content.split("\n")
+        start, end = cue.start.total_seconds(), cue.end.total_seconds()
+        assert len(lines) <= 2 and all(text_width(line) <= 16 for line in lines), cue.content
+        assert all(line[0] not in CLOSING for line in lines) and not set(cue.content) & set(PAUSES)
+        assert not re.search("[\u4e00-\u9fff] [\u4e00-\u9fff]", cue.content)  # whisperX issue 597
+        assert end - start <= 7.0 + 1e-3
+        if following is not None:
+            assert end <= following.start.total_seconds()
+            gap = following.start.total_seconds() - end
+            assert gap >= MIN_GAP_S - 1e-3  # Netflix: two frames between cues
+            assert end - start >= 5 / 6 - 1e-3 or gap <= MIN_GAP_S + 1e-3
+        assert start in char_starts or end - start == pytest.approx(5 / 6, abs=2e-3)  # cut at a character's time
+    # every character the model wrote is shown, in order, less the pause punctuation
+    shown = re.sub(r"[\s\u3000]", "", "".join(c.content for c in cues))
+    written = re.sub(rf"[\s{PAUSES}]", "", "".join(s.text for s in segments)).replace("?", "？").replace("!", "！")
+    assert shown == written
+
+    # WebVTT, karaoke WebVTT: webvtt-py reads the same cues
+    for fmt in ("vtt", "karaoke"):
+        captions = webvtt.read(str(paths[fmt]))
+        assert [(c.start, c.end) for c in captions] == [(format_timestamp(c.start.total_seconds()),
+                                                         format_timestamp(c.end.total_seconds())) for c in cues]
+        assert [c.text for c in captions] == [c.content for c in cues]
+    karaoke = paths["karaoke"].read_text(encoding="utf-8")
+    assert karaoke.count("<00:") > len(cues) * 3
+
+    # ffmpeg reads all three subtitle files: converted to ASS it has one dialogue per cue
+    for fmt in ("srt", "vtt", "karaoke", "bilingual"):
+        out = tmp_path / f"{fmt}.ass"
+        result = _ffmpeg("-i", str(paths[fmt]), str(out))
+        assert result.returncode == 0, result.stderr[-2000:]
+        dialogues = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("Dialogue:")]
+        assert len(dialogues) == len(cues) if fmt != "bilingual" else len(dialogues) > 0
+
+    # JSON: the words with their times, inside their segments
+    data = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert len(data["segments"]) == len(segments)
+    for segment in data["segments"]:
+        assert segment["words"] and "".join(w["word"] for w in segment["words"]).strip()
+        assert all(segment["start"] - 0.01 <= w["start"] <= w["end"] <= segment["end"] + 0.01 for w in segment["words"])
+
+
+def test_real_bilingual_subtitles(real, tmp_path):
+    segments, translation = real
+    path = write_subtitles(segments, tmp_path / "talk.bilingual.srt", translation=translation)
+    cues = list(srt.parse(path.read_text(encoding="utf-8")))
+    chinese = make_cues(segments, SubtitleStyle(max_lines=1))
+    assert [c.content.split("\n")[0] for c in cues] == [c.text for c in chinese]  # Chinese line first, times from it
+    assert [c.start.total_seconds() for c in cues] == pytest.approx([c.start for c in chinese], abs=1e-3)
+    english = " ".join(line for c in cues for line in c.content.split("\n")[1:])
+    assert english.split() == " ".join(s.text for s in translation).split()  # all of it, in order
+    assert sum(len(c.content.split("\n")) > 1 for c in cues) >= len(cues) / 2
+
+
+def test_markup_and_arrows_in_the_text_are_escaped():
+    segment = Segment(0.0, 2.0, "A<B & C --> D")
+    assert "A&lt;B &amp; C --&gt; D" in to_vtt([segment])
+    karaoke = to_karaoke_vtt([segment]).split("\n", 3)[3]
+    assert "&lt;B" in karaoke and "<B" not in karaoke and "-->" not in karaoke
+    assert "C -> D" in to_srt([segment]) and "-->" not in to_srt([segment]).split("\n", 2)[2]
+    captions = webvtt.from_string(to_vtt([segment])).captions
+    assert len(captions) == 1 and html.unescape(captions[0].text) == "A<B & C --> D"

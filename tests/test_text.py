@@ -68,5 +68,34 @@ def test_convert_script_both_ways():
     assert convert_script("汉语", "traditional") == "漢語"
     assert convert_script("漢語", "simplified") == "汉语"
     assert convert_script("漢語", "original") == "漢語"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="taiwan"):
         convert_script("x", "klingon")
+
+
+def test_script_choices_are_defined_once():
+    from whisper_zh.text import SCRIPT_NAMES, SCRIPTS
+
+    assert SCRIPT_NAMES == ("simplified", "traditional", "taiwan", "hongkong", "original")
+    assert [s.opencc for s in SCRIPTS] == ["t2s", "s2t", "s2twp", "s2hk", None]
+    assert all(s.label for s in SCRIPTS)
+
+
+@pytest.mark.parametrize("simplified, taiwan", [
+    ("软件", "軟體"),          # Taiwan's own words (phrase table), not just characters
+    ("鼠标", "滑鼠"),
+    ("出租车司机", "計程車司機"),
+    ("我买了一个U盘", "我買了一個隨身碟"),  # the length can change
+    ("网络信息", "網路資訊"),
+    ("里面", "裡面"),          # Taiwan's character forms: 裡, not 裏
+])
+def test_taiwan_script_uses_taiwan_phrases(simplified, taiwan):
+    assert convert_script(simplified, "taiwan") == taiwan
+    # the model may have written Traditional already: same result
+    assert convert_script(convert_script(simplified, "traditional"), "taiwan") == taiwan
+
+
+def test_hong_kong_script_uses_hong_kong_character_forms():
+    assert convert_script("里面为什么", "hongkong") == "裏面為什麼"  # HK: 為, where OpenCC's s2t gives 爲
+    assert convert_script("里面为什么", "traditional") == "裏面爲什麼"
+    assert convert_script("软件", "hongkong") == "軟件"  # no phrase table for Hong Kong in OpenCC
+    assert convert_script("軟件", "original") == "軟件"

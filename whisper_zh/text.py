@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import unicodedata
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import jiwer
 
@@ -20,6 +21,34 @@ import jiwer
 CHARACTER_LANGUAGES = frozenset({"zh", "ja", "ko", "th", "yue", "lo", "my", "km", "bo"})
 
 _CHINESE = frozenset({"zh", "yue"})
+
+
+@dataclass(frozen=True)
+class Script:
+    """A way to write Chinese the output can be converted to.
+
+    Attributes:
+        name: the value of ``--script`` and of the app's choice.
+        label: what the app shows.
+        opencc: the OpenCC configuration that converts Simplified text to it; None: the
+            text is left as the model wrote it.
+    """
+
+    name: str
+    label: str
+    opencc: Optional[str]
+
+
+# The one list of script choices: the CLI's --script and the app's radio read it.
+SCRIPTS = (
+    Script("simplified", "简体 Simplified", "t2s"),
+    Script("traditional", "繁體 Traditional", "s2t"),
+    Script("taiwan", "臺灣正體 Taiwan", "s2twp"),  # Taiwan characters and phrases: 软件 -> 軟體
+    Script("hongkong", "香港繁體 Hong Kong", "s2hk"),  # Hong Kong character forms (OpenCC has no HK phrases)
+    Script("original", "原文 As the model wrote it", None),
+)
+SCRIPT_NAMES = tuple(script.name for script in SCRIPTS)
+_SCRIPTS_BY_NAME = {script.name: script for script in SCRIPTS}
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,14 +69,20 @@ def to_traditional(text: str) -> str:
 
 
 def convert_script(text: str, script: str = "simplified") -> str:
-    """Return ``text`` in ``script``: "simplified", "traditional" or "original" (unchanged)."""
-    if script == "simplified":
-        return to_simplified(text)
-    if script == "traditional":
-        return to_traditional(text)
-    if script == "original":
+    """Return ``text`` in ``script``, one of :data:`SCRIPT_NAMES`.
+
+    The Traditional scripts start from Simplified text: Whisper writes either, and OpenCC's
+    Simplified-to-X tables (Taiwan's phrase table in particular: 軟件 is only rewritten as
+    軟體 when it comes from 软件) expect Simplified input.
+    """
+    if script not in _SCRIPTS_BY_NAME:
+        raise ValueError(f"script must be one of {', '.join(SCRIPT_NAMES)}, not {script!r}")
+    config = _SCRIPTS_BY_NAME[script].opencc
+    if config is None:
         return text
-    raise ValueError(f"script must be simplified, traditional or original, not {script!r}")
+    if config == "t2s":
+        return to_simplified(text)
+    return _opencc(config).convert(to_simplified(text))
 
 
 def _is_punctuation_or_symbol(char: str) -> bool:
