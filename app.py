@@ -1,14 +1,14 @@
 """Hugging Face Space entry point: ``python app.py``.
 
-Configured by environment variables (the Space's "Variables and secrets" tab):
-MODEL_ID (Hub id or local folder; default openai/whisper-small), BACKEND
-(auto|transformers|ct2), MAX_DURATION_S, MAX_UPLOAD_MB, CONCURRENCY_LIMIT, BATCH_SIZE,
-YTDLP_COOKIES (path of a cookies.txt for YouTube's sign-in check).
+Configured by environment variables (the Space's "Variables and secrets" tab), all read by
+:class:`whisper_zh.config.ServeSettings`: MODEL_ID (the repo ``whisper-zh train`` pushed;
+default openai/whisper-small), BACKEND, MAX_DURATION_S, MAX_UPLOAD_MB, CONCURRENCY_LIMIT,
+MAX_QUEUE, BATCH_SIZE, YTDLP_COOKIES, ALLOW_PRIVATE_URLS (see the README).
 """
 
-from whisper_zh.app import build_app
+from whisper_zh.app import build_app, launch_options
 
 demo = build_app()
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(**launch_options())

@@ -1,33 +1,39 @@
 """Long-form transcription speed and accuracy: whisper-zh against what users would
 otherwise run, in one run on one machine.
 
-A recording of at least ``--minutes`` of real Mandarin is built by joining zh-cv-mini
-clips (test split first, then dev and train) with short pauses, and transcribed by:
+Two recordings are built by joining real clips with 0.3 s pauses, so that every
+output segment can be assigned to the clip it came from (by its middle):
 
-* the whisper-zh engine (``Transcriber``) with each backend at its defaults:
-  CTranslate2 (int8 on a CPU, float16 on a GPU; 8 lanes, beam 5) and transformers (fp32
-  on a CPU, fp16 on a GPU; 8 windows per batch, greedy); the ct2 backend also greedy,
-  and without previous-text conditioning (``ct2_transcribe(...,
-  condition_on_previous_text=False)``, to show what the lanes buy);
-* the transformers ASR pipeline, ``chunk_length_s=30``, otherwise default settings;
-* faster-whisper's ``WhisperModel.transcribe`` called directly, with its defaults
-  (beam 5, sequential 30 s windows conditioned on the previous text).
+* ``multi``: all 67 clips of zh-multi-dev (~50 voices from 18 sources: read,
+  spontaneous, accented, podcast; 6.7 min) -- the set defaults are chosen on;
+* ``cv``: the first ``--minutes`` of zh-cv-mini (one speaker; test, dev, train order).
 
-Each system is loaded, warmed up on 5 s of audio, then timed on the whole recording
-(model loading and audio decoding excluded). CER is over the whole recording: all
-reference sentences joined against all output text, after :func:`whisper_zh.text.normalize`.
+Each is transcribed by:
 
-    python bench/transcribe.py                          # 10 minutes, whisper-base, CPU
-    python bench/transcribe.py --minutes 1              # quick run
-    python bench/transcribe.py --minutes all --only ct2 direct engine   # all 42 min of zh-cv-mini
+* the whisper-zh engine (``Transcriber``) with each backend at its defaults: CTranslate2
+  (int8 on a CPU, float16 on a GPU; 8 lanes, beam 5) and transformers (fp32 on a CPU,
+  fp16 on a GPU; 8 windows per batch, greedy); the ct2 backend also greedy;
+* faster-whisper called directly: ``WhisperModel.transcribe`` (sequential 30 s windows
+  conditioned on the previous text) and ``BatchedInferencePipeline`` (VAD chunks, batch
+  8), each at its defaults (beam 5) and greedy;
+* optionally (``--pipeline``) the transformers ASR pipeline at its defaults, which is slow.
+
+Each system is loaded, warmed up on 5 s of audio, then timed on the recording (model
+loading and audio decoding excluded): wall time, × real time, time to the first segment
+(a generator's first item), CER over the whole recording (after
+:func:`whisper_zh.text.normalize`) and *sentences lost*: clips that got no text at all.
+
+    python bench/transcribe.py                          # both recordings, whisper-base, CPU
+    python bench/transcribe.py --minutes 1 --only engine   # quick run
     python bench/transcribe.py --model openai/whisper-small --device cuda
 
-Prints a markdown table and writes ``bench/results/transcribe-<device>.json``.
+Prints markdown tables and writes ``bench/results/transcribe-<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import datetime
 import json
@@ -36,8 +42,9 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,10 +53,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, cpu_name, first_existing  # noqa: E402
-from whisper_zh.media import SAMPLE_RATE, load_audio  # noqa: E402
-from whisper_zh.text import cer  # noqa: E402
+from whisper_zh.audio import SAMPLE_RATE  # noqa: E402
+from whisper_zh.media import load_audio  # noqa: E402
+from whisper_zh.text import cer, normalize  # noqa: E402
 
-DEFAULT_DATA = Path(first_existing(DATA_CANDIDATES) or DATA_CANDIDATES[0])
+MULTI_DATA = Path(REPO.parent / "shared" / "data" / "zh-multi-dev")
+CV_DATA = Path(first_existing(DATA_CANDIDATES) or DATA_CANDIDATES[0])
 DEFAULT_MODEL = Path(PROCESSOR_CANDIDATES[0])  # the offline whisper-base, weights included
 GAP_S = 0.3
 WARMUP_S = 5.0
@@ -60,27 +69,46 @@ WARMUP_S = 5.0
 _DIGITS = str.maketrans("0123456789", "零一二三四五六七八九")
 
 
-def build_recording(data_dir: Path, minutes: float | None, gap_s: float = GAP_S) -> tuple[np.ndarray, list[str]]:
-    """Join real clips into one recording of at least ``minutes`` (None: every clip).
+@dataclass
+class Recording:
+    name: str
+    audio: np.ndarray  # float32, 16 kHz
+    sentences: list[str]
+    spans: list[tuple[int, int]]  # each clip's samples in ``audio``
 
-    Returns:
-        ``(audio, sentences)``: float32 waveform of shape ``(n_samples,)`` at 16 kHz, and
-        the reference sentences in order.
-    """
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+def build_recording(name: str, data_dir: Path, splits: Sequence[str], minutes: float | None,
+                    gap_s: float = GAP_S) -> Recording:
+    """Join real clips into one recording of at least ``minutes`` (None: every clip)."""
     gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
-    parts, sentences, samples = [], [], 0
-    for split in ("test", "dev", "train"):
+    parts, sentences, spans, samples = [], [], [], 0
+    for split in splits:
         with open(data_dir / f"{split}.tsv", encoding="utf-8") as f:
             for row in csv.DictReader(f, delimiter="\t"):
+                if minutes is not None and samples >= minutes * 60 * SAMPLE_RATE:
+                    break
                 audio = load_audio(data_dir / "clips" / row["path"])
                 parts += [audio, gap]
                 sentences.append(row["sentence"])
+                spans.append((samples, samples + len(audio)))
                 samples += len(audio) + len(gap)
-                if minutes is not None and samples >= minutes * 60 * SAMPLE_RATE:
-                    return np.concatenate(parts), sentences
-    if minutes is None and parts:
-        return np.concatenate(parts), sentences
-    raise SystemExit(f"{data_dir} holds only {samples / SAMPLE_RATE / 60:.1f} minutes; ask for fewer")
+    if minutes is not None and samples < minutes * 60 * SAMPLE_RATE:
+        raise SystemExit(f"{data_dir} holds only {samples / SAMPLE_RATE / 60:.1f} minutes; ask for fewer")
+    return Recording(name, np.concatenate(parts), sentences, spans)
+
+
+def per_clip_text(recording: Recording, segments: Sequence[tuple[float, float, str]]) -> list[str]:
+    """The text of the segments whose middle falls in each clip (or the pause after it)."""
+    starts = [start for start, _ in recording.spans]
+    texts = [""] * len(starts)
+    for start, end, text in segments:
+        clip = max(0, bisect.bisect_right(starts, (start + end) / 2 * SAMPLE_RATE) - 1)
+        texts[clip] += text
+    return texts
 
 
 def machine(device: str) -> dict:
@@ -130,17 +158,32 @@ def prepare_model_dir(model: str, work: Path, device: str) -> tuple[Path, float]
     return model_dir, time.perf_counter() - started
 
 
-def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callable[[np.ndarray], str]]]]:
-    """(name, loader) pairs; a loader returns ``transcribe(audio) -> text``."""
+Transcribe = Callable[[np.ndarray], Iterator[tuple[float, float, str]]]
+
+
+def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str, Callable[[], Transcribe]]]:
+    """(name, loader) pairs; a loader returns ``transcribe(audio) -> iterator of (start, end, text)``."""
     cuda = device.startswith("cuda")
     ct2_dir = str(model_dir / "ct2")
+    quant = "float16" if cuda else "int8"
 
     def engine(backend: str, **overrides):
         def load():
-            from whisper_zh.transcribe import Transcriber
+            from whisper_zh.transcribe import TranscribeOptions, Transcriber
 
             transcriber = Transcriber(str(model_dir), backend=backend, device=device)
-            return lambda audio: transcriber.transcribe(audio, **overrides).text
+            options = TranscribeOptions(max_duration_s=None, **overrides)
+            return lambda audio: ((s.start, s.end, s.text) for s in transcriber.iter_segments(audio, options))
+        return load
+
+    def faster_whisper(batched: bool, **overrides):
+        def load():
+            from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+            model = WhisperModel(ct2_dir, device=device, compute_type=quant)
+            runner = BatchedInferencePipeline(model) if batched else model
+            return lambda audio: ((s.start, s.end, s.text)
+                                  for s in runner.transcribe(audio, language="zh", **overrides)[0])
         return load
 
     def hf_pipeline():
@@ -149,55 +192,70 @@ def systems(model_dir: Path, device: str) -> list[tuple[str, Callable[[], Callab
 
         pipe = pipeline("automatic-speech-recognition", model=str(model_dir), chunk_length_s=30,
                         device=device, dtype=torch.float16 if cuda else torch.float32)
-        return lambda audio: pipe(audio.copy(), generate_kwargs={"language": "zh", "task": "transcribe"})["text"]
 
-    def ct2_without_previous_text():
-        from whisper_zh.ct2 import ct2_transcribe, load_ct2
+        def transcribe(audio):
+            out = pipe(audio.copy(), return_timestamps=True, generate_kwargs={"language": "zh", "task": "transcribe"})
+            return ((c["timestamp"][0] or 0.0, c["timestamp"][1] or 0.0, c["text"]) for c in out["chunks"])
+        return transcribe
 
-        model = load_ct2(ct2_dir, device=device, compute_type="float16" if cuda else "int8")
-        return lambda audio: "".join(s["text"] for s in ct2_transcribe(model, audio,
-                                                                      condition_on_previous_text=False))
-
-    def faster_whisper_direct():
-        from faster_whisper import WhisperModel
-
-        model = WhisperModel(ct2_dir, device=device, compute_type="float16" if cuda else "int8")
-        return lambda audio: "".join(s.text for s in model.transcribe(audio, language="zh")[0])
-
-    engine_ct2, engine_hf = [], []
-    try:
-        import whisper_zh.transcribe  # noqa: F401  (the engine rows need it)
-
-        weights = "fp16" if cuda else "fp32"
-        quant = "float16" if cuda else "int8"
-        engine_ct2 = [
-            (f"whisper-zh engine, ct2 {quant} (defaults: 8 lanes, beam 5)", engine("ct2")),
-            (f"whisper-zh engine, ct2 {quant} (8 lanes, greedy)", engine("ct2", beam_size=1)),
-            (f"whisper-zh ct2 {quant}, 8 chunks, beam 5, no previous text", ct2_without_previous_text),
-        ]
-        engine_hf = [(f"whisper-zh engine, transformers {weights} (defaults: batch 8, greedy)",
-                      engine("transformers"))]
-    except ImportError as err:
-        print(f"(no engine rows: {err})", file=sys.stderr)
-    # fastest first: a run cut short still has them
-    return engine_ct2 + [
-        (f"faster-whisper {'float16' if cuda else 'int8'} direct (defaults: beam 5)", faster_whisper_direct),
-    ] + engine_hf + [
-        (f"transformers pipeline, {'fp16' if cuda else 'fp32'} (chunk_length_s=30, defaults)", hf_pipeline),
+    weights = "fp16" if cuda else "fp32"
+    rows = [
+        (f"whisper-zh engine, ct2 {quant} (defaults: 8 lanes, beam 5)", engine("ct2")),
+        (f"whisper-zh engine, ct2 {quant} (8 lanes, greedy)", engine("ct2", beam_size=1)),
+        (f"faster-whisper {quant} sequential (defaults: beam 5)", faster_whisper(False)),
+        (f"faster-whisper {quant} sequential (greedy)", faster_whisper(False, beam_size=1)),
+        (f"faster-whisper {quant} BatchedInferencePipeline (defaults: batch 8, beam 5)", faster_whisper(True)),
+        (f"faster-whisper {quant} BatchedInferencePipeline (batch 8, greedy)", faster_whisper(True, beam_size=1)),
+        (f"whisper-zh engine, transformers {weights} (defaults: batch 8, greedy)", engine("transformers")),
     ]
+    if with_pipeline:
+        rows.append((f"transformers pipeline, {weights} (chunk_length_s=30, defaults)", hf_pipeline))
+    return rows
+
+
+def measure(transcribe: Transcribe, recording: Recording) -> dict:
+    load_before = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    segments, first = [], None
+    for segment in transcribe(recording.audio):
+        if first is None:
+            first = time.perf_counter() - wall
+        segments.append(segment)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    clips = per_clip_text(recording, segments)
+    text = "".join(clips)
+    reference = "".join(recording.sentences)
+    lost = [i for i, t in enumerate(clips) if not normalize(t)]
+    return {
+        "recording": recording.name,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "first_segment_s": round(first, 2) if first is not None else None,
+        "x_realtime": round(recording.seconds / wall, 2),
+        "cer": round(cer([reference], [text]), 4),
+        "cer_digits_as_characters": round(cer([reference], [text.translate(_DIGITS)]), 4),
+        "sentences_lost": len(lost),
+        "lost": [recording.sentences[i] for i in lost],
+        # other processes on the machine slow everything down: say how busy it was
+        "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "text_head": text[:80],
+    }
 
 
 def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: None) -> dict:
-    audio, sentences = build_recording(Path(args.data), None if args.minutes == "all" else float(args.minutes))
-    duration = len(audio) / SAMPLE_RATE
-    reference = "".join(sentences)
-    print(f"recording: {duration / 60:.2f} min, {len(sentences)} clips from {args.data}", file=sys.stderr)
+    minutes = None if args.minutes == "all" else float(args.minutes)
+    recordings = []
+    if "multi" in args.recordings:
+        recordings.append(build_recording("multi", Path(args.multi_data), ("dev", "test"), None))
+    if "cv" in args.recordings:
+        recordings.append(build_recording("cv", Path(args.data), ("test", "dev", "train"), minutes))
+    for r in recordings:
+        print(f"recording {r.name}: {r.seconds / 60:.2f} min, {len(r.sentences)} clips", file=sys.stderr)
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": str(args.model),
         "device": args.device,
-        "audio_s": round(duration, 2),
-        "clips": len(sentences),
+        "recordings": {r.name: {"audio_s": round(r.seconds, 2), "clips": len(r.sentences)} for r in recordings},
         "machine": machine(args.device),
         "rows": [],
     }
@@ -205,30 +263,17 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
         model_dir, export_s = prepare_model_dir(args.model, Path(work), args.device)
         result["ct2_export_s"] = round(export_s, 2)
         print(f"exported to CTranslate2 in {export_s:.1f} s", file=sys.stderr)
-        for name, load in systems(model_dir, args.device):
+        for name, load in systems(model_dir, args.device, args.pipeline):
             if args.only and not any(key in name for key in args.only):
                 continue
             transcribe = load()
-            transcribe(audio[: int(WARMUP_S * SAMPLE_RATE)])
-            load_before = os.getloadavg()[0]
-            wall, cpu = time.perf_counter(), time.process_time()
-            text = transcribe(audio)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            row = {
-                "system": name,
-                "wall_s": round(wall, 2),
-                "cpu_s": round(cpu, 2),
-                "x_realtime": round(duration / wall, 2),
-                "cer": round(cer([reference], [text]), 4),
-                "cer_digits_as_characters": round(cer([reference], [text.translate(_DIGITS)]), 4),
-                # other processes on the machine slow everything down: say how busy it was
-                "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                "text_head": text[:80],
-            }
-            result["rows"].append(row)
-            save(result)
-            print(f"{name}: {row['wall_s']} s, {row['x_realtime']}x real time, CER {row['cer']:.3f}",
-                  file=sys.stderr, flush=True)
+            list(transcribe(recordings[0].audio[: int(WARMUP_S * SAMPLE_RATE)]))
+            for recording in recordings:
+                row = {"system": name, **measure(transcribe, recording)}
+                result["rows"].append(row)
+                save(result)
+                print(f"{name} on {recording.name}: {row['wall_s']} s, {row['x_realtime']}x real time, "
+                      f"CER {row['cer']:.3f}, {row['sentences_lost']} lost", file=sys.stderr, flush=True)
             del transcribe
     return result
 
@@ -236,17 +281,20 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
 def markdown(result: dict) -> str:
     m = result["machine"]
     where = m.get("gpu") or f"{m['cpu_model']}, {m['cpu_count']} cores"
-    lines = [
-        f"{result['audio_s'] / 60:.1f} min of Mandarin ({result['clips']} zh-cv-mini clips), "
-        f"{Path(result['model']).name}, {result['device']}: {where} ({result['date']})",
-        "",
-        "| system | wall s | CPU s | × real time | CER | CER, digits as characters | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in result["rows"]:
-        lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['x_realtime']:.1f} "
-                     f"| {row['cer']:.3f} | {row['cer_digits_as_characters']:.3f} "
-                     f"| {row['loadavg_1min'][0]:.1f}–{row['loadavg_1min'][1]:.1f} |")
+    lines = [f"{Path(result['model']).name}, {result['device']}: {where} ({result['date']})"]
+    for name, info in result["recordings"].items():
+        lines += [
+            "", f"**{name}**: {info['audio_s'] / 60:.1f} min, {info['clips']} clips joined with {GAP_S} s pauses",
+            "",
+            "| system | wall s | first segment s | × real time | CER | CER, digits as characters "
+            "| sentences lost | load avg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in (r for r in result["rows"] if r["recording"] == name):
+            first = f"{row['first_segment_s']:.1f}" if row["first_segment_s"] is not None else "–"
+            lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {first} | {row['x_realtime']:.1f} "
+                         f"| {row['cer']:.3f} | {row['cer_digits_as_characters']:.3f} | {row['sentences_lost']} "
+                         f"| {row['loadavg_1min'][0]:.1f}–{row['loadavg_1min'][1]:.1f} |")
     lines += ["", f"load avg: the machine's 1-minute load average before–after the row; above "
               f"{m['cpu_count']} means other processes were competing for the {m['cpu_count']} cores."]
     return "\n".join(lines)
@@ -257,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help="transformers Whisper directory or Hub id (default: the offline whisper-base)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--minutes", default="10", help="length of the joined recording, or 'all' clips")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="a Common Voice-layout folder of clips")
+    parser.add_argument("--recordings", nargs="+", default=["multi", "cv"], choices=["multi", "cv"])
+    parser.add_argument("--minutes", default="10", help="length of the zh-cv-mini recording, or 'all' clips")
+    parser.add_argument("--data", default=str(CV_DATA), help="zh-cv-mini (Common Voice layout)")
+    parser.add_argument("--multi-data", default=str(MULTI_DATA), help="zh-multi-dev (Common Voice layout)")
+    parser.add_argument("--pipeline", action="store_true", help="also the (slow) transformers ASR pipeline")
     parser.add_argument("--only", nargs="*", help="run only the systems whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/transcribe-<device>.json)")
     args = parser.parse_args(argv)

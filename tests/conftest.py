@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tempfile
+
 import pytest
+
+# Conversions the engine caches beside the Hugging Face cache (and anything else written
+# there) go to a folder of this run's own, in this process and the ones it starts.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="whisper-zh-test-hf-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WHISPER_ZH_SHARED", REPO.parent / "shared"))

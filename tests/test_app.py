@@ -4,6 +4,7 @@ Chromium for a screenshot (kept in tests/artifacts/)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -64,15 +65,17 @@ def _write(path: Path, data: bytes) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(whisper_base):
-    from whisper_zh.app import AppConfig, build_app
+    from whisper_zh.app import build_app, launch_options
+    from whisper_zh.config import ServeSettings
     from whisper_zh.transcribe import Transcriber
 
-    config = AppConfig(model_id=str(whisper_base), backend="transformers", max_duration_s=60,
-                       max_upload_mb=1, concurrency_limit=1, batch_size=4)
+    settings = ServeSettings(model_id=str(whisper_base), backend="transformers", max_duration_s=60,
+                             max_upload_mb=1, concurrency_limit=1, batch_size=4)
     engine = Transcriber(str(whisper_base), backend="transformers", device="cpu")
-    demo = build_app(config=config, transcriber=engine)
+    demo = build_app(settings=settings, transcriber=engine)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(settings))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -86,11 +89,19 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-def _call(client, route: str, *args):
+def _args(route: str, source, script: str = "simplified", *cookies, output: str = "transcribe",
+          hotwords: str = "") -> list:
+    """The page's inputs in order: source, characters, output, hotwords (and cookies for links)."""
     from gradio_client import handle_file
 
-    args = [handle_file(str(a)) if isinstance(a, Path) else a for a in args]
-    return client.predict(*args, api_name=f"/{route}")
+    args = [source, script, output, hotwords, *cookies]
+    if route == "transcribe_url" and not cookies:
+        args.append(None)
+    return [handle_file(str(a)) if isinstance(a, Path) else a for a in args]
+
+
+def _call(client, route: str, *args, **choices):
+    return client.predict(*_args(route, *args, **choices), api_name=f"/{route}")
 
 
 def _error(client, route: str, *args) -> str:
@@ -108,8 +119,9 @@ def _check_result(result, sentence: str):
     rows = segments["data"]
     assert rows and all(len(row) == 3 for row in rows) and re.fullmatch(r"00:0\d\.\d{3}", rows[0][0])
     names = sorted(Path(f).suffix for f in files)
-    assert names == [".srt", ".txt", ".vtt"]
+    assert names == [".json", ".srt", ".txt", ".vtt"]
     by_suffix = {Path(f).suffix: Path(f).read_text(encoding="utf-8") for f in files}
+    assert "".join(s["text"] for s in json.loads(by_suffix[".json"])["segments"]) == text
     assert by_suffix[".srt"].startswith("1\n00:00:0") and " --> " in by_suffix[".srt"]
     assert by_suffix[".vtt"].startswith("WEBVTT")
     assert by_suffix[".txt"].replace("\n", "") == text
@@ -187,21 +199,22 @@ def test_request_files_are_cleaned_up(whisper_base, clips, tmp_path, monkeypatch
     once the request is over -- whether it succeeded or failed."""
     import tempfile
 
-    from whisper_zh.app import AppConfig, Handlers, UserError
+    from whisper_zh.app import Handlers, Request, UserError
+    from whisper_zh.config import ServeSettings
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    handlers = Handlers(AppConfig(model_id=str(whisper_base), max_duration_s=60), transcriber=_NoModel())
-    outputs = list(handlers.run("file", str(clips["silence"]), "simplified"))
-    assert "No speech found" in outputs[-1][0]
+    handlers = Handlers(ServeSettings(model_id=str(whisper_base), max_duration_s=60), transcriber=_NoModel())
+    outputs = list(handlers.run(Request("file", str(clips["silence"]))))
+    assert "No speech found" in outputs[-1].status
     with pytest.raises(UserError):
-        list(handlers.run("file", str(clips["text"]), "simplified"))
+        list(handlers.run(Request("file", str(clips["text"]))))
     assert list(tmp_path.iterdir()) == []
 
 
 class _NoModel:
     """Stands in where no model is needed: silence never reaches one."""
 
-    backend, device = "none", "cpu"
+    device = "cpu"
 
     def iter_segments(self, audio, options, progress=None):
         from whisper_zh.transcribe import is_silent
@@ -233,3 +246,46 @@ def test_screenshot(app_url, clips):
         browser.close()
     assert utterance_cer(clips["rows"][0]["sentence"], text) < 0.5
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_ct2_route_streams_partial_text_and_writes_bilingual_subtitles(whisper_base, zh_cv_mini, tmp_path,
+                                                                        monkeypatch):
+    """The app on the CPU's fast path (ct2, as auto picks on a Space): a 90 s upload shows
+    text before it is done; the bilingual output adds Chinese-over-English subtitles."""
+    from gradio_client import Client
+
+    import whisper_zh.app
+    from _media_helpers import joined_clips
+    from whisper_zh.app import build_app, launch_options
+    from whisper_zh.config import ServeSettings
+
+    monkeypatch.setattr(whisper_zh.app, "PARTIAL_EVERY_S", 0.0)  # every step's text, however fast the machine
+    audio, rows, _ = joined_clips(zh_cv_mini, 90.0)
+    recording = write_wav(tmp_path / "ninety-seconds.wav", audio)
+    settings = ServeSettings(model_id=str(whisper_base), backend="ct2", max_duration_s=300, batch_size=1)
+    demo = build_app(settings=settings)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(settings))
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        job = client.submit(*_args("transcribe_file", recording), api_name="/transcribe_file")
+        final = job.result()
+        updates = job.outputs()
+        partial = [u for u in updates[:-1] if u[1]]
+        assert len(partial) >= 2, [u[0] for u in updates]  # text grew while the rest was decoded
+        assert all(final[1].startswith(u[1]) for u in partial)
+        assert any("%" in u[0] for u in partial)  # the status says how much is done
+        assert utterance_cer("".join(r["sentence"] for r in rows), final[1]) < 0.5
+
+        status, text, _, files = _call(client, "transcribe_file", clips_first(zh_cv_mini), output="bilingual")
+        bilingual = next(Path(f) for f in files if f.endswith(".bilingual.srt")).read_text(encoding="utf-8")
+        cue = bilingual.split("\n\n")[0].splitlines()
+        assert len(cue) == 4 and re.search(r"[\u4e00-\u9fff]", cue[2]) and re.search(r"[A-Za-z]{3}", cue[3]), cue
+    finally:
+        demo.close()
+
+
+def clips_first(zh_cv_mini: Path) -> Path:
+    return zh_cv_mini / "clips" / plain_clips(zh_cv_mini, 1)[0]["path"]

@@ -11,16 +11,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from whisper_zh.ct2 import (ChunkResult, ct2_transcribe, decode_chunks, find_ct2_model, load_ct2,
-                            speech_chunks, split_words)
+from whisper_zh.ct2 import (ChunkResult, CT2Backend, SpeechMap, decode_chunks, find_ct2_model, load_ct2,
+                            missed_speech, speech_chunks, split_words)
 from whisper_zh.export import export_ct2
 from whisper_zh.media import SAMPLE_RATE, load_audio
 from whisper_zh.text import cer
+from whisper_zh.transcribe import Segment, TranscribeOptions, Word
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,17 +72,27 @@ def base_ct2(whisper_base, tmp_path_factory) -> Path:
     return Path(export_ct2(str(whisper_base), str(tmp_path_factory.mktemp("ct2") / "base-int8"), "int8"))
 
 
-def _check_segments(segments: list[dict], duration: float) -> None:
+def _check_segments(segments: list[Segment], duration: float) -> None:
     assert segments, "no segments"
     previous_start = -1.0
     for segment in segments:
-        assert set(segment) == {"start", "end", "text", "no_speech_prob"}
-        assert isinstance(segment["start"], float) and isinstance(segment["end"], float)
-        assert isinstance(segment["text"], str) and segment["text"] == segment["text"].strip() and segment["text"]
-        assert 0.0 <= segment["start"] <= segment["end"] <= duration + 1e-6
-        assert segment["start"] >= previous_start
-        assert 0.0 <= segment["no_speech_prob"] <= 1.0
-        previous_start = segment["start"]
+        assert isinstance(segment, Segment)
+        assert isinstance(segment.text, str) and segment.text == segment.text.strip() and segment.text
+        assert 0.0 <= segment.start <= segment.end <= duration + 1e-6
+        assert segment.start >= previous_start
+        assert 0.0 <= segment.no_speech_prob <= 1.0
+        assert segment.words and "".join(w.word for w in segment.words).strip() == segment.text
+        assert all(segment.start <= w.start <= w.end <= segment.end for w in segment.words)
+        previous_start = segment.start
+
+
+def _decode_all(model, audio, chunks, options=TranscribeOptions(), **kwargs) -> list:
+    """decode_chunks' steps gathered into one result per chunk, in chunk order."""
+    results = [None] * len(chunks)
+    for step in decode_chunks(model, audio, chunks, options, **kwargs):
+        for i, r in step:
+            results[i] = r
+    return results
 
 
 # -- export ---------------------------------------------------------------------------
@@ -106,12 +116,11 @@ def test_export_tiny_default_dir_is_found_and_loadable(tiny_whisper, tmp_path):
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
     assert (model_dir / "ct2" / "model.bin").stat().st_size > (Path(out) / "vocabulary.json").stat().st_size
 
-    model = load_ct2(out)
+    backend = CT2Backend(out)
     noise = np.random.default_rng(0).normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
     for batch_size in (1, 8):  # random weights: any output, but the right shape of output
-        segments = ct2_transcribe(model, noise, batch_size=batch_size)
-        assert isinstance(segments, list)
-        assert all(0.0 <= s["start"] <= s["end"] <= 2.0 for s in segments)
+        segments = list(backend.iter_segments(noise, TranscribeOptions(batch_size=batch_size)))
+        assert all(isinstance(s, Segment) and 0.0 <= s.start <= s.end <= 2.0 for s in segments)
 
 
 def test_export_rejects_unknown_quantization(tiny_whisper, tmp_path):
@@ -155,8 +164,8 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
     model.model = recorder = _RecordingGenerate(model.model)
     audio = np.random.default_rng(1).normal(0, 0.1, 12 * SAMPLE_RATE).astype(np.float32)
     chunks = [(0.0, 3.0), (3.0, 6.0), (6.0, 9.0), (9.0, 12.0)]
-    results = decode_chunks(model, audio, chunks, batch_size=2, temperatures=(0.0, 0.4, 0.8),
-                            no_speech_threshold=None)
+    results = _decode_all(model, audio, chunks, TranscribeOptions(batch_size=2, temperatures=(0.0, 0.4, 0.8),
+                                                                  no_speech_threshold=None))
     assert len(results) == 4
     assert [len(prompts) for prompts, _ in recorder.calls] == [2, 2, 2, 2, 2, 2]
     temperatures = [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls]
@@ -166,14 +175,15 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
     assert all(prompts == first_step_prompts for prompts, _ in recorder.calls)  # reset: no previous text
     kept = [r for r in results if r is not None]
     assert all(isinstance(r, ChunkResult) and r.temperature == 0.8 for r in kept)
-    assert all(0.0 <= w["start"] <= w["end"] <= 12.0 for r in kept for w in r.words)
+    assert all(0.0 <= w.start <= w.end <= 12.0 for r in kept for w in r.words)
 
     # without thresholds nothing is retried
     recorder.calls.clear()
-    decode_chunks(model, audio, chunks, batch_size=2, compression_ratio_threshold=None,
-                  logprob_threshold=None, no_speech_threshold=None, word_timestamps=False)
+    _decode_all(model, audio, chunks, TranscribeOptions(batch_size=2, compression_ratio_threshold=None,
+                                                        logprob_threshold=None, no_speech_threshold=None),
+                word_timestamps=False)
     assert [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls] == [0.0, 0.0]
-    assert decode_chunks(model, audio, [], batch_size=2) == []
+    assert _decode_all(model, audio, [], TranscribeOptions(batch_size=2)) == []
 
 
 @pytest.mark.slow
@@ -192,11 +202,13 @@ def test_decode_chunks_conditions_each_lane_on_its_previous_chunk(base_ct2, zh_c
     tokenizer = model.hf_tokenizer
     sot, sot_prev = tokenizer.token_to_id("<|startoftranscript|>"), tokenizer.token_to_id("<|startofprev|>")
 
-    results = decode_chunks(model, audio, chunks, batch_size=3)
+    steps = list(decode_chunks(model, audio, chunks, TranscribeOptions(batch_size=3)))
+    assert [sorted(i for i, _ in step) for step in steps] == [[0, 2, 4], [1, 3, 5]]  # one step at a time
+    results = [r for _, r in sorted(pair for step in steps for pair in step)]
     assert all(r is not None for r in results)
     assert cer([ref for _, ref in clips], [r.text for r in results]) < 0.5
     for (chunk_start, chunk_end), r in zip(chunks, results):
-        assert r.words and all(chunk_start - 0.05 <= w["start"] <= w["end"] <= chunk_end + 0.05 for w in r.words)
+        assert r.words and all(chunk_start - 0.05 <= w.start <= w.end <= chunk_end + 0.05 for w in r.words)
     (first, _), (second, _) = recorder.calls[:2]  # no fallback for clean speech at beam 1
     assert len(first) == len(second) == 3
     assert all(p[0] == sot for p in first)
@@ -209,37 +221,63 @@ def test_decode_chunks_conditions_each_lane_on_its_previous_chunk(base_ct2, zh_c
 
     # one lane: each chunk after the first is prompted with the whole text before it
     recorder.calls.clear()
-    results = decode_chunks(model, audio, chunks[:3], batch_size=1, word_timestamps=False)
+    results = _decode_all(model, audio, chunks[:3], TranscribeOptions(batch_size=1), word_timestamps=False)
     assert [len(prompts) for prompts, _ in recorder.calls] == [1, 1, 1]
     assert recorder.calls[1][0][0][1:1 + len(results[0].tokens)] == results[0].tokens
     assert recorder.calls[2][0][0][1:1 + len(results[1].tokens)] == results[1].tokens
     # and without conditioning every prompt is the bare start of transcript
     recorder.calls.clear()
-    decode_chunks(model, audio, chunks[:3], batch_size=3, condition_on_previous_text=False, word_timestamps=False)
+    _decode_all(model, audio, chunks[:3], TranscribeOptions(batch_size=3), condition_on_previous_text=False,
+                word_timestamps=False)
     assert all(p[0] == sot for prompts, _ in recorder.calls for p in prompts)
+    # a prompt and hotwords lead every window's prompt, before the previous text
+    recorder.calls.clear()
+    options = TranscribeOptions(batch_size=1, prompt="以下是普通话的句子。", hotwords="物业")
+    _decode_all(model, audio, chunks[:2], options, word_timestamps=False)
+    fixed = tokenizer.encode(" 以下是普通话的句子。 物业", add_special_tokens=False).ids
+    for prompts, _ in recorder.calls:
+        assert prompts[0][0] == sot_prev and prompts[0][1:1 + len(fixed)] == fixed
 
 
 # -- segmentation ---------------------------------------------------------------------
 
 def _words(*spec):
-    return [SimpleNamespace(word=w, start=s, end=e) for w, s, e in spec]
+    return [Word(start=s, end=e, word=w) for w, s, e in spec]
 
 
 def test_split_words_at_pauses_punctuation_and_length():
     # Alignment leaves no gaps: the pause (2.0-3.0 s) is absorbed into "物", which ends
     # after it; the split goes before "物" and its start moves to the pause's end.
     words = _words(("一", 0.5, 1.0), ("二", 1.0, 2.0), ("物", 2.0, 3.4), ("业", 3.4, 3.8))
-    assert split_words(words, pauses=[(2.0, 3.0)]) == [(0.5, 2.0, "一二"), (3.0, 3.8, "物业")]
+    segments = split_words(words, pauses=[(2.0, 3.0)])
+    assert [(s.start, s.end, s.text) for s in segments] == [(0.5, 2.0, "一二"), (3.0, 3.8, "物业")]
+    assert [w.word for w in segments[1].words] == ["物", "业"] and segments[1].words[0].start == 3.0
     # a short pause does not split
     assert len(split_words(words, pauses=[(2.0, 2.1)])) == 1
     # sentence-final punctuation splits
     words = _words(("好。", 0.0, 0.5), ("走", 0.5, 1.0))
-    assert [g[2] for g in split_words(words, pauses=[])] == ["好。", "走"]
+    assert [s.text for s in split_words(words, pauses=[])] == ["好。", "走"]
     # nothing longer than max_segment_s
     words = _words(*[("字", 0.5 * i, 0.5 * i + 0.5) for i in range(40)])
-    groups = split_words(words, pauses=[], max_segment_s=5.0)
-    assert all(end - start <= 5.0 + 1e-9 for start, end, _ in groups)
-    assert "".join(g[2] for g in groups) == "字" * 40
+    segments = split_words(words, pauses=[], max_segment_s=5.0)
+    assert all(s.end - s.start <= 5.0 + 1e-9 for s in segments)
+    assert "".join(s.text for s in segments) == "字" * 40
+
+
+def test_missed_speech_finds_skipped_sentences_between_words():
+    speech = SpeechMap(chunks=[(0.0, 20.0)], speech=[(0.2, 2.0), (2.5, 6.0), (6.4, 9.0), (9.5, 10.0)])
+    # the decoder wrote the first and the third sentence: the second (2.5-6.0) is missed,
+    # whether the alignment shows a gap or a word that absorbs it (starts at 2.1, ends at 6.8)
+    for second_word_start, missed in ((6.4, (2.0, 6.4)), (2.1, (2.0, 5.8))):
+        words = _words(("一", 0.2, 1.0), ("二", 1.0, 2.0), ("三", second_word_start, 6.8), ("四", 6.8, 7.6),
+                       ("五", 7.6, 8.4), ("六", 8.4, 9.0), ("七", 9.5, 10.0))
+        assert missed_speech(words, (0.0, 10.5), speech) == [missed]
+    # half a second of speech after the last word is not enough to decode again
+    words = _words(*[(str(i), 0.2 + 0.8 * i, 1.0 + 0.8 * i) for i in range(11)])  # 0.2-9.0, no gap
+    assert missed_speech(words, (0.0, 10.5), speech) == []
+    # nothing written at all: the whole chunk
+    assert missed_speech([], (0.0, 10.5), speech) == [(0.0, 10.5)]
+    assert speech.pauses == [(2.0, 2.5), (6.0, 6.4), (9.0, 9.5)]
 
 
 # -- real whisper-base ---------------------------------------------------------------
@@ -247,41 +285,41 @@ def test_split_words_at_pauses_punctuation_and_length():
 @pytest.mark.slow
 def test_base_ct2_int8_transcribes_real_mandarin(base_ct2, zh_cv_mini):
     clips = _clips(zh_cv_mini, 8)
-    model = load_ct2(str(base_ct2))
+    backend = CT2Backend(str(base_ct2))
 
     # one clip at a time: the per-clip texts score against the sentences
     hypotheses = []
     for audio, _ in clips[:4]:
-        segments = ct2_transcribe(model, audio)
+        segments = list(backend.iter_segments(audio, TranscribeOptions()))
         _check_segments(segments, len(audio) / SAMPLE_RATE)
-        hypotheses.append("".join(s["text"] for s in segments))
+        hypotheses.append("".join(s.text for s in segments))
     score = cer([ref for _, ref in clips[:4]], hypotheses)
     assert score < 0.5, (score, hypotheses)
 
     # a joined recording, batched (VAD chunks) and sequential
     audio = _joined(clips)
     duration = len(audio) / SAMPLE_RATE
-    chunks, pauses = speech_chunks(audio)
-    assert len(chunks) >= 2 and len(pauses) >= len(clips) - 1
+    speech = speech_chunks(audio, 30.0)
+    chunks = speech.chunks
+    assert len(chunks) >= 2 and len(speech.pauses) >= len(clips) - 1
     assert all(0 < end - start <= 30.0 for start, end in chunks)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(chunks, chunks[1:]))
     assert chunks[0][0] < 1.0 and chunks[-1][1] > duration - len(clips[-1][0]) / SAMPLE_RATE
     reference = "".join(ref for _, ref in clips)
     for batch_size in (8, 1):
-        segments = ct2_transcribe(model, audio, batch_size=batch_size)
+        segments = list(backend.iter_segments(audio, TranscribeOptions(batch_size=batch_size)))
         _check_segments(segments, duration)
-        score = cer([reference], ["".join(s["text"] for s in segments)])
+        score = cer([reference], ["".join(s.text for s in segments)])
         assert score < 0.5, (batch_size, score)
         # phrases, not whole 30 s chunks: subtitles need them
         assert len(segments) >= len(clips) // 2, segments
-        assert max(s["end"] - s["start"] for s in segments) <= 15.0
+        assert max(s.end - s.start for s in segments) <= 15.0
 
 
 @pytest.mark.slow
 def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv_mini, tmp_path):
-    transcribe = pytest.importorskip("whisper_zh.transcribe")
-    if not hasattr(transcribe, "Transcriber"):
-        pytest.skip("whisper_zh.transcribe has no Transcriber yet")
+    from whisper_zh import transcribe
+
     model_dir = _copy_model(whisper_base, tmp_path / "base")
     export_ct2(str(model_dir))  # -> base/ct2, where the engine looks
     clips = _clips(zh_cv_mini, 4)
@@ -291,9 +329,9 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv
     results = {}
     for backend in ("ct2", "transformers"):
         engine = transcribe.Transcriber(str(model_dir), backend=backend, device="cpu")
-        assert engine.backend == backend
+        assert engine.backend.name == backend
         results[backend] = engine.transcribe(audio)
-    assert transcribe.Transcriber(str(model_dir), backend="auto", device="cpu").backend == "ct2"
+    assert transcribe.Transcriber(str(model_dir), backend="auto", device="cpu").backend.name == "ct2"
 
     ct2_result, hf_result = results["ct2"], results["transformers"]
     assert type(ct2_result) is type(hf_result)
@@ -310,3 +348,5 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv
     from whisper_zh.text import to_simplified
 
     assert ct2_result.text == to_simplified(ct2_result.text)
+    # the ct2 engine's segments carry their words, converted to the script asked for
+    assert all(s.words and "".join(w.word for w in s.words).strip() == s.text for s in ct2_result.segments)

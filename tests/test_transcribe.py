@@ -9,7 +9,7 @@ import torch
 
 from _media_helpers import joined_clips, make_video, plain_clips, serve_directory, write_wav
 from whisper_zh.media import SAMPLE_RATE, MediaTooLongError, load_audio
-from whisper_zh.subtitles import to_srt
+from whisper_zh.subtitles import SEGMENT_STYLE, to_srt
 from whisper_zh.text import cer, to_simplified, to_traditional, utterance_cer
 from whisper_zh.transcribe import (
     NoSpeechError,
@@ -91,14 +91,14 @@ def tiny_engine(tiny_whisper):
 def generate_calls(tiny_engine, monkeypatch):
     """Record the batch shape of every generate call the engine makes."""
     calls = []
-    original = tiny_engine.model.generate
+    original = tiny_engine.backend.model.generate
 
     def spy(input_features, **kwargs):
         calls.append(tuple(input_features.shape))
         kwargs["max_new_tokens"] = 24  # random weights would otherwise ramble to the limit
         return original(input_features, **kwargs)
 
-    monkeypatch.setattr(tiny_engine.model, "generate", spy)
+    monkeypatch.setattr(tiny_engine.backend.model, "generate", spy)
     return calls
 
 
@@ -132,14 +132,14 @@ def test_batch_size_one_and_three(tiny_engine, generate_calls):
 def test_window_segments_offsets(tiny_engine):
     """Whisper's per-window times become input times; text read off the padding after
     a window's real end is dropped, and ends are clipped to it."""
-    tokenizer = tiny_engine.processor.tokenizer
+    tokenizer = tiny_engine.backend.processor.tokenizer
     tokens = torch.tensor(tokenizer("你好", add_special_tokens=False).input_ids)
     raw = [
         {"start": torch.tensor(0.0), "end": torch.tensor(2.5), "tokens": tokens},
         {"start": torch.tensor(2.5), "end": torch.tensor(9.0), "tokens": tokens},  # ends in padding
         {"start": torch.tensor(8.5), "end": torch.tensor(12.0), "tokens": tokens},  # starts in padding
     ]
-    segments = list(tiny_engine._window_segments(raw, offset=60.0, window_end=68.0))
+    segments = list(tiny_engine.backend._window_segments(raw, offset=60.0, window_end=68.0))
     assert segments == [Segment(60.0, 62.5, "你好"), Segment(62.5, 68.0, "你好")]
 
 
@@ -173,9 +173,79 @@ def test_backend_choice(tiny_whisper, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         Transcriber(str(tiny_whisper), backend="onnx")
     monkeypatch.setenv("BACKEND", "transformers")
-    assert Transcriber(str(tiny_whisper), device="cpu").backend == "transformers"
+    assert Transcriber(str(tiny_whisper), device="cpu").backend.name == "transformers"
     monkeypatch.delenv("BACKEND")
-    assert Transcriber(str(tiny_whisper), device="cpu").backend == "transformers"  # auto, no model.bin
+    assert Transcriber(str(tiny_whisper), device="cuda:0" if torch.cuda.is_available() else "cpu",
+                       backend="transformers").backend.name == "transformers"
+
+
+def test_auto_converts_a_model_once_and_reuses_the_conversion(tiny_whisper, tmp_path, monkeypatch, caplog):
+    """On a CPU, auto serves any model through CTranslate2: a local transformers folder
+    without ct2/ is converted once into the cache beside the Hugging Face cache, and the
+    next start (another process, another engine) loads the conversion without converting."""
+    import huggingface_hub.constants
+    import whisper_zh.export
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(tmp_path / "hf"))
+    model_dir = _linked_copy(tiny_whisper, tmp_path / "tiny")
+    conversions = []
+    real_export = whisper_zh.export.export_ct2
+    monkeypatch.setattr(whisper_zh.export, "export_ct2",
+                        lambda *args, **kwargs: conversions.append(args) or real_export(*args, **kwargs))
+    monkeypatch.delenv("BACKEND", raising=False)
+    with caplog.at_level("INFO", logger="whisper_zh"):
+        first = Transcriber(str(model_dir), device="cpu", options=MECHANICS)
+        second = Transcriber(str(model_dir), device="cpu", options=MECHANICS)
+    assert first.backend.name == second.backend.name == "ct2"
+    assert len(conversions) == 1 and not (model_dir / "ct2").exists()  # the user's folder is left alone
+    assert first.backend.model_dir == second.backend.model_dir
+    assert first.backend.model_dir.startswith(str(tmp_path / "hf" / "whisper-zh-ct2"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("converted to CTranslate2 int8 in" in m for m in messages)
+    assert any("using the CTranslate2 conversion cached" in m for m in messages)
+    segments = list(second.iter_segments(noise(40.0)))
+    assert all(isinstance(s, Segment) and 0.0 <= s.start <= s.end <= 40.0 for s in segments)
+    # new weights in the folder (a new fine-tune written over it) mean a new conversion
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "model.safetensors").write_bytes((tiny_whisper / "model.safetensors").read_bytes())
+    Transcriber(str(model_dir), device="cpu", options=MECHANICS)
+    assert len(conversions) == 2
+
+
+def test_a_hub_repo_with_ct2_is_served_without_its_full_weights(tiny_whisper, tmp_path, monkeypatch):
+    """A stand-in Hub: the repo holds what `whisper-zh train` pushes (transformers weights
+    and ct2/); the engine asks only for ct2/* and never downloads the full weights."""
+    import huggingface_hub
+    from whisper_zh.export import export_ct2
+
+    repo = _linked_copy(tiny_whisper, tmp_path / "hub" / "you--whisper-small-zh")
+    export_ct2(str(repo))
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        import fnmatch
+        import shutil
+
+        asked.append((repo_id, allow_patterns))
+        snapshot = tmp_path / "snapshots" / str(len(asked))
+        for path in repo.rglob("*"):
+            name = path.relative_to(repo).as_posix()
+            if path.is_file() and (allow_patterns is None or any(fnmatch.fnmatch(name, p) for p in allow_patterns)):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, snapshot / name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    engine = Transcriber("you/whisper-small-zh", backend="auto", device="cpu", options=MECHANICS)
+    assert engine.backend.name == "ct2"
+    assert asked == [("you/whisper-small-zh", ["ct2/*"])]
+    assert not list((tmp_path / "snapshots").rglob("model.safetensors"))
+    # a repo without ct2/ is downloaded whole and converted once
+    for item in (repo / "ct2").iterdir():
+        item.unlink()
+    (repo / "ct2").rmdir()
+    engine = Transcriber("you/whisper-small-zh", backend="auto", device="cpu", options=MECHANICS)
+    assert engine.backend.name == "ct2" and asked[-1] == ("you/whisper-small-zh", None)
 
 
 def replace_options(**changes) -> TranscribeOptions:
@@ -243,7 +313,7 @@ def test_three_minutes_joined(base_engine, zh_cv_mini):
     # Whisper's segments follow the sentences: most clip starts have a segment start nearby
     aligned = [any(abs(s.start - t) < 1.0 for s in segments) for t in starts[1:]]
     assert sum(aligned) / len(aligned) > 0.6, [round(s.start, 2) for s in segments]
-    srt = to_srt(segments)
+    srt = to_srt(segments, SEGMENT_STYLE)
     assert srt.count(" --> ") == len(segments)
 
 
@@ -318,15 +388,15 @@ def test_auto_picks_ct2_when_exported(tiny_whisper, tmp_path, monkeypatch):
     export_ct2(str(model_dir))
     monkeypatch.delenv("BACKEND", raising=False)
     engine = Transcriber(str(model_dir), device="cpu", options=MECHANICS)
-    assert engine.backend == "ct2"
-    assert Transcriber(str(model_dir / "ct2"), device="cpu").backend == "ct2"  # the export itself
-    assert Transcriber(str(model_dir), backend="transformers", device="cpu").backend == "transformers"
+    assert engine.backend.name == "ct2" and engine.backend.model_dir == str(model_dir / "ct2")
+    assert Transcriber(str(model_dir / "ct2"), device="cpu").backend.name == "ct2"  # the export itself
+    assert Transcriber(str(model_dir), backend="transformers", device="cpu").backend.name == "transformers"
     with pytest.raises(NoSpeechError):
         engine.transcribe(np.zeros(3 * SR, np.float32))
     segments = list(engine.iter_segments(noise(40.0)))
     assert all(isinstance(s, Segment) and 0.0 <= s.start <= s.end <= 40.0 for s in segments)
-    with pytest.raises(FileNotFoundError, match="no CTranslate2 model"):
-        Transcriber(str(tiny_whisper), backend="ct2", device="cpu")
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        Transcriber(str(tmp_path / "missing"), backend="ct2", device="cpu")
 
 
 @pytest.mark.slow
@@ -337,8 +407,28 @@ def test_ct2_backend_transcribes(whisper_base, zh_cv_mini, tmp_path):
     model_dir = _linked_copy(whisper_base, tmp_path / "base")
     export_ct2(str(model_dir))
     engine = Transcriber(str(model_dir), backend="auto", device="cpu")
-    assert engine.backend == "ct2"
+    assert engine.backend.name == "ct2"
     row = plain_clips(zh_cv_mini, 1)[0]
     result = engine.transcribe(zh_cv_mini / "clips" / row["path"], script="traditional")
     assert result.backend == "ct2" and result.text == to_traditional(result.text)
     assert utterance_cer(row["sentence"], result.text) < 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_both_backends_stream_segments_before_the_end(whisper_base, zh_cv_mini, backend):
+    """On a 2-minute real recording, the first segment reaches the caller while most of
+    the recording is still to be decoded: the engine is a generator on both backends."""
+    audio, rows, _ = joined_clips(zh_cv_mini, 120.0)
+    engine = Transcriber(str(whisper_base), backend=backend, device="cpu")
+    reported = []
+    # two windows a step: a 2-minute input takes several steps on either backend
+    stream = engine.iter_segments(audio, TranscribeOptions(batch_size=2),
+                                  progress=lambda fraction, message: reported.append(fraction))
+    first = next(stream)
+    done_at_first = reported[-1]
+    rest = list(stream)
+    assert first.text and rest
+    assert done_at_first < 0.5, reported  # at most one model step of several was done
+    assert reported[-1] == 1.0 and len(set(reported)) >= 3  # progress after every step
+    assert cer(["".join(r["sentence"] for r in rows)], ["".join(s.text for s in [first, *rest])]) < 0.5

@@ -2,27 +2,27 @@
 subtitle files out. Every handler calls the package (:mod:`whisper_zh.media`,
 :mod:`whisper_zh.transcribe`, :mod:`whisper_zh.subtitles`); this module only wires UI.
 
-    >>> from whisper_zh.app import build_app
+    >>> from whisper_zh.app import build_app, launch_options
     >>> demo = build_app("openai/whisper-small")   # a Hub id or the folder training wrote
-    >>> demo.launch(share=True)                    # Colab; the Space runs app.py
+    >>> demo.launch(share=True, **launch_options())  # Colab; the Space runs app.py
 
-Settings come from the environment (see :class:`AppConfig`), so a Space is configured
-in its "Variables" tab without touching code.
+Settings come from the environment (:class:`whisper_zh.config.ServeSettings`), so a Space
+is configured in its "Variables" tab without touching code.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.config import ServeSettings
 from whisper_zh.media import (
-    SAMPLE_RATE,
     AudioDecodeError,
     DownloadError,
     MediaTooLongError,
@@ -31,60 +31,62 @@ from whisper_zh.media import (
     is_url,
     load_media,
 )
-from whisper_zh.subtitles import format_timestamp, write_all
-from whisper_zh.transcribe import DEFAULT_MODEL_ID, NoSpeechError, TranscribeOptions, Transcriber, get_transcriber
+from whisper_zh.subtitles import DEFAULT_FORMATS, format_timestamp, write_all
+from whisper_zh.text import SCRIPTS
+from whisper_zh.transcribe import NoSpeechError, TranscribeOptions, Transcriber, get_transcriber
 
 PARTIAL_EVERY_S = 2.0  # seconds between partial results shown while transcribing
 
 NO_SPEECH = "No speech found: the input is silent or holds only noise or music."
 
-SCRIPTS = [("简体 Simplified", "simplified"), ("繁體 Traditional", "traditional")]
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
-@dataclass
-class AppConfig:
-    """Everything an operator may change, each read from an environment variable."""
-
-    model_id: str = field(default_factory=lambda: _env("MODEL_ID", DEFAULT_MODEL_ID))
-    backend: str = field(default_factory=lambda: _env("BACKEND", "auto"))
-    max_duration_s: float = field(default_factory=lambda: float(_env("MAX_DURATION_S", "3600")))
-    max_upload_mb: float = field(default_factory=lambda: float(_env("MAX_UPLOAD_MB", "500")))
-    # one transcription at a time per process: a second would double peak memory
-    concurrency_limit: int = field(default_factory=lambda: int(_env("CONCURRENCY_LIMIT", "1")))
-    max_queue: int = field(default_factory=lambda: int(_env("MAX_QUEUE", "32")))
-    batch_size: int = field(default_factory=lambda: int(_env("BATCH_SIZE", str(TranscribeOptions.batch_size))))
-    cookies: Optional[str] = field(default_factory=lambda: os.environ.get("YTDLP_COOKIES") or None)
-
-    @property
-    def max_bytes(self) -> int:
-        return int(self.max_upload_mb * 2**20)
+# What the page offers to write: the Chinese text, Whisper's English translation, or both
+# in one set of subtitles (the Chinese line over the English one).
+OUTPUTS = [("中文 Chinese", "transcribe"), ("English translation", "translate"),
+           ("中英双语 Bilingual", "bilingual")]
+FILE_FORMATS = (*DEFAULT_FORMATS, "json")  # files every result comes with
 
 
 class UserError(Exception):
     """A problem with what the user sent; the message is shown to them as is."""
 
 
+@dataclass(frozen=True)
+class Request:
+    """One visitor's request, as the page sends it."""
+
+    kind: str  # "microphone", "file" or "url"
+    source: Optional[str]  # the recording's or upload's path, or the link
+    script: str = "simplified"
+    output: str = "transcribe"  # one of OUTPUTS' values
+    hotwords: Optional[str] = None
+    cookies: Optional[str] = None  # path of the visitor's cookies.txt (links only)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What the page shows, each time it changes."""
+
+    status: str
+    text: str = ""
+    rows: tuple = ()
+    files: Optional[list[str]] = None
+
+
 class Handlers:
     """The app's work, free of Gradio so it can be called and tested directly."""
 
-    def __init__(self, config: AppConfig, transcriber: Optional[Transcriber] = None):
-        self.config = config
+    def __init__(self, settings: ServeSettings, transcriber: Optional[Transcriber] = None):
+        self.settings = settings
         self._transcriber = transcriber
 
     @property
     def transcriber(self) -> Transcriber:
         if self._transcriber is None:
-            self._transcriber = get_transcriber(self.config.model_id, backend=self.config.backend)
+            self._transcriber = get_transcriber(self.settings.model_id, backend=self.settings.backend)
         return self._transcriber
 
-    def run(self, kind: str, source: Optional[str], script: str, cookies: Optional[str] = None,
-            progress=None) -> Iterator[tuple]:
-        """Transcribe ``source`` (a recorded/uploaded file path, or a link when ``kind`` is
-        "url"); yields (status, text, segment rows, [srt, vtt, txt]) as work advances.
+    def run(self, request: Request, progress=None) -> Iterator[Update]:
+        """Transcribe the request's input, yielding what to show as work advances.
 
         Everything written -- the download, the subtitle files -- lives in one temporary
         directory per request, removed when the generator finishes (Gradio has copied
@@ -94,18 +96,20 @@ class Handlers:
         workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-request-"))
         try:
             started = time.perf_counter()
-            path = self._fetch(kind, source, cookies, workdir, report)
+            path = self._fetch(request, workdir, report)
             report(0.0, desc="decoding")
             try:
-                audio = load_media(path, max_duration_s=self.config.max_duration_s, max_bytes=self.config.max_bytes)
+                audio = load_media(path, max_duration_s=self.settings.max_duration_s, max_bytes=self.settings.max_bytes)
             except AudioDecodeError:
                 raise UserError("This file is not audio or video that ffmpeg can decode "
                                 "(corrupt, empty, or without a sound track).") from None
             shutil.rmtree(workdir / "download", ignore_errors=True)  # decoded: the download is no longer needed
             duration = len(audio) / SAMPLE_RATE
-            yield (f"Decoded {format_duration(duration)} of audio; transcribing…", "", [], None)
-            options = TranscribeOptions(script=script or "simplified", batch_size=self.config.batch_size,
-                                        max_duration_s=self.config.max_duration_s)
+            yield Update(f"Decoded {format_duration(duration)} of audio; transcribing…")
+            options = TranscribeOptions(
+                script=request.script or "simplified", task="translate" if request.output == "translate" else "transcribe",
+                batch_size=self.settings.batch_size or TranscribeOptions.batch_size,
+                hotwords=(request.hotwords or "").strip() or None, max_duration_s=self.settings.max_duration_s)
             segments: list = []
             done = [0.0]  # fraction decoded, as the engine last reported it
 
@@ -119,53 +123,65 @@ class Handlers:
                 # show the text as it grows, at most every PARTIAL_EVERY_S
                 if time.perf_counter() - shown > PARTIAL_EVERY_S:
                     shown = time.perf_counter()
-                    yield (f"Transcribed {done[0]:.0%} of {format_duration(duration)}…",
-                           _text(segments), _rows(segments), None)
+                    yield Update(f"Transcribed {done[0]:.0%} of {format_duration(duration)}…",
+                                 _text(segments), _rows(segments))
             if not segments:
-                yield (NO_SPEECH, "", [], None)
+                yield Update(NO_SPEECH)
                 return
-            text = _text(segments)
-            files = write_all(segments, workdir, stem=_stem(kind, source))
+            formats, translation = FILE_FORMATS, None
+            if request.output == "bilingual":
+                yield Update("Transcribed; translating to English for the bilingual subtitles…",
+                             _text(segments), _rows(segments))
+                translation = list(self.transcriber.iter_segments(
+                    audio, replace(options, task="translate", script="original", hotwords=None),
+                    progress=lambda f, msg: report(f, desc=f"translating: {msg}")))
+                formats = (*FILE_FORMATS, "bilingual")
+            files = write_all(segments, workdir, stem=_stem(request), formats=formats, translation=translation)
             elapsed = time.perf_counter() - started
             status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
                       f"transcribed in {elapsed:.1f} s ({self.transcriber.backend.name}, {self.transcriber.device}).")
-            yield (status, text, _rows(segments), [str(files[f]) for f in ("srt", "vtt", "txt")])
+            yield Update(status, _text(segments), _rows(segments), [str(files[f]) for f in formats])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _fetch(self, kind: str, source: Optional[str], cookies: Optional[str], workdir: Path, report) -> str:
-        if kind == "url":
-            url = (source or "").strip()
+    def _fetch(self, request: Request, workdir: Path, report) -> str:
+        if request.kind == "url":
+            url = (request.source or "").strip()
             if not url:
                 raise UserError("Paste a link first.")
             if not is_url(url):
                 raise UserError("That is not a link: it should start with https://")
             report(0.0, desc="downloading")
             return str(download_audio(
-                url, workdir / "download", cookies=cookies or self.config.cookies,
-                max_duration_s=self.config.max_duration_s, max_bytes=self.config.max_bytes,
+                url, workdir / "download", cookies=request.cookies or self.settings.cookies,
+                max_duration_s=self.settings.max_duration_s, max_bytes=self.settings.max_bytes,
                 progress=lambda f, msg: report(f, desc=msg)))
-        if not source:
-            raise UserError("Record something first." if kind == "microphone" else "Upload a file first.")
-        if not os.path.isfile(source):
+        if not request.source:
+            raise UserError("Record something first." if request.kind == "microphone" else "Upload a file first.")
+        if not os.path.isfile(request.source):
             raise UserError("The uploaded file is gone; upload it again.")
-        return source
+        return request.source
 
 
 def _text(segments: list) -> str:
-    return "".join(s.text for s in segments)
+    return "".join(s.text for s in segments) if not segments or _is_chinese(segments) else \
+        " ".join(s.text for s in segments)
 
 
-def _rows(segments: list) -> list[list[str]]:
+def _is_chinese(segments: list) -> bool:
+    return any("\u4e00" <= c <= "\u9fff" for s in segments[:5] for c in s.text)
+
+
+def _rows(segments: list) -> tuple:
     """Table rows: start, end, text; hours shown only for inputs that reach an hour."""
     hours = bool(segments) and segments[-1].end >= 3600
-    return [[format_timestamp(s.start, always_include_hours=hours),
-             format_timestamp(s.end, always_include_hours=hours), s.text] for s in segments]
+    return tuple([format_timestamp(s.start, always_include_hours=hours),
+                  format_timestamp(s.end, always_include_hours=hours), s.text] for s in segments)
 
 
-def _stem(kind: str, source: Optional[str]) -> str:
-    if kind == "file" and source:
-        stem = Path(source).stem
+def _stem(request: Request) -> str:
+    if request.kind == "file" and request.source:
+        stem = Path(request.source).stem
         safe = "".join(c for c in stem if c.isalnum() or c in "-_")[:60]
         return safe or "transcript"
     return "transcript"
@@ -174,19 +190,26 @@ def _stem(kind: str, source: Optional[str]) -> str:
 def _handler(handlers: Handlers, kind: str):
     import gradio as gr
 
-    def handle(source, script, *rest, progress=gr.Progress()):
+    def handle(source, script, output, hotwords, *rest, progress=gr.Progress()):
         cookies = rest[0] if rest else None
-        cookies_path = getattr(cookies, "name", cookies)
+        request = Request(kind, source, script, output, hotwords, getattr(cookies, "name", cookies))
         try:
-            yield from handlers.run(kind, source, script, cookies_path, progress=progress)
+            for update in handlers.run(request, progress=progress):
+                yield _shown(update)
         except NoSpeechError:
-            yield (NO_SPEECH, "", [], None)
+            yield _shown(Update(NO_SPEECH))
         except (UserError, DownloadError, MediaTooLongError, FileNotFoundError) as err:
             message = str(err)
             raise gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe") from None
 
     handle.__name__ = f"transcribe_{kind}"
     return handle
+
+
+def _shown(update: Update) -> tuple:
+    """An Update as the page's outputs: status, text, segments table, files."""
+    status, text, rows, files = astuple(update)
+    return status, text, [list(row) for row in rows], files
 
 
 CSS = """
@@ -202,24 +225,22 @@ you get the text, timed segments, and `.srt` / `.vtt` / `.txt` subtitle files.
 """
 
 
-def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = None,
+def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSettings] = None,
               transcriber: Optional[Transcriber] = None, preload: bool = True):
-    """The app as a ``gr.Blocks``, queued, not launched.
+    """The app as a ``gr.Blocks``, queued, not launched: ``demo.launch(**launch_options())``.
 
     Args:
-        model_id: overrides ``config.model_id`` (default: ``$MODEL_ID``).
+        model_id: overrides ``settings.model_id`` (default: ``$MODEL_ID``).
+        settings: default: :meth:`ServeSettings.from_env`.
         transcriber: an engine already loaded (tests; several apps in one process).
         preload: load the model now, so that the first visitor does not wait for it.
-
-    ``demo.launch(...)`` then applies the upload size limit, theme and CSS by default;
-    any of its arguments can still be passed (``share=True`` in Colab).
     """
     import gradio as gr
 
-    config = config or AppConfig()
+    settings = settings or ServeSettings.from_env()
     if model_id:
-        config.model_id = model_id
-    handlers = Handlers(config, transcriber)
+        settings = replace(settings, model_id=model_id)
+    handlers = Handlers(settings, transcriber)
     if preload:
         handlers.transcriber  # noqa: B018 -- loads the model once, before the first request
 
@@ -227,7 +248,12 @@ def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = N
         gr.Markdown(DESCRIPTION, elem_id="title")
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                script = gr.Radio(SCRIPTS, value="simplified", label="Characters")
+                with gr.Row():
+                    script = gr.Radio([(s.label, s.name) for s in SCRIPTS if s.name != "original"],
+                                      value="simplified", label="Characters")
+                    output = gr.Radio(OUTPUTS, value="transcribe", label="Output")
+                hotwords = gr.Textbox(label="Hotwords (optional)", lines=1, max_lines=1,
+                                      placeholder="names and terms to get right, e.g. 小米 澎湃OS")
                 with gr.Tabs():
                     with gr.Tab("🎙️ Microphone"):
                         mic = gr.Audio(sources=["microphone"], type="filepath", label="Recording")
@@ -246,8 +272,8 @@ def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = N
                             cookies = gr.File(label="cookies.txt", file_types=[".txt"], type="filepath")
                         url_button = gr.Button("Transcribe link", variant="primary")
                 gr.Markdown(
-                    f"Model: `{config.model_id}` · limit {format_duration(config.max_duration_s)} "
-                    f"and {config.max_upload_mb:.0f} MB per input")
+                    f"Model: `{settings.model_id}` · limit {format_duration(settings.max_duration_s)} "
+                    f"and {settings.max_upload_mb:.0f} MB per input")
             with gr.Column(scale=7):
                 status = gr.Markdown(elem_classes="status-line")
                 text = gr.Textbox(label="Transcript", lines=8, max_lines=20, buttons=["copy"])
@@ -255,20 +281,23 @@ def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = N
                 segments = gr.Dataframe(headers=["start", "end", "text"], datatype=["str", "str", "str"],
                                         label="Segments", interactive=False, wrap=True,
                                         column_widths=["15%", "15%", "70%"], max_height=400)
+        choices = [script, output, hotwords]
         outputs = [status, text, segments, files]
-        mic_button.click(_handler(handlers, "microphone"), [mic, script], outputs,
+        mic_button.click(_handler(handlers, "microphone"), [mic, *choices], outputs,
                          api_name="transcribe_microphone")
-        file_button.click(_handler(handlers, "file"), [upload, script], outputs, api_name="transcribe_file")
-        url_button.click(_handler(handlers, "url"), [url, script, cookies], outputs, api_name="transcribe_url")
-        url.submit(_handler(handlers, "url"), [url, script, cookies], outputs, api_name=False)
+        file_button.click(_handler(handlers, "file"), [upload, *choices], outputs, api_name="transcribe_file")
+        url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name="transcribe_url")
+        url.submit(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name=False)
 
-    demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue)
-    demo.launch = functools.partial(
-        type(demo).launch, demo, max_file_size=f"{config.max_upload_mb:g}mb", css=CSS,
-        theme=gr.themes.Soft())
+    demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)
     return demo
 
 
-def main() -> None:
-    """``python app.py``: serve on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (0.0.0.0:7860 on a Space)."""
-    build_app().launch()
+def launch_options(settings: Optional[ServeSettings] = None) -> dict:
+    """``demo.launch`` arguments the app needs: the upload size cap (enforced by the
+    server, 413 beyond it), the theme and CSS. Other arguments may be added
+    (``share=True`` in Colab)."""
+    import gradio as gr
+
+    settings = settings or ServeSettings.from_env()
+    return dict(max_file_size=f"{settings.max_upload_mb:g}mb", css=CSS, theme=gr.themes.Soft())

@@ -9,6 +9,7 @@ message and an exit code (``WHISPER_ZH_DEBUG=1`` shows the traceback instead).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import os
@@ -21,6 +22,23 @@ COMMANDS = {
     "transcribe": ("whisper_zh.transcribe", "main", "transcribe a file or a URL, write subtitles"),
     "export": ("whisper_zh.export", "main", "convert a model to CTranslate2 for fast CPU serving"),
 }
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that also takes the underscore spelling of a dashed option
+    (``--batch_size`` for ``--batch-size``): ``whisper-zh train`` spells its options with
+    underscores (transformers' HfArgumentParser), so either spelling works everywhere."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        known = {option for action in self._actions for option in action.option_strings}
+        fixed = []
+        for arg in list(sys.argv[1:] if args is None else args):
+            name, equals, value = arg.partition("=")
+            dashed = name.replace("_", "-")
+            if name.startswith("--") and name not in known and dashed in known:
+                arg = dashed + equals + value
+            fixed.append(arg)
+        return super().parse_known_args(fixed, namespace)
 
 
 def _usage() -> str:

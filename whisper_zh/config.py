@@ -94,3 +94,64 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _env_flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything an operator of the app (a Space's "Variables" tab), the engine or the
+    command line may set from the environment; each variable is named and parsed here only.
+
+    ``ServeSettings.from_env()`` reads them; the fields' defaults are what an unset
+    variable means.
+    """
+
+    model_id: str = DEFAULT_MODEL  # MODEL_ID: Hub id or local directory
+    backend: str = "auto"  # BACKEND: auto | transformers | ct2
+    max_duration_s: float = 3600.0  # MAX_DURATION_S: longest input accepted
+    max_upload_mb: float = 500.0  # MAX_UPLOAD_MB: largest upload or download accepted
+    # CONCURRENCY_LIMIT: transcriptions at once; a second would double peak memory
+    concurrency_limit: int = 1
+    max_queue: int = 32  # MAX_QUEUE: requests allowed to wait
+    batch_size: Optional[int] = None  # BATCH_SIZE: windows per model call (None: the engine's default)
+    cookies: Optional[str] = None  # YTDLP_COOKIES: the operator's cookies.txt for YouTube
+    allow_private_urls: bool = False  # ALLOW_PRIVATE_URLS: links may reach private addresses
+
+    ENVIRONMENT = {  # field -> variable
+        "model_id": "MODEL_ID", "backend": "BACKEND", "max_duration_s": "MAX_DURATION_S",
+        "max_upload_mb": "MAX_UPLOAD_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
+        "batch_size": "BATCH_SIZE", "cookies": "YTDLP_COOKIES", "allow_private_urls": "ALLOW_PRIVATE_URLS",
+    }
+
+    @classmethod
+    def from_env(cls, environ=None) -> "ServeSettings":
+        """The settings the environment gives; unset or empty variables keep the defaults.
+
+        Raises:
+            ValueError: a variable that does not parse, naming it.
+        """
+        import dataclasses
+        import typing
+
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, variable in cls.ENVIRONMENT.items():
+            raw = (environ.get(variable) or "").strip()
+            if not raw:
+                continue
+            kind = hints[name]
+            kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
+            try:
+                values[name] = _env_flag(raw) if kind is bool else kind(raw)
+            except ValueError:
+                raise ValueError(f"{variable}={raw!r} is not a valid {kind.__name__}") from None
+        settings = cls(**values)
+        return dataclasses.replace(settings, backend=settings.backend.lower())
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)

@@ -38,12 +38,12 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 import numpy as np
 
 from whisper_zh.audio import CHUNK_LENGTH, SAMPLE_RATE
+from whisper_zh.config import ServeSettings
 from whisper_zh.media import format_duration, is_url, load_media
 from whisper_zh.text import CHARACTER_LANGUAGES, convert_script
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "openai/whisper-small"
 BACKENDS = ("auto", "transformers", "ct2")
 # Beam search where it is cheap: on 2 CPU cores, 42 min of zh-cv-mini, whisper-base
 # int8, CTranslate2's beam 5 took 18% longer than greedy and cut CER from 0.213 to 0.177
@@ -324,8 +324,11 @@ class Transcriber:
 
     def __init__(self, model_id: Optional[str] = None, *, backend: Optional[str] = None,
                  device: Optional[str] = None, options: Optional[TranscribeOptions] = None):
-        self.model_id = model_id or os.environ.get("MODEL_ID") or DEFAULT_MODEL_ID
-        choice = (backend or os.environ.get("BACKEND") or "auto").lower()
+        if model_id is None or backend is None:
+            settings = ServeSettings.from_env()
+            model_id, backend = model_id or settings.model_id, backend or settings.backend
+        self.model_id = model_id
+        choice = backend.lower()
         if choice not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {choice!r}")
         self.device = device or default_device()
@@ -415,8 +418,9 @@ class Transcriber:
         starts = [int(a) for a in bounds[:-1]]
         for segment in self.iter_segments(np.concatenate(clips) if clips else np.zeros(0, np.float32), options,
                                           progress=progress, windows=windows):
-            # a segment belongs to the clip its start falls in
-            clip = bisect.bisect_right(starts, int(round(segment.start * SAMPLE_RATE))) - 1
+            # a segment belongs to the clip its middle falls in (its start is rounded to the
+            # millisecond, and can fall a few samples before its clip's)
+            clip = bisect.bisect_right(starts, (segment.start + segment.end) / 2 * SAMPLE_RATE) - 1
             texts[max(clip, 0)].append(segment.text)
         joiner = "" if options.language in CHARACTER_LANGUAGES else " "
         return [joiner.join(t).strip() for t in texts]
@@ -438,8 +442,8 @@ _engines_lock = threading.Lock()
 def get_transcriber(model_id: Optional[str] = None, *, backend: Optional[str] = None,
                     device: Optional[str] = None) -> Transcriber:
     """The process-wide :class:`Transcriber` for these arguments, loaded on first use."""
-    key = (model_id or os.environ.get("MODEL_ID") or DEFAULT_MODEL_ID,
-           (backend or os.environ.get("BACKEND") or "auto").lower(), device)
+    settings = ServeSettings.from_env()
+    key = (model_id or settings.model_id, (backend or settings.backend).lower(), device)
     with _engines_lock:
         if key not in _engines:
             _engines[key] = Transcriber(key[0], backend=key[1], device=device)
@@ -450,93 +454,135 @@ def get_transcriber(model_id: Optional[str] = None, *, backend: Optional[str] = 
 # Command line
 # ---------------------------------------------------------------------------
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    from whisper_zh.cli import ArgumentParser
+    from whisper_zh.subtitles import CHINESE_STYLE, DEFAULT_FORMATS, FORMATS, LATIN_STYLE
+    from whisper_zh.text import SCRIPT_NAMES
+
+    parser = ArgumentParser(
         prog="whisper-zh transcribe",
-        description="Transcribe Chinese speech from a media file or a link (YouTube or any site "
-                    "yt-dlp supports) and print the text. Long inputs are cut into 30 s windows "
-                    "decoded in batches.",
+        description="Transcribe Chinese speech from media files, folders or links (YouTube or any site "
+                    "yt-dlp supports): print the text, write subtitles. Long inputs are cut into "
+                    "windows of at most 30 s decoded in batches.",
         epilog="examples:\n"
                "  whisper-zh transcribe talk.mp4 --srt talk.srt\n"
-               "  whisper-zh transcribe https://www.youtube.com/watch?v=... --script traditional\n"
-               "  whisper-zh transcribe lecture.m4a --model you/whisper-small-zh --vtt lecture.vtt",
+               "  whisper-zh transcribe https://www.youtube.com/watch?v=... --script taiwan --vtt talk.vtt\n"
+               "  whisper-zh transcribe interview.m4a --hotwords '小米 澎湃OS' --formats srt,json,bilingual\n"
+               "  whisper-zh transcribe recordings/ --output-dir subs --formats srt,txt   # a whole folder\n"
+               "  accelerate launch -m whisper_zh transcribe recordings/ --output-dir subs  # on every GPU",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", metavar="FILE_OR_URL", help="audio/video file, or an http(s) link")
+    parser.add_argument("sources", nargs="+", metavar="FILE_DIR_GLOB_OR_URL",
+                        help="media files, folders (searched recursively), glob patterns, or http(s) links")
     parser.add_argument("--model", default=None,
-                        help=f"Hub id or local directory (default: $MODEL_ID or {DEFAULT_MODEL_ID})")
-    parser.add_argument("--srt", metavar="PATH", help="write SubRip subtitles here")
-    parser.add_argument("--vtt", metavar="PATH", help="write WebVTT subtitles here")
-    parser.add_argument("--txt", metavar="PATH", help="write the text, one segment per line, here")
-    parser.add_argument("--script", choices=["simplified", "traditional", "original"], default="simplified",
-                        help="Chinese characters of the output (default: simplified)")
+                        help="Hub id or local directory (default: $MODEL_ID or %s)" % ServeSettings.model_id)
     parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="inference backend (default: $BACKEND or auto: ct2 on CPU when available)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
-    parser.add_argument("--batch-size", type=int, default=TranscribeOptions.batch_size,
-                        help="30 s windows decoded together (default: %(default)s)")
-    parser.add_argument("--beam-size", type=int, default=TranscribeOptions.beam_size,
-                        help="1 = greedy (default: 5 with the ct2 backend, 1 with transformers)")
-    parser.add_argument("--language", default="zh", help="spoken language (default: zh)")
-    parser.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
-                        help="refuse longer inputs (default: $MAX_DURATION_S or 3600)")
-    parser.add_argument("--cookies", metavar="COOKIES_TXT", default=None,
-                        help="cookies.txt for yt-dlp, for YouTube's sign-in check (default: $YTDLP_COOKIES)")
-    parser.add_argument("--segments", action="store_true", help="print [start --> end] text lines instead")
+                        help="inference backend (default: $BACKEND or auto: ct2 on a CPU, transformers on a GPU)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output-dir", metavar="DIR", default=None,
+                     help="write every input's subtitle files here (folders: the same tree below DIR)")
+    out.add_argument("--formats", default=None, metavar="LIST",
+                     help=f"with --output-dir: comma-separated, of {','.join(FORMATS)} "
+                          f"(default: {','.join(DEFAULT_FORMATS)}); bilingual adds an English translation pass")
+    for fmt in ("srt", "vtt", "txt", "json"):
+        out.add_argument(f"--{fmt}", metavar="PATH", help=f"write the {fmt} file of a single input here")
+    out.add_argument("--segments", action="store_true", help="print [start --> end] text lines instead of the text")
+    out.add_argument("--script", choices=SCRIPT_NAMES, default="simplified",
+                     help="Chinese characters of the output (default: simplified)")
+    out.add_argument("--line-width", type=int, default=None,
+                     help=f"subtitle line width in Chinese characters (default: {CHINESE_STYLE.max_line_width}; "
+                          f"{LATIN_STYLE.max_line_width} Latin characters for other languages)")
+    out.add_argument("--max-lines", type=int, default=None,
+                     help=f"lines per subtitle (default: {CHINESE_STYLE.max_lines})")
+    out.add_argument("--keep-punctuation", action="store_true",
+                     help="keep ，。 in subtitles (default: replaced by spaces, as Chinese subtitles are written)")
+    dec = parser.add_argument_group("decoding")
+    dec.add_argument("--language", default=TranscribeOptions.language, help="spoken language (default: zh)")
+    dec.add_argument("--task", choices=["transcribe", "translate"], default=TranscribeOptions.task,
+                     help="translate: English text from Chinese speech (Whisper's own task)")
+    dec.add_argument("--prompt", default=None,
+                     help="text that leads every window's prompt, e.g. '以下是普通话的句子。' for punctuation")
+    dec.add_argument("--hotwords", default=None, help="names and terms to prefer, e.g. '小米 澎湃OS'")
+    dec.add_argument("--batch-size", type=int, default=None,
+                     help=f"windows decoded together (default: $BATCH_SIZE or {TranscribeOptions.batch_size})")
+    dec.add_argument("--beam-size", type=int, default=None,
+                     help="1 = greedy (default: 5 with the ct2 backend, 1 with transformers)")
+    dec.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                     help="refuse longer inputs (default: $MAX_DURATION_S or 3600)")
+    dec.add_argument("--cookies", metavar="COOKIES_TXT", default=None,
+                     help="cookies.txt for yt-dlp, for YouTube's sign-in check (default: $YTDLP_COOKIES)")
     return parser
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``whisper-zh transcribe``: prints the transcript to stdout, progress to stderr."""
-    from whisper_zh.media import AudioDecodeError, DownloadError, MediaTooLongError, download_audio
-    from whisper_zh.subtitles import format_timestamp, write_subtitles
+    """``whisper-zh transcribe``: one input prints its transcript to stdout; several
+    inputs, a folder or a glob are a batch job (:mod:`whisper_zh.folder`)."""
+    from whisper_zh.media import download_audio
+    from whisper_zh.subtitles import FORMATS, default_style, format_timestamp, write_all, write_subtitles
 
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    max_duration = args.max_duration or _env_float("MAX_DURATION_S", 3600.0)
-    options = TranscribeOptions(language=args.language, script=args.script, batch_size=args.batch_size,
-                                beam_size=args.beam_size, max_duration_s=max_duration)
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    settings = ServeSettings.from_env()
+    max_duration = args.max_duration or settings.max_duration_s
+    options = TranscribeOptions(language=args.language, task=args.task, script=args.script,
+                                batch_size=args.batch_size or settings.batch_size or TranscribeOptions.batch_size,
+                                beam_size=args.beam_size, prompt=args.prompt, hotwords=args.hotwords,
+                                max_duration_s=max_duration)
+    formats = [f.strip() for f in (args.formats or "").split(",") if f.strip()] or None
+    unknown = sorted(set(formats or ()) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    base = default_style(language="en" if args.task == "translate" else args.language)
+    style = replace(base, max_line_width=args.line_width or base.max_line_width,
+                    max_lines=args.max_lines or base.max_lines,
+                    keep_punctuation=args.keep_punctuation or base.keep_punctuation)
+    single = len(args.sources) == 1 and (is_url(args.sources[0]) or os.path.isfile(args.sources[0]))
+    if not single:
+        from whisper_zh.folder import transcribe_folder
+
+        if not args.output_dir:
+            raise ValueError("several inputs, a folder or a glob need --output-dir")
+        summary = transcribe_folder(args.sources, args.output_dir, formats or None, model=args.model,
+                                    backend=args.backend, device=args.device, options=options, style=style)
+        return 1 if summary.failed else 0
 
     def report(fraction: float, message: str) -> None:
         print(f"\r[{fraction:4.0%}] {message:<60}", end="", file=sys.stderr, flush=True)
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="whisper-zh-") as tmp:
-            source = args.source
-            if is_url(source):
-                print(f"downloading {source}", file=sys.stderr)
-                source = download_audio(source, tmp, cookies=args.cookies, max_duration_s=max_duration,
-                                        progress=report)
-                print(file=sys.stderr)
-            audio = load_media(source, max_duration_s=max_duration)
-            engine = Transcriber(args.model, backend=args.backend, device=args.device, options=options)
-            print(f"{engine}: {format_duration(len(audio) / SAMPLE_RATE)} of audio", file=sys.stderr)
-            result = engine.transcribe(audio, progress=report)
+    with tempfile.TemporaryDirectory(prefix="whisper-zh-") as tmp:
+        source = args.sources[0]
+        if is_url(source):
+            logger.info("downloading %s", source)
+            source = download_audio(source, tmp, cookies=args.cookies or settings.cookies,
+                                    max_duration_s=max_duration, max_bytes=settings.max_bytes, progress=report)
             print(file=sys.stderr)
-    except NoSpeechError:
-        print("\nno speech found", file=sys.stderr)
-        return 0
-    except (AudioDecodeError, DownloadError, MediaTooLongError, FileNotFoundError, ValueError) as err:
-        print(f"\nwhisper-zh transcribe: error: {err}", file=sys.stderr)
-        return 1
-    print(f"{result.duration:.1f} s of audio in {result.elapsed_s:.1f} s ({result.speed:.1f}x real time)",
-          file=sys.stderr)
-    for fmt in ("srt", "vtt", "txt"):
+        audio = load_media(source, max_duration_s=max_duration, max_bytes=settings.max_bytes)
+        engine = Transcriber(args.model, backend=args.backend, device=args.device, options=options)
+        logger.info("%s: %s of audio", engine, format_duration(len(audio) / SAMPLE_RATE))
+        try:
+            result = engine.transcribe(audio, progress=report)
+        except NoSpeechError:
+            print(file=sys.stderr)
+            logger.info("no speech found")
+            return 0
+        print(file=sys.stderr)
+        translation = None
+        if formats and "bilingual" in formats:
+            translation = engine.transcribe(audio, task="translate", script="original", progress=report).segments
+            print(file=sys.stderr)
+    logger.info("%.1f s of audio in %.1f s (%.1fx real time)", result.duration, result.elapsed_s, result.speed)
+    for fmt in ("srt", "vtt", "txt", "json"):
         path = getattr(args, fmt)
         if path:
-            write_subtitles(result.segments, path, fmt)
-            print(f"wrote {path}", file=sys.stderr)
+            logger.info("wrote %s", write_subtitles(result.segments, path, fmt, style=style))
+    if args.output_dir:
+        stem = "transcript" if is_url(args.sources[0]) else os.path.splitext(os.path.basename(args.sources[0]))[0]
+        for path in write_all(result.segments, args.output_dir, stem, formats or None,
+                              style=style, translation=translation).values():
+            logger.info("wrote %s", path)
     if args.segments:
         for s in result.segments:
             print(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}] {s.text}")
     else:
         print(result.text)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
