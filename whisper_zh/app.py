@@ -27,6 +27,7 @@ from whisper_zh.media import (
     DownloadError,
     MediaTooLongError,
     download_audio,
+    download_deadline_s,
     format_duration,
     is_url,
     load_media,
@@ -37,6 +38,9 @@ from whisper_zh.transcribe import DEFAULT_MODEL_ID, NoSpeechError, TranscribeOpt
 PARTIAL_EVERY_S = 10.0
 
 NO_SPEECH = "No speech found: the input is silent or holds only noise or music."
+
+OUT_OF_MEMORY = ("The server ran out of memory on this input. Try a shorter or smaller file, "
+                 "or ask the operator to lower MAX_DURATION_S or BATCH_SIZE.")
 
 SCRIPTS = [("简体 Simplified", "simplified"), ("繁體 Traditional", "traditional")]
 
@@ -58,6 +62,7 @@ class AppConfig:
     max_queue: int = field(default_factory=lambda: int(_env("MAX_QUEUE", "32")))
     batch_size: int = field(default_factory=lambda: int(_env("BATCH_SIZE", str(TranscribeOptions.batch_size))))
     cookies: Optional[str] = field(default_factory=lambda: os.environ.get("YTDLP_COOKIES") or None)
+    download_deadline_s: float = field(default_factory=download_deadline_s)
 
     @property
     def max_bytes(self) -> int:
@@ -88,7 +93,8 @@ class Handlers:
 
         Everything written -- the download, the subtitle files -- lives in one temporary
         directory per request, removed when the generator finishes (Gradio has copied
-        the files it serves by then) or is closed.
+        the files it serves by then) or is closed. ``cookies`` is the visitor's upload:
+        deleted then too, since the page promises it serves this request only.
         """
         report = progress or (lambda fraction, desc=None: None)
         workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-request-"))
@@ -127,6 +133,8 @@ class Handlers:
             yield (status, text, _rows(segments), [str(files[f]) for f in ("srt", "vtt", "txt")])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            if cookies:
+                Path(cookies).unlink(missing_ok=True)
 
     def _fetch(self, kind: str, source: Optional[str], cookies: Optional[str], workdir: Path, report) -> str:
         if kind == "url":
@@ -139,7 +147,7 @@ class Handlers:
             return str(download_audio(
                 url, workdir / "download", cookies=cookies or self.config.cookies,
                 max_duration_s=self.config.max_duration_s, max_bytes=self.config.max_bytes,
-                progress=lambda f, msg: report(f, desc=msg)))
+                deadline_s=self.config.download_deadline_s, progress=lambda f, msg: report(f, desc=msg)))
         if not source:
             raise UserError("Record something first." if kind == "microphone" else "Upload a file first.")
         if not os.path.isfile(source):
@@ -179,6 +187,9 @@ def _handler(handlers: Handlers, kind: str):
         except (UserError, DownloadError, MediaTooLongError, FileNotFoundError) as err:
             message = str(err)
             raise gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe") from None
+        except MemoryError:
+            # the request's arrays are unreachable once this frame is left; the app goes on
+            raise gr.Error(OUT_OF_MEMORY, title="Cannot transcribe") from None
 
     handle.__name__ = f"transcribe_{kind}"
     return handle
