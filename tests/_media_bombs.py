@@ -126,28 +126,52 @@ BOMBS = [
 # Runs in a fresh interpreter: imports everything decoding needs, caps the address
 # space at what it holds then plus the budget, and decodes. ffmpeg, a process of its
 # own whose threads reserve address space by the hundred MB, starts uncapped; its peak
-# RSS is reported apart.
+# is sampled apart. Peaks are VmHWM, not ru_maxrss: a child started by vfork inherits
+# its parent's ru_maxrss (a test process holding a model would hide everything).
 _CHILD = r"""
-import functools, json, resource, subprocess, sys, time
+import functools, json, re, resource, subprocess, sys, threading, time
 import numpy as np, soundfile, soxr, imageio_ffmpeg
 from whisper_zh import media
+
+def hwm(pid="self"):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) * 1024
+    except (OSError, AttributeError):  # gone, or a zombie
+        return None
+
+watchers, ffmpeg_peaks = [], [0]
+
+def watch(pid):
+    while (peak := hwm(pid)) is not None:
+        ffmpeg_peaks[0] = max(ffmpeg_peaks[0], peak)
+        time.sleep(0.02)
+
+def start(self, *args, _start=subprocess.Popen.__init__, **kwargs):
+    _start(self, *args, **kwargs)
+    watchers.append(threading.Thread(target=watch, args=(self.pid,), daemon=True))
+    watchers[-1].start()
+
 args = json.loads(sys.argv[1])
 if args["budget"]:
     with open("/proc/self/statm") as f:
         mapped = int(f.read().split()[0]) * resource.getpagesize()
     resource.setrlimit(resource.RLIMIT_AS, (mapped + args["budget"], resource.RLIM_INFINITY))
     uncap = lambda: resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    subprocess.Popen.__init__ = functools.partialmethod(subprocess.Popen.__init__, preexec_fn=uncap)
-usage = lambda who: resource.getrusage(who).ru_maxrss * 1024
-before = usage(resource.RUSAGE_SELF)
+    start = functools.partialmethod(start, preexec_fn=uncap)
+subprocess.Popen.__init__ = start
+before = hwm()
 started = time.perf_counter()
 try:
     audio = media.load_media(args["path"], max_duration_s=args["limit"], max_bytes=args["max_bytes"])
-    result = {"samples": int(audio.size), "rms": float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))}
+    seconds, peak = time.perf_counter() - started, hwm()  # before the RMS below allocates
+    result = {"samples": int(audio.size), "rms": float(np.sqrt(np.mean(np.square(audio))))}
 except BaseException as err:
+    seconds, peak = time.perf_counter() - started, hwm()
     result = {"error": type(err).__name__, "message": str(err)}
-result.update(seconds=time.perf_counter() - started, baseline=before, peak=usage(resource.RUSAGE_SELF),
-              ffmpeg_peak=usage(resource.RUSAGE_CHILDREN))
+for watcher in watchers:
+    watcher.join()
+result.update(seconds=seconds, baseline=before, peak=peak, ffmpeg_peak=ffmpeg_peaks[0])
 print(json.dumps(result))
 """
 
@@ -160,14 +184,15 @@ def decode_capped(path: Path, limit: Optional[float], *, budget: int = 0, max_by
     Returns:
         {"samples", "rms"} or {"error", "message"}, plus "seconds" (load_media's wall
         time), "baseline" and "peak" (the child's peak RSS in bytes before and after
-        load_media) and "ffmpeg_peak" (the largest ffmpeg it ran, bytes).
+        load_media) and "ffmpeg_peak" (the largest ffmpeg it ran, sampled every 20 ms, bytes).
     """
     # one malloc arena: each thread's own would reserve 64 MB of the capped address space
     env = dict(os.environ, PYTHONPATH=str(code), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MALLOC_ARENA_MAX="1")
     args = json.dumps({"path": str(path), "limit": limit, "budget": budget, "max_bytes": max_bytes})
+    # cwd: ``python -c`` puts it first on sys.path, ahead of PYTHONPATH
     proc = subprocess.run([sys.executable, "-c", _CHILD, args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+                          timeout=timeout, cwd=code)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         return {"error": f"exit {proc.returncode}", "message": proc.stderr[-500:], "seconds": None,
