@@ -76,14 +76,18 @@ _UNREAD_SLACK = 1 << 16
 
 
 class _Samples:
-    """16 kHz mono float32 samples appended block by block into one array that grows in
-    place (``ndarray.resize`` is a ``realloc``, which moves pages of large blocks instead
-    of copying them), so that peak memory is the result plus one block. Past ``limit``
-    samples it raises :class:`MediaTooLongError` at once, while decoding."""
+    """16 kHz mono float32 samples appended block by block into one array, so that peak
+    memory is the result plus one block. Past ``limit`` samples it raises
+    :class:`MediaTooLongError` at once, while decoding.
+
+    With a limit and no header to trust, the array is allocated at the limit at once:
+    ``np.empty`` maps pages that take memory only once written, and ``result`` gives the
+    unwritten tail back (a shrinking ``realloc``). Growing instead would cost memory:
+    ``ndarray.resize`` zero-fills what it adds."""
 
     def __init__(self, limit: Optional[int], expected: int = 0, message: str = ""):
         self.limit, self.message, self.size = limit, message, 0
-        capacity = expected or CHUNK_LENGTH * SAMPLE_RATE
+        capacity = expected or (CHUNK_LENGTH * SAMPLE_RATE if limit is None else limit + 1)
         self.data = np.empty(capacity if limit is None else min(capacity, limit + 1), np.float32)
 
     def reserve(self, count: int) -> None:
