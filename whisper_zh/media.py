@@ -70,6 +70,7 @@ _SANE_RATE = 192_000
 # whole Common Voice clip, so that the training path resamples it in one go
 _BLOCK_SAMPLES = 1 << 21
 _PIPE_BYTES = 1 << 16  # ffmpeg output read at a time (one pipe buffer)
+_HEADROOM = _PIPE_BYTES // 4 + 1  # samples: one more read always fits, even one past the limit
 # Bytes a header-accounted decode may leave unread (tags, trailing chunks) before the
 # header is taken to understate the stream (an MP3 whose Xing frame count lies).
 _UNREAD_SLACK = 1 << 16
@@ -80,22 +81,27 @@ class _Samples:
     memory is the result plus one block. Past ``limit`` samples it raises
     :class:`MediaTooLongError` at once, while decoding.
 
-    With a limit and no header to trust, the array is allocated at the limit at once:
-    ``np.empty`` maps pages that take memory only once written, and ``result`` gives the
-    unwritten tail back (a shrinking ``realloc``). Growing instead would cost memory:
-    ``ndarray.resize`` zero-fills what it adds."""
+    The array is allocated once, at the size the header announces or, with no header to
+    trust, at the limit plus one read: ``np.empty`` maps pages that take memory only
+    once written, and ``result`` gives the unwritten tail back (a shrinking
+    ``realloc``). Growing is the exception (no limit, or a header a little short), as it
+    costs memory: ``ndarray.resize`` zero-fills what it adds, and a full array is copied.
+    """
 
     def __init__(self, limit: Optional[int], expected: int = 0, message: str = ""):
         self.limit, self.message, self.size = limit, message, 0
-        capacity = expected or (CHUNK_LENGTH * SAMPLE_RATE if limit is None else limit + 1)
-        self.data = np.empty(capacity if limit is None else min(capacity, limit + 1), np.float32)
+        if expected:
+            capacity = expected + _HEADROOM
+        else:
+            capacity = CHUNK_LENGTH * SAMPLE_RATE if limit is None else limit + 1 + _HEADROOM
+        self.data = np.empty(capacity if limit is None else min(capacity, limit + 1 + _HEADROOM), np.float32)
 
     def reserve(self, count: int) -> None:
         needed = self.size + count
         if needed > len(self.data):
             capacity = max(needed, 2 * len(self.data))
             if self.limit is not None:
-                capacity = min(capacity, self.limit + 1 + count)
+                capacity = min(capacity, self.limit + 1 + max(count, _HEADROOM))
             self.data.resize(capacity, refcheck=False)
 
     def grew(self, count: int) -> None:
@@ -180,7 +186,7 @@ def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples) -> np.ndarray:
     received = 0  # bytes; a float32 sample can arrive split across two reads
     try:
         while True:
-            out.reserve(_PIPE_BYTES // 4 + 1)
+            out.reserve(_HEADROOM)
             with memoryview(out.data) as array, array.cast("B") as raw, raw[received:] as free:
                 count = proc.stdout.readinto(free[:_PIPE_BYTES])
             if not count:
@@ -570,7 +576,9 @@ def _budgeted_youtubedl():
     class _BudgetedYoutubeDL(yt_dlp.YoutubeDL):
         """yt-dlp's one door to the network, ``urlopen``, with :class:`_Budget` at it."""
 
-        budget: _Budget
+        def __init__(self, params: dict, budget: _Budget):
+            self.budget = budget
+            super().__init__(params)
 
         def urlopen(self, req):
             self.budget.request()
@@ -751,8 +759,7 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
     import yt_dlp
 
     try:
-        with _guarded_thread(not allow_private, budget.deadline), _budgeted_youtubedl()(options) as ydl:
-            ydl.budget = budget
+        with _guarded_thread(not allow_private, budget.deadline), _budgeted_youtubedl()(options, budget) as ydl:
             info = ydl.extract_info(url, download=False)
             if info is None:
                 raise DownloadError(f"no media found at {url}")
