@@ -77,7 +77,7 @@ _UNREAD_SLACK = 1 << 16
 
 
 class _Samples:
-    """16 kHz mono float32 samples appended block by block into one array, so that peak
+    """Mono float32 samples appended block by block into one array, so that peak
     memory is the result plus one block. Past ``limit`` samples it raises
     :class:`MediaTooLongError` at once, while decoding.
 
