@@ -107,3 +107,41 @@ def serve_directory(directory: Path, host: str = "127.0.0.1"):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def serve_routes(routes: dict, host: str = "127.0.0.1"):
+    """Serve ``routes`` ({path: handle(request_handler)}) over HTTP on ``host`` (a free
+    port) in a thread; anything else is 404.
+
+    Yields:
+        (base URL, list of paths requested so far)
+    """
+    requested: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # one request per connection: the end of a body is the end of the stream
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            requested.append(self.path)
+            handle = routes.get(self.path.split("?", 1)[0])
+            if handle is None:
+                self.send_error(404)
+                return
+            try:
+                handle(self)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up, as it should
+
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -17,6 +17,7 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from _media_helpers import make_video, plain_clips, serve_directory, write_wav  # noqa: E402
+from whisper_zh.media import DownloadError  # noqa: E402
 from whisper_zh.text import to_traditional, utterance_cer  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -192,6 +193,54 @@ def test_upload_size_cap(client, app_url, clips):
     assert response.status_code == 413
     with open(clips["wav"], "rb") as f:  # under the cap: accepted
         assert httpx.post(f"{app_url}gradio_api/upload", files={"files": ("r.wav", f, "audio/wav")}).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_bomb_then_out_of_memory_then_a_good_request(client, clips, tmp_path, monkeypatch):
+    """A 30 KB upload that decodes to an hour is refused while decoding; a MemoryError
+    anywhere in a request is a message, not a crash; and the app goes on serving."""
+    from _media_bombs import mkv_flac_silence
+
+    import whisper_zh.app
+
+    bomb = mkv_flac_silence(tmp_path / "bomb.mkv", 3600)
+    assert "longer than the limit of 1:00" in _error(client, "transcribe_file", bomb, "simplified")
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(whisper_zh.app, "load_media", out_of_memory)
+    assert "ran out of memory" in _error(client, "transcribe_file", clips["mp3"], "simplified")
+    monkeypatch.undo()
+    _check_result(_call(client, "transcribe_file", clips["mp3"], "simplified"), clips["rows"][0]["sentence"])
+
+
+def test_visitor_cookies_are_deleted_with_the_request(whisper_base, clips, tmp_path, monkeypatch):
+    """The page says an uploaded cookies.txt serves one request: it is gone when the
+    request ends, whatever happened; the operator's YTDLP_COOKIES is left as it was."""
+    from whisper_zh.app import Handlers, Request, UserError
+    from whisper_zh.config import ServeSettings
+
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    line = "\t".join([".127.0.0.1", "TRUE", "/", "FALSE", "2000000000", "SID", "v"])
+    operator = _write(tmp_path / "operator.txt", f"# Netscape HTTP Cookie File\n{line}\n".encode())
+    handlers = Handlers(ServeSettings(model_id=str(whisper_base), max_duration_s=60, cookies=str(operator)),
+                        transcriber=_NoModel())
+    with serve_directory(clips["folder"]) as (base, _):
+        visitor = _write(tmp_path / "visitor.txt", operator.read_bytes())
+        outputs = list(handlers.run(Request("url", f"{base}/silence.wav", cookies=str(visitor))))
+        assert "No speech found" in outputs[-1].status and not visitor.exists()
+        visitor = _write(tmp_path / "visitor.txt", b"not a cookies file")
+        with pytest.raises(DownloadError, match="Netscape"):
+            list(handlers.run(Request("url", f"{base}/silence.wav", cookies=str(visitor))))
+        assert not visitor.exists()
+        outputs = list(handlers.run(Request("url", f"{base}/silence.wav")))  # the operator's file
+        assert "No speech found" in outputs[-1].status
+    assert operator.read_bytes().endswith(b"\tSID\tv\n")
+    visitor = _write(tmp_path / "visitor.txt", operator.read_bytes())
+    with pytest.raises(UserError):
+        list(handlers.run(Request("url", "just words", cookies=str(visitor))))
+    assert not visitor.exists()
 
 
 def test_request_files_are_cleaned_up(whisper_base, clips, tmp_path, monkeypatch):

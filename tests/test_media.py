@@ -1,14 +1,18 @@
-"""Media: probing, limits, link safety, and downloads through yt-dlp from a server on
-127.0.0.1 (no other address is ever contacted)."""
+"""Media: probing, limits, decompression bombs, link safety, and downloads through
+yt-dlp from servers on 127.0.0.1 and 127.0.0.2 (no other address is ever contacted)."""
 
 from __future__ import annotations
 
+import gzip
+import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
 
-from _media_helpers import make_video, serve_directory, write_wav
+import _media_bombs as bombs
+from _media_helpers import make_video, serve_directory, serve_routes, write_wav
 from whisper_zh import media
 from whisper_zh.media import (
     AudioDecodeError,
@@ -191,3 +195,247 @@ def test_load_media_rejects_non_media(tmp_path):
         load_media(tmp_path / "notes.mp3", max_duration_s=60)
     with pytest.raises(FileNotFoundError):
         load_media(tmp_path / "missing.wav")
+
+
+# -- bombs: small files that decode to hours ------------------------------------------
+
+# Each case runs load_media in a child process whose address space may grow by 256 MB
+# past its imports; the decoder may hold the decoded limit (60 s: 3.8 MB) or the decoded
+# file, plus at most this much. The old decoder held the whole decoded file, at its own
+# rate and as int16 bytes too: each case below needs well over that.
+_BUDGET = 256 << 20
+_SLACK = 40 << 20
+
+
+@pytest.mark.parametrize("make, seconds, limit, expected_s", [
+    (bombs.mkv_flac_silence, 3600, 60, None),
+    (bombs.raw_adts, 1200, 60, None),
+    (bombs.webm_opus_silence, 1200, 60, None),
+    (bombs.many_channels_flac, 3, 60, 3),
+    (bombs.mp3_lying_xing, 90, 60, None),
+    (bombs.mp3_lying_xing, 90, 600, 92),
+    (bombs.wav_zero_data_size, 90, 600, 90),
+], ids=["mkv-flac-no-duration", "raw-adts", "webm-opus-no-duration", "8ch-655khz-flac",
+        "mp3-lying-xing-too-long", "mp3-lying-xing", "wav-data-size-0"])
+def test_bombs_are_refused_or_decoded_within_budget(make, seconds, limit, expected_s, tmp_path):
+    suffix = next(b.suffix for b in bombs.BOMBS if b.make is make)
+    path = make(tmp_path / f"bomb{suffix}", seconds)
+    result = bombs.decode_capped(path, limit, budget=_BUDGET)
+    if expected_s is None:
+        assert result.get("error") == "MediaTooLongError", result
+        assert "longer than the limit of 1:00 (set MAX_DURATION_S" in result["message"]
+        held = limit * 16000 * 4
+    else:
+        assert "error" not in result, result
+        assert abs(result["samples"] / 16000 - expected_s) < 0.5
+        assert (result["rms"] > 0.1) == (make is not bombs.many_channels_flac)  # tones decoded, silence silent
+        held = result["samples"] * 4
+    assert result["peak"] - result["baseline"] < held + _SLACK, result
+
+
+def test_header_that_understates_the_stream_is_not_trusted(tmp_path):
+    """The soundfile path decodes only what the header counts, and checks that this
+    accounts for the file: the audio after a lying Xing header is not dropped."""
+    path = bombs.mp3_lying_xing(tmp_path / "xing.mp3", 20)
+    import soundfile as sf
+
+    assert sf.info(str(path)).duration < 3  # what the header claims
+    assert len(media.load_audio(path)) / 16000 == pytest.approx(22, abs=0.5)
+    assert len(media.load_audio(path.read_bytes())) / 16000 == pytest.approx(22, abs=0.5)
+
+
+def test_long_sane_files_decode_in_blocks_as_in_one_go(tmp_path):
+    """Past one block, soundfile's output is downmixed and resampled block by block;
+    the result matches decoding the whole file at once."""
+    import soundfile as sf
+    import soxr
+
+    rng = np.random.default_rng(0)
+    stereo = rng.uniform(-0.5, 0.5, (48000 * 50, 2)).astype(np.float32)  # 4.8 M samples: three blocks
+    sf.write(str(tmp_path / "s.flac"), stereo, 48000, subtype="PCM_24")
+    whole, _ = sf.read(str(tmp_path / "s.flac"), dtype="float32")
+    expected = soxr.resample(whole.mean(axis=1, dtype=np.float32), 48000, 16000, quality="HQ")
+    audio = load_media(tmp_path / "s.flac", max_duration_s=60)
+    assert audio.shape == expected.shape
+    np.testing.assert_allclose(audio, expected, atol=1e-4)
+    with pytest.raises(MediaTooLongError, match="0:50 long; the limit is 0:40"):
+        load_media(tmp_path / "s.flac", max_duration_s=40)
+
+
+# -- links: what a public "127.0.0.1" may make us do --------------------------------------
+
+@pytest.mark.parametrize("address", [
+    "100.100.100.200", "100.64.0.1", "100.127.255.254", "192.0.0.9", "192.0.0.100", "224.0.0.251",
+    "239.1.2.3", "198.18.0.1", "::ffff:100.64.0.1", "64:ff9b::a00:1", "2002:a00:1::1", "ff02::1", "fe80::1%2",
+])
+def test_internal_addresses(address):
+    assert media._is_internal(address)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::808:808"])
+def test_public_addresses(address):
+    assert not media._is_internal(address)
+
+
+def test_refusals_name_the_host_not_its_address(monkeypatch):
+    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
+    with pytest.raises(UnsafeURLError) as info:
+        check_url("http://localhost:8000/a.mp3")
+    assert "localhost" in str(info.value)
+    assert "127.0.0.1" not in str(info.value) and "::1" not in str(info.value)
+
+
+@pytest.fixture
+def only_127_0_0_1_is_public(monkeypatch):
+    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
+    monkeypatch.setattr(media, "_is_internal", lambda address: address != "127.0.0.1")
+
+
+def _send(body: bytes, content_type: str = "audio/mpeg", **headers):
+    def handle(request):
+        request.send_response(200)
+        request.send_header("Content-Type", content_type)
+        for name, value in headers.items():
+            request.send_header(name.replace("_", "-"), value)
+        request.end_headers()
+        request.wfile.write(body)
+    return handle
+
+
+def test_a_name_for_an_internal_address_is_refused_by_name(only_127_0_0_1_is_public, tmp_path, monkeypatch):
+    """``intranet.test`` resolves to 127.0.0.2 (a stub resolver): the link, and a public
+    page redirecting to it, are refused with the name, never the address."""
+    system = media._system_getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        return system("127.0.0.2" if host == "intranet.test" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(media, "_system_getaddrinfo", resolve)
+    with serve_routes({"/secret.mp3": _send(b"secret")}, host="127.0.0.2") as (inside, hits):
+        port = inside.rsplit(":", 1)[1]
+        target = f"http://intranet.test:{port}/secret.mp3"
+        redirect = {"/a.mp3": lambda r: (r.send_response(302), r.send_header("Location", target), r.end_headers())}
+        with serve_routes(redirect) as (base, _):
+            for link in (target, f"{base}/a.mp3"):
+                with pytest.raises(UnsafeURLError) as info:
+                    download_audio(link, tmp_path / "dl")
+                assert "intranet.test" in str(info.value) and "127.0.0.2" not in str(info.value)
+    assert hits == []
+
+
+def test_hls_never_reaches_an_external_ffmpeg(only_127_0_0_1_is_public, tmp_path, monkeypatch):
+    """An HLS stream yt-dlp cannot decrypt itself is handed to ffmpeg when one is on
+    PATH; ffmpeg resolves names on its own, past the address check. With one on PATH,
+    the internal server (127.0.0.2) must still receive nothing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ffmpeg").symlink_to(media.ffmpeg_exe())
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with serve_routes({"/key": _send(b"0" * 16), "/seg0.ts": _send(b"x" * 188)}, host="127.0.0.2") as (inside, hits):
+        playlist = (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                    f'#EXT-X-KEY:METHOD=SAMPLE-AES,URI="{inside}/key",IV=0x00000000000000000000000000000001\n'
+                    f"#EXTINF:10.0,\n{inside}/seg0.ts\n#EXT-X-ENDLIST\n").encode()
+        with serve_routes({"/audio.m3u8": _send(playlist, "application/vnd.apple.mpegurl")}) as (base, _):
+            with pytest.raises(DownloadError, match="external program"):
+                download_audio(f"{base}/audio.m3u8", tmp_path / "dl")
+    assert hits == []
+
+
+def _stream(total: int, piece: bytes = b"\0" * 65536):
+    def handle(request):  # no Content-Length: the size is known only by receiving it
+        request.send_response(200)
+        request.send_header("Content-Type", "audio/mpeg")
+        request.end_headers()
+        for _ in range(total // len(piece)):
+            request.wfile.write(piece)
+    return handle
+
+
+def _received(folder) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name != "cookies.txt")
+
+
+@pytest.mark.parametrize("route", ["/plain.mp3", "/gzip.mp3"])
+def test_max_bytes_counts_what_is_received(only_127_0_0_1_is_public, tmp_path, route):
+    """8 MB without a Content-Length, and 8 KB of gzip that expand to 8 MB, against a
+    1 MB limit: refused while downloading, with little more than 1 MB written."""
+    bomb = gzip.compress(b"\0" * (8 << 20))
+    routes = {"/plain.mp3": _stream(8 << 20), "/gzip.mp3": _send(bomb, Content_Encoding="gzip")}
+    with serve_routes(routes) as (base, _):
+        with pytest.raises(MediaTooLongError, match="limit of 1 MB"):
+            download_audio(base + route, tmp_path / "dl", max_bytes=1 << 20)
+    assert _received(tmp_path / "dl") < 3 << 20
+
+
+def test_slow_server_meets_the_deadline(only_127_0_0_1_is_public, tmp_path):
+    """One byte every 0.2 s satisfies every per-read timeout; the deadline ends it. The
+    server gives up after 30 s, so that a download without a deadline would complete."""
+    stop = threading.Event()
+
+    def drip(request):
+        request.send_response(200)
+        request.send_header("Content-Type", "audio/mpeg")
+        request.end_headers()
+        for _ in range(150):
+            if stop.wait(0.2):
+                return
+            request.wfile.write(b"\0")
+            request.wfile.flush()
+
+    with serve_routes({"/slow.mp3": drip}) as (base, _):
+        try:
+            with pytest.raises(DownloadError, match="longer than 2 s"):
+                download_audio(f"{base}/slow.mp3", tmp_path / "dl", deadline_s=2)
+        finally:
+            stop.set()
+
+
+def test_pages_refreshing_to_each_other_stop(only_127_0_0_1_is_public, tmp_path):
+    def page(target):
+        html = f'<html><head><meta http-equiv="refresh" content="0; url={target}"></head><body>x</body></html>'
+        return _send(html.encode(), "text/html")
+
+    with serve_routes({"/a.html": page("/b.html"), "/b.html": page("/a.html")}) as (base, requested):
+        with pytest.raises(DownloadError, match="more than 32 requests"):
+            download_audio(f"{base}/a.html", tmp_path / "dl")
+    assert len(requested) <= 33
+
+
+# -- cookies ----------------------------------------------------------------------------
+
+_COOKIE_HEADER = "# Netscape HTTP Cookie File\n"
+
+
+def _cookie_line(value: str) -> str:
+    return "\t".join([".127.0.0.1", "TRUE", "/", "FALSE", "2000000000", "SID", value]) + "\n"
+
+
+def test_malformed_cookies_are_refused_without_their_values(site, tmp_path, capfd, caplog, monkeypatch):
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    base, requested = site
+    bad = tmp_path / "cookies.txt"
+    bad.write_text(_COOKIE_HEADER + _cookie_line("ok-value") + "SID secret-value-123 not tabs\n")
+    with pytest.raises(DownloadError, match="line 3 of the cookies file") as info:
+        download_audio(f"{base}/clip.mp3", tmp_path / "dl", cookies=str(bad))
+    out, err = capfd.readouterr()
+    assert "secret-value" not in out + err + caplog.text + str(info.value)
+    assert requested == []
+    (tmp_path / "json.txt").write_text('[{"name": "SID", "value": "secret-value-123"}]')
+    with pytest.raises(DownloadError, match="Netscape") as info:
+        download_audio(f"{base}/clip.mp3", tmp_path / "dl", cookies=str(tmp_path / "json.txt"))
+    assert "secret-value" not in str(info.value)
+
+
+def test_the_operators_cookies_file_is_never_written(site, tmp_path, monkeypatch, clip):
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    base, _ = site
+    operator = tmp_path / "operator-cookies.txt"
+    operator.write_text(_COOKIE_HEADER + _cookie_line("v1"))
+    operator.chmod(0o400)
+    before = (operator.read_bytes(), operator.stat().st_mtime_ns)
+    monkeypatch.setenv("YTDLP_COOKIES", str(operator))
+    path = download_audio(f"{base}/clip.mp3", tmp_path / "dl")
+    assert path.read_bytes() == clip.read_bytes()
+    assert (operator.read_bytes(), operator.stat().st_mtime_ns) == before
+    copy = tmp_path / "dl" / "cookies.txt"  # what yt-dlp read and rewrote: the request's own
+    assert copy.exists() and copy.stat().st_mode & 0o077 == 0

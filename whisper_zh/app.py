@@ -45,6 +45,9 @@ OUTPUTS = [("中文 Chinese", "transcribe"), ("English translation", "translate"
            ("中英双语 Bilingual", "bilingual")]
 FILE_FORMATS = (*DEFAULT_FORMATS, "json")  # files every result comes with
 
+OUT_OF_MEMORY = ("The server ran out of memory on this input. Try a shorter or smaller file, "
+                 "or ask the operator to lower MAX_DURATION_S or BATCH_SIZE.")
+
 
 class UserError(Exception):
     """A problem with what the user sent; the message is shown to them as is."""
@@ -90,7 +93,8 @@ class Handlers:
 
         Everything written -- the download, the subtitle files -- lives in one temporary
         directory per request, removed when the generator finishes (Gradio has copied
-        the files it serves by then) or is closed.
+        the files it serves by then) or is closed. ``request.cookies`` is the visitor's upload:
+        deleted then too, since the page promises it serves this request only.
         """
         report = progress or (lambda fraction, desc=None: None)
         workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-request-"))
@@ -143,6 +147,8 @@ class Handlers:
             yield Update(status, _text(segments), _rows(segments), [str(files[f]) for f in formats])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            if request.cookies:
+                Path(request.cookies).unlink(missing_ok=True)
 
     def _fetch(self, request: Request, workdir: Path, report) -> str:
         if request.kind == "url":
@@ -155,7 +161,7 @@ class Handlers:
             return str(download_audio(
                 url, workdir / "download", cookies=request.cookies or self.settings.cookies,
                 max_duration_s=self.settings.max_duration_s, max_bytes=self.settings.max_bytes,
-                progress=lambda f, msg: report(f, desc=msg)))
+                deadline_s=self.settings.download_deadline_s, progress=lambda f, msg: report(f, desc=msg)))
         if not request.source:
             raise UserError("Record something first." if request.kind == "microphone" else "Upload a file first.")
         if not os.path.isfile(request.source):
@@ -201,6 +207,9 @@ def _handler(handlers: Handlers, kind: str):
         except (UserError, DownloadError, MediaTooLongError, FileNotFoundError) as err:
             message = str(err)
             raise gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe") from None
+        except MemoryError:
+            # the request's arrays are unreachable once this frame is left; the app goes on
+            raise gr.Error(OUT_OF_MEMORY, title="Cannot transcribe") from None
 
     handle.__name__ = f"transcribe_{kind}"
     return handle

@@ -119,11 +119,13 @@ class ServeSettings:
     batch_size: Optional[int] = None  # BATCH_SIZE: windows per model call (None: the engine's default)
     cookies: Optional[str] = None  # YTDLP_COOKIES: the operator's cookies.txt for YouTube
     allow_private_urls: bool = False  # ALLOW_PRIVATE_URLS: links may reach private addresses
+    download_deadline_s: float = 300.0  # DOWNLOAD_DEADLINE_S: wall-clock limit of one link's download
 
     ENVIRONMENT = {  # field -> variable
         "model_id": "MODEL_ID", "backend": "BACKEND", "max_duration_s": "MAX_DURATION_S",
         "max_upload_mb": "MAX_UPLOAD_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
         "batch_size": "BATCH_SIZE", "cookies": "YTDLP_COOKIES", "allow_private_urls": "ALLOW_PRIVATE_URLS",
+        "download_deadline_s": "DOWNLOAD_DEADLINE_S",
     }
 
     @classmethod
