@@ -350,3 +350,22 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv
     assert ct2_result.text == to_simplified(ct2_result.text)
     # the ct2 engine's segments carry their words, converted to the script asked for
     assert all(s.words and "".join(w.word for w in s.words).strip() == s.text for s in ct2_result.segments)
+
+
+@pytest.mark.slow
+def test_hotwords_fix_a_name_without_hurting_other_clips(base_ct2, zh_cv_mini):
+    """whisper-base writes the film title 精武陈真 as 金武纯真; with it as hotwords it gets
+    it right, and the other clips do not get worse."""
+    from whisper_zh.transcribe import Transcriber
+
+    with open(zh_cv_mini / "test.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    target = next(r for r in rows if r["sentence"] == "精武陈真")
+    others = [r for r in rows if r is not target][:10]
+    clips = [load_audio(zh_cv_mini / "clips" / r["path"]) for r in [target, *others]]
+    engine = Transcriber(str(base_ct2), backend="ct2", device="cpu")
+    plain = engine.transcribe_clips(clips)
+    hot = engine.transcribe_clips(clips, TranscribeOptions(hotwords="精武 陈真"))
+    assert "陈真" not in plain[0] and "精武" in hot[0] and "陈真" in hot[0], (plain[0], hot[0])
+    references = [r["sentence"] for r in others]
+    assert cer(references, hot[1:]) <= cer(references, plain[1:]) + 0.02
