@@ -31,10 +31,13 @@ from whisper_zh.media import (
     is_url,
     load_media,
 )
+from whisper_zh.streaming import LiveTranscriber
 from whisper_zh.subtitles import format_timestamp, write_all
 from whisper_zh.transcribe import DEFAULT_MODEL_ID, NoSpeechError, TranscribeOptions, Transcriber, get_transcriber
 
 PARTIAL_EVERY_S = 10.0
+# the browser sends the live microphone in pieces this long; LiveTranscriber decides when to decode
+LIVE_STREAM_EVERY_S = 0.5
 
 NO_SPEECH = "No speech found: the input is silent or holds only noise or music."
 
@@ -146,6 +149,40 @@ class Handlers:
             raise UserError("The uploaded file is gone; upload it again.")
         return source
 
+    def live_feed(self, live: Optional[LiveTranscriber], chunk: Optional[tuple], script: str
+                  ) -> tuple[LiveTranscriber, str, str]:
+        """One piece of a live recording, ``chunk`` = (sample rate, int16 samples) as
+        Gradio streams it; returns (the recording's state, status, text so far). The first
+        piece starts a :class:`LiveTranscriber`, kept in the session's ``gr.State``."""
+        if live is None:
+            live = LiveTranscriber(self.transcriber, TranscribeOptions(
+                script=script or "simplified", batch_size=self.config.batch_size,
+                max_duration_s=self.config.max_duration_s))
+        if chunk is None:
+            return live, "Listening…", ""
+        sample_rate, samples = chunk
+        update = live.feed(samples, sample_rate)
+        return live, f"🔴 Listening… {format_duration(update.audio_s)}", update.text
+
+    def live_finish(self, live: Optional[LiveTranscriber]) -> Iterator[tuple]:
+        """The recording stopped: confirm the rest, write the subtitle files as for an
+        upload; yields (state reset, status, text, segment rows, [srt, vtt, txt])."""
+        if live is None:
+            yield (None, "Nothing was recorded.", "", [], None)
+            return
+        segments = live.finish()
+        if not segments:
+            yield (None, NO_SPEECH, "", [], None)
+            return
+        workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-live-"))
+        try:
+            files = write_all(segments, workdir, stem="live")
+            status = (f"{format_duration(live.audio_s)} of live audio, {len(segments)} "
+                      f"segment{'s' * (len(segments) != 1)} ({self.transcriber.backend}, {self.transcriber.device}).")
+            yield (None, status, _text(segments), _rows(segments), [str(files[f]) for f in ("srt", "vtt", "txt")])
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
 
 def _text(segments: list) -> str:
     return "".join(s.text for s in segments)
@@ -240,6 +277,10 @@ def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = N
                                         "here. It is used for this request only.")
                             cookies = gr.File(label="cookies.txt", file_types=[".txt"], type="filepath")
                         url_button = gr.Button("Transcribe link", variant="primary")
+                    with gr.Tab("🔴 Live"):
+                        live_mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy",
+                                            label="Speak: the text appears as you talk; stop for the subtitles")
+                        live_state = gr.State(None)
                 gr.Markdown(
                     f"Model: `{config.model_id}` · limit {format_duration(config.max_duration_s)} "
                     f"and {config.max_upload_mb:.0f} MB per input")
@@ -256,6 +297,10 @@ def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = N
         file_button.click(_handler(handlers, "file"), [upload, script], outputs, api_name="transcribe_file")
         url_button.click(_handler(handlers, "url"), [url, script, cookies], outputs, api_name="transcribe_url")
         url.submit(_handler(handlers, "url"), [url, script, cookies], outputs, api_name=False)
+        live_mic.stream(handlers.live_feed, [live_state, live_mic, script], [live_state, status, text],
+                        stream_every=LIVE_STREAM_EVERY_S, time_limit=int(config.max_duration_s),
+                        show_progress="hidden", api_name="transcribe_live")
+        live_mic.stop_recording(handlers.live_finish, [live_state], [live_state, *outputs], api_name=False)
 
     demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue)
     demo.launch = functools.partial(
