@@ -156,7 +156,7 @@ def engine(whisper_base) -> Transcriber:
 
 @pytest.fixture(scope="module")
 def clips(zh_cv_mini) -> list[tuple[np.ndarray, str]]:
-    return [(load_media(zh_cv_mini / "clips" / row["path"]), row["sentence"]) for row in plain_clips(zh_cv_mini, 4)]
+    return [(load_media(zh_cv_mini / "clips" / row["path"]), row["sentence"]) for row in plain_clips(zh_cv_mini, 3)]
 
 
 class Recording:
@@ -171,17 +171,17 @@ class Recording:
 
 
 def test_live_transcriber_on_real_speech(engine, clips):
-    audio, references = joined([a for a, _ in clips]), [r for _, r in clips]
+    audio, references = joined([a for a, _ in clips[:3]]), [r for _, r in clips[:3]]
     recording = Recording(engine)
     # greedy and a decode every 2.5 s of audio: the same mechanics at a third of the cost
-    live = LiveTranscriber(recording, TranscribeOptions(beam_size=1), min_chunk_s=2.5, trim_s=5.0,
-                           max_buffer_s=10.0, keep_up=False)
+    live = LiveTranscriber(recording, TranscribeOptions(beam_size=1), min_chunk_s=2.5, trim_s=4.0,
+                           max_buffer_s=8.0, keep_up=False)
     updates = feed_all(live, audio, piece_s=0.5)
     confirmed = [u.confirmed_text for u in updates]
     assert all(b.startswith(a) for a, b in zip(confirmed, confirmed[1:])), "confirmed text changed"
     first = next(u.audio_s for u in updates if u.confirmed_text)
     assert first < 8.0  # the first words are confirmed while the speaker goes on
-    assert len(audio) / SR > 15.0 and max(recording.reads) <= 10.0 + 2.5 + 0.5
+    assert len(audio) / SR > 12.0 and max(recording.reads) <= 8.0 + 2.5 + 0.5
     segments = live.finish()
     text = "".join(s.text for s in segments)
     assert cer(["".join(references)], [text]) < 0.5, text

@@ -275,11 +275,10 @@ class LiveTranscriber:
             return
         if self.buffer_s <= self.max_buffer_s:
             return
-        # Over the bound with no confirmed segment end close enough: cut after the last
-        # confirmed unit, or else confirm the fewest tentative segments as they stand.
-        if confirmed and end - hypothesis[confirmed - 1].end <= self.max_buffer_s:
-            self._cut(hypothesis[confirmed - 1].end, hypothesis, confirmed, confirmed)
-            return
+        # Over the bound, no segment confirmed to its end close enough: confirm the fewest
+        # tentative segments that bring it under, as they stand. Cuts stay at segment ends
+        # (pauses): a time inside a segment is only estimated, and Whisper garbles audio
+        # that starts in the middle of a word.
         later = [q for q in ends if q > confirmed and end - hypothesis[q - 1].end <= self.max_buffer_s]
         q = later[0] if later else len(hypothesis)
         forced = self._tentative[:q - confirmed]
