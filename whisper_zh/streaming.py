@@ -160,6 +160,7 @@ class LiveTranscriber:
         self._in_buffer: list[_Unit] = []  # the confirmed units the buffer still holds
         self._tentative: list[_Unit] = []  # the last hypothesis after its confirmed part
         self._finished = False
+        self._view: Optional[tuple[str, str, list[Segment]]] = None  # what _update shows, until a decode
 
     # -- public API ---------------------------------------------------------
 
@@ -222,9 +223,15 @@ class LiveTranscriber:
         self._undecoded += len(audio)
 
     def _update(self, decoded_s: float, decode_s: float) -> LiveUpdate:
-        return LiveUpdate(confirmed_text=_join(self._committed).strip(),
-                          tentative_text=_join(self._tentative) if self._committed else _join(self._tentative).strip(),
-                          segments=self.segments, audio_s=self.audio_s, decoded_s=decoded_s, decode_s=decode_s)
+        # browsers send ~10 pieces a second and most do not decode: the text of an hour
+        # of talk is rebuilt only when it changed
+        if self._view is None:
+            tentative = _join(self._tentative)
+            self._view = (_join(self._committed).strip(), tentative if self._committed else tentative.strip(),
+                          self.segments)
+        confirmed, tentative, segments = self._view
+        return LiveUpdate(confirmed_text=confirmed, tentative_text=tentative, segments=segments,
+                          audio_s=self.audio_s, decoded_s=decoded_s, decode_s=decode_s)
 
     def _process(self) -> tuple[float, float]:
         """One decode of the buffer, agreement, trimming; returns (seconds read, seconds taken)."""
@@ -232,7 +239,7 @@ class LiveTranscriber:
         started = time.perf_counter()
         segments = list(self.transcriber.iter_segments(self._audio, self.options))
         elapsed = time.perf_counter() - started
-        self._undecoded, self._last_decode_s = 0, elapsed
+        self._undecoded, self._last_decode_s, self._view = 0, elapsed, None
         hypothesis = [unit for segment in segments
                       for unit in _units(segment, self._offset, self.options.language)]
         if hypothesis:
