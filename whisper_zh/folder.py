@@ -358,7 +358,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]") as bar:
             for (m, targets), weight in zip(mine, weights):
                 result = _transcribe_one(transcriber, m, targets, options, bar, weight, state.process_index)
-                logger.info("%s: %s", m.path, result.status if result.status != DONE else
+                logger.debug("%s: %s", m.path, result.status if result.status != DONE else
                             f"{format_duration(result.duration_s)} in {result.elapsed_s:.1f} s")
                 results.append(result)
     state.wait_for_everyone()
