@@ -31,14 +31,14 @@ def touch(path: Path, data: bytes = b"x") -> Path:
 
 
 def test_find_media(tmp_path):
-    for name in ("a/talk.mp3", "a/deep/er/clip.MP4", "b/talk.mp3", "b/talk.m4a", "b/notes.txt",
+    for name in ("a/talk.mp3", "a/deep/er/clip.MP4", "b/talk.mp3", "b/Talk.m4a", "b/notes.txt",
                  "b/.hidden.mp3", "a/._talk.mp3", ".cache/x.wav", "c.flac"):
         touch(tmp_path / name)
     found = find_media(tmp_path)
     assert [(str(m.path.relative_to(tmp_path)), str(m.stem)) for m in found] == [
         ("a/deep/er/clip.MP4", "a/deep/er/clip"),
         ("a/talk.mp3", "a/talk"),
-        ("b/talk.m4a", "b/talk.m4a"),  # side by side with talk.mp3: both keep their extension
+        ("b/Talk.m4a", "b/Talk.m4a"),  # side by side with talk.mp3: both keep their extension
         ("b/talk.mp3", "b/talk.mp3"),
         ("c.flac", "c"),
     ]
@@ -51,7 +51,11 @@ def test_find_media(tmp_path):
     assert [str(m.stem) for m in pattern] == ["a/talk", "b/talk"]
     assert [str(m.stem) for m in find_media(str(tmp_path / "a*"))] == ["a/deep/er/clip", "a/talk"]
     assert find_media([tmp_path / "a" / "talk.mp3", tmp_path / "a"])[-1] == MediaFile(
-        (tmp_path / "a" / "talk.mp3").resolve(), Path("talk"))  # named twice, transcribed once
+        tmp_path / "a" / "talk.mp3", Path("talk"))  # named twice, transcribed once
+    # a link to media kept elsewhere takes the link's place in the layout
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "talk.wav").symlink_to(touch(tmp_path / "elsewhere" / "x.wav"))
+    assert [str(m.stem) for m in find_media(tmp_path / "linked")] == ["talk"]
     with pytest.raises(FileNotFoundError):
         find_media(tmp_path / "missing")
     with pytest.raises(FileNotFoundError):

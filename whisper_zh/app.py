@@ -36,8 +36,6 @@ from whisper_zh.subtitles import format_timestamp, write_all
 from whisper_zh.transcribe import DEFAULT_MODEL_ID, NoSpeechError, TranscribeOptions, Transcriber, get_transcriber
 
 PARTIAL_EVERY_S = 10.0
-# the browser sends the live microphone in pieces this long; LiveTranscriber decides when to decode
-LIVE_STREAM_EVERY_S = 0.5
 
 NO_SPEECH = "No speech found: the input is silent or holds only noise or music."
 
@@ -297,9 +295,9 @@ def build_app(model_id: Optional[str] = None, *, config: Optional[AppConfig] = N
         file_button.click(_handler(handlers, "file"), [upload, script], outputs, api_name="transcribe_file")
         url_button.click(_handler(handlers, "url"), [url, script, cookies], outputs, api_name="transcribe_url")
         url.submit(_handler(handlers, "url"), [url, script, cookies], outputs, api_name=False)
+        # every piece the browser sends is an event; LiveTranscriber decides when to decode
         live_mic.stream(handlers.live_feed, [live_state, live_mic, script], [live_state, status, text],
-                        stream_every=LIVE_STREAM_EVERY_S, time_limit=int(config.max_duration_s),
-                        show_progress="hidden", api_name="transcribe_live")
+                        time_limit=int(config.max_duration_s), show_progress="hidden", api_name="transcribe_live")
         live_mic.stop_recording(handlers.live_finish, [live_state], [live_state, *outputs], api_name=False)
 
     demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue)

@@ -33,6 +33,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -212,7 +213,8 @@ def find_media(inputs: Union[PathLike, Sequence[PathLike]]) -> list[MediaFile]:
             raise FileNotFoundError(f"no such file or folder: {item}")
     unique: dict[Path, Path] = {}
     for file, base in found:
-        unique.setdefault(file.resolve(), base.resolve())
+        # absolute, not resolved: a symlink inside the folder keeps its place in the layout
+        unique.setdefault(Path(os.path.abspath(file)), Path(os.path.abspath(base)))
     if not unique:
         return []
     # mirror paths relative to the folder all inputs share, so that two inputs' files of
@@ -220,8 +222,9 @@ def find_media(inputs: Union[PathLike, Sequence[PathLike]]) -> list[MediaFile]:
     common = Path(os.path.commonpath([str(base) for base in unique.values()]))
     relative = sorted(file.relative_to(common) for file in unique)
     stems = [r.with_suffix("") for r in relative]
-    clashes = {s for s in stems if stems.count(s) > 1}  # talk.mp3 and talk.mp4 side by side
-    return [MediaFile(common / r, r if s in clashes else s) for r, s in zip(relative, stems)]
+    # talk.mp3 and talk.mp4 side by side (or Talk.mp3, on a case-insensitive disk)
+    counts = Counter(str(s).casefold() for s in stems)
+    return [MediaFile(common / r, r if counts[str(s).casefold()] > 1 else s) for r, s in zip(relative, stems)]
 
 
 # ---------------------------------------------------------------------------
