@@ -89,6 +89,7 @@ def folder_of_clips(root: Path, zh_cv_mini: Path, rows: list[dict], names: list[
     return references
 
 
+@pytest.mark.slow
 def test_folder_transcribes_resumes_and_survives_bad_files(tmp_path, engine, zh_cv_mini, rows):
     import srt
 
@@ -132,7 +133,8 @@ def test_folder_transcribes_resumes_and_survives_bad_files(tmp_path, engine, zh_
         transcribe_folder(src, out, ["srt", "docx"], engine)
 
 
-def test_cli_exit_status_and_summary(tmp_path, engine, zh_cv_mini, rows, capsys, monkeypatch):
+@pytest.mark.slow
+def test_cli_exit_status_and_summary(tmp_path, engine, zh_cv_mini, rows, capsys):
     src = tmp_path / "in"
     folder_of_clips(src, zh_cv_mini, rows[:1], ["one.mp3"])
     model = str(engine.model_id)
@@ -148,6 +150,7 @@ def test_cli_exit_status_and_summary(tmp_path, engine, zh_cv_mini, rows, capsys,
     assert "no such file or folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_splits_files_between_processes(tmp_path, engine, zh_cv_mini, rows):
     """Two processes (gloo on a CPU): each file transcribed exactly once, one summary."""
     src, out = tmp_path / "in", tmp_path / "out"

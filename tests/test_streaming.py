@@ -170,6 +170,7 @@ class Recording:
         return self.inner.iter_segments(audio, options, **kwargs)
 
 
+@pytest.mark.slow
 def test_live_transcriber_on_real_speech(engine, clips):
     audio, references = joined([a for a, _ in clips[:3]]), [r for _, r in clips[:3]]
     recording = Recording(engine)
@@ -189,6 +190,7 @@ def test_live_transcriber_on_real_speech(engine, clips):
     assert segments[-1].end <= len(audio) / SR + 0.05
 
 
+@pytest.mark.slow
 def test_live_tab_handlers(engine, clips):
     import soxr
     import srt

@@ -341,10 +341,9 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
     state = _state()
     media = find_media(inputs)
     plan = [(m, m.outputs(output_dir, formats)) for m in media]
-    skipped = [FileResult(str(m.path), SKIPPED, tuple(map(str, targets.values())))
-               for m, targets in plan if not overwrite and all(p.exists() for p in targets.values())]
-    pending = [(m, targets) for m, targets in plan
-               if overwrite or not all(p.exists() for p in targets.values())]
+    skipped = {str(m.path): FileResult(str(m.path), SKIPPED, tuple(map(str, targets.values())))
+               for m, targets in plan if not overwrite and all(p.exists() for p in targets.values())}
+    pending = [(m, targets) for m, targets in plan if str(m.path) not in skipped]
     # every process must have listed the same pending files before any of them writes one
     state.wait_for_everyone()
     if pending and not isinstance(transcriber, Transcriber):
@@ -354,21 +353,20 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
     results: list[FileResult] = []
     with state.split_between_processes(pending) as mine:
         weights = [probe_duration(m.path) for m, _ in mine]
-        with tqdm(total=sum(w or 0.0 for w in weights), unit="s", unit_scale=True, dynamic_ncols=True,
+        with tqdm(total=sum(w or 0.0 for w in weights), unit="s", dynamic_ncols=True,
                   desc=f"{len(mine)} files" + (f" (process {state.process_index} of {state.num_processes})"
                                                if state.num_processes > 1 else ""),
                   disable=not (progress and state.is_main_process),
                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]") as bar:
             for (m, targets), weight in zip(mine, weights):
                 result = _transcribe_one(transcriber, m, targets, options, bar, weight, state.process_index)
-                logger.debug("%s: %s", m.path, result.status if result.status != DONE else
-                            f"{format_duration(result.duration_s)} in {result.elapsed_s:.1f} s")
+                logger.debug("%s: %s in %.1f s", m.path, result.status, result.elapsed_s)
                 results.append(result)
     state.wait_for_everyone()
     gathered = gather_object(results) if state.num_processes > 1 else results
-    done = {r.source: r for r in gathered}
-    files = skipped + [done[str(m.path)] for m, _ in pending]
-    return FolderSummary(files=files, elapsed_s=time.perf_counter() - started, num_processes=state.num_processes)
+    by_source = {**skipped, **{r.source: r for r in gathered}}
+    return FolderSummary(files=[by_source[str(m.path)] for m in media], elapsed_s=time.perf_counter() - started,
+                         num_processes=state.num_processes)
 
 
 # ---------------------------------------------------------------------------
