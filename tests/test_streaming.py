@@ -18,9 +18,9 @@ from _ct2_base import base_ct2, joined
 from _media_helpers import plain_clips
 from whisper_zh.audio import SAMPLE_RATE as SR
 from whisper_zh.media import load_media
-from whisper_zh.streaming import LiveTranscriber, _Resampler
+from whisper_zh.streaming import LiveTranscriber, _aligned_prefix, _Resampler, _units
 from whisper_zh.text import cer
-from whisper_zh.transcribe import Segment, TranscribeOptions, Transcriber
+from whisper_zh.transcribe import Segment, TranscribeOptions, Transcriber, Word
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -110,6 +110,29 @@ def test_buffer_stays_bounded_when_hypotheses_never_agree():
     # forced confirmation still moves the text forward, by whole segments
     assert len(updates[-1].confirmed_text) >= SENTENCE
     assert len("".join(s.text for s in live.finish())) >= len(SPOKEN) - SENTENCE
+
+
+def test_units_are_characters_and_whole_latin_words():
+    words = (Word(0.0, 0.4, "我"), Word(0.4, 0.8, "用"), Word(0.8, 1.6, " iPhone"), Word(1.6, 2.4, " 3.5"),
+             Word(2.4, 2.8, "年，"), Word(2.8, 3.0, "好"))
+    segment = Segment(start=0.0, end=3.0, text="我用 iPhone 3.5年，好", words=words)
+    units = _units(segment, offset=10.0, language="zh")
+    assert [(u.text, u.key) for u in units] == [("我", "我"), ("用", "用"), (" iPhone", "iphone"),
+                                                (" 3.5", "35"), ("年，", "年"), ("好", "好")]
+    assert [(u.start, u.end) for u in units] == [(10.0, 10.4), (10.4, 10.8), (10.8, 11.6), (11.6, 12.4),
+                                                 (12.4, 12.8), (12.8, 13.0)]  # the aligned words' times
+    assert [u.ends_segment for u in units] == [False] * 5 + [True]
+    # without word times (or when they spell something else), spread evenly over the segment
+    plain = _units(Segment(start=1.0, end=3.0, text="你好，世界"), offset=0.0, language="zh")
+    assert [(u.text, u.start, u.end) for u in plain] == [("你", 1.0, 1.4), ("好，", 1.4, 1.8), ("世", 2.2, 2.6),
+                                                         ("界", 2.6, 3.0)]
+
+
+def test_confirmed_text_is_found_again_in_a_changed_hypothesis():
+    hypothesis = _units(Segment(start=0.0, end=3.0, text="今天天汽很好我们"), offset=0.0, language="zh")
+    # one character heard differently this time: the confirmed part still ends after 好
+    assert _aligned_prefix(list("今天天气很好"), hypothesis, done_end=2.2) == 6
+    assert _aligned_prefix([], hypothesis, done_end=0.0) == 0
 
 
 class Deaf:
