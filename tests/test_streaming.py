@@ -131,8 +131,11 @@ def test_units_are_characters_and_whole_latin_words():
 def test_confirmed_text_is_found_again_in_a_changed_hypothesis():
     hypothesis = _units(Segment(start=0.0, end=3.0, text="今天天汽很好我们"), offset=0.0, language="zh")
     # one character heard differently this time: the confirmed part still ends after 好
-    assert _aligned_prefix(list("今天天气很好"), hypothesis, done_end=2.2) == 6
-    assert _aligned_prefix([], hypothesis, done_end=0.0) == 0
+    assert _aligned_prefix(list("今天天气很好"), hypothesis, done_end=2.2) == (6, [(0, 0), (1, 1), (2, 2), (3, 3),
+                                                                               (4, 4), (5, 5)])
+    prefix, pairs = _aligned_prefix(list("今天很好"), hypothesis, done_end=2.2)  # 天 heard twice now
+    assert prefix == 6 and [(i, j) for i, j in pairs if i != 1] == [(0, 0), (2, 4), (3, 5)]
+    assert _aligned_prefix([], hypothesis, done_end=0.0) == (0, [])
 
 
 class Deaf:

@@ -247,13 +247,13 @@ class LiveTranscriber:
             hypothesis[-1].ends_segment = False
         # the confirmed text the buffer still holds comes first; what follows is new
         last_end = self._in_buffer[-1].end if self._in_buffer else self._offset
-        done = _aligned_prefix([u.key for u in self._in_buffer], hypothesis, last_end)
-        if [u.key for u in hypothesis[:done]] == [u.key for u in self._in_buffer]:
-            # heard the same again: its segment ends are the latest word on where they are, and
-            # working on the confirmed units themselves lets a cut mark where subtitles break
-            for mine, heard in zip(self._in_buffer, hypothesis):
-                mine.ends_segment = heard.ends_segment
-            hypothesis[:done] = self._in_buffer
+        done, pairs = _aligned_prefix([u.key for u in self._in_buffer], hypothesis, last_end)
+        for i, j in pairs:
+            # a confirmed unit heard again (maybe differently: its text stays as confirmed):
+            # where its segment ends is the latest word on that, and working on the confirmed
+            # unit itself lets a cut mark where subtitles break
+            self._in_buffer[i].ends_segment = hypothesis[j].ends_segment
+            hypothesis[j] = self._in_buffer[i]
         new = hypothesis[done:]
         agreed = _common_prefix([u.key for u in self._tentative], [u.key for u in new])
         self._committed += new[:agreed]
@@ -347,22 +347,40 @@ def _char_times(segment: Segment) -> list[tuple[float, float]]:
     return [(segment.start + i * step, segment.start + (i + 1) * step) for i in range(len(text))]
 
 
-def _aligned_prefix(done: Sequence[str], hypothesis: Sequence[_Unit], done_end: float) -> int:
-    """How many units at the start of ``hypothesis`` re-transcribe ``done`` (the keys of
-    the confirmed units still in the buffer): the prefix with the smallest edit distance
-    to ``done``; among equals, the one ending nearest ``done_end`` (stream seconds)."""
+def _aligned_prefix(done: Sequence[str], hypothesis: Sequence[_Unit], done_end: float
+                    ) -> tuple[int, list[tuple[int, int]]]:
+    """Where ``done`` (the keys of the confirmed units still in the buffer) was heard
+    again at the start of ``hypothesis``.
+
+    Returns:
+        ``(prefix, pairs)``: ``hypothesis[:prefix]`` is the prefix with the smallest edit
+        distance to ``done`` (among equals, the one ending nearest ``done_end``, stream
+        seconds); ``pairs`` are the ``(index in done, index in hypothesis)`` of the units
+        this alignment puts in the same place (the same, or heard differently).
+    """
     if not done:
-        return 0
+        return 0, []
     keys = [u.key for u in hypothesis]
-    previous = list(range(len(keys) + 1))  # distance of done[:0] to keys[:j] (j insertions)
+    rows = [list(range(len(keys) + 1))]  # distance of done[:0] to keys[:j] (j insertions)
     for i, key in enumerate(done, start=1):
-        row = [i] + [0] * len(keys)
+        previous, row = rows[-1], [i] + [0] * len(keys)
         for j, other in enumerate(keys, start=1):
             row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (key != other))
-        previous = row
-    best = min(previous)
-    ties = [j for j, distance in enumerate(previous) if distance == best]
-    return min(ties, key=lambda j: abs((hypothesis[j - 1].end if j else -1e9) - done_end))
+        rows.append(row)
+    best = min(rows[-1])
+    ties = [j for j, distance in enumerate(rows[-1]) if distance == best]
+    prefix = min(ties, key=lambda j: abs((hypothesis[j - 1].end if j else -1e9) - done_end))
+    pairs, i, j = [], len(done), prefix
+    while i and j:
+        same = done[i - 1] == keys[j - 1]
+        if rows[i][j] == rows[i - 1][j - 1] + (not same):
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif rows[i][j] == rows[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return prefix, pairs[::-1]
 
 
 def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
