@@ -31,6 +31,7 @@ from whisper_zh.media import (
     is_url,
     load_media,
 )
+from whisper_zh.streaming import LiveTranscriber
 from whisper_zh.subtitles import DEFAULT_FORMATS, format_timestamp, write_all
 from whisper_zh.text import SCRIPTS
 from whisper_zh.transcribe import NoSpeechError, TranscribeOptions, Transcriber, get_transcriber
@@ -168,6 +169,41 @@ class Handlers:
             raise UserError("The uploaded file is gone; upload it again.")
         return request.source
 
+    def live_feed(self, live: Optional[LiveTranscriber], chunk: Optional[tuple], script: str
+                  ) -> tuple[LiveTranscriber, str, str]:
+        """One piece of a live recording, ``chunk`` = (sample rate, int16 samples) as
+        Gradio streams it; returns (the recording's state, status, text so far). The first
+        piece starts a :class:`LiveTranscriber`, kept in the session's ``gr.State``."""
+        if live is None:
+            live = LiveTranscriber(self.transcriber, TranscribeOptions(
+                script=script or "simplified", batch_size=self.settings.batch_size or TranscribeOptions.batch_size,
+                max_duration_s=self.settings.max_duration_s))
+        if chunk is None:
+            return live, "Listening…", ""
+        sample_rate, samples = chunk
+        update = live.feed(samples, sample_rate)
+        return live, f"🔴 Listening… {format_duration(update.audio_s)}", update.text
+
+    def live_finish(self, live: Optional[LiveTranscriber]) -> Iterator[tuple]:
+        """The recording stopped: confirm the rest, write the subtitle files as for an
+        upload; yields (state reset, status, text, segment rows, [srt, vtt, txt])."""
+        if live is None:
+            yield (None, *_shown(Update("Nothing was recorded.")))
+            return
+        segments = live.finish()
+        if not segments:
+            yield (None, *_shown(Update(NO_SPEECH)))
+            return
+        workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-live-"))
+        try:
+            files = write_all(segments, workdir, stem="live", formats=FILE_FORMATS)
+            status = (f"{format_duration(live.audio_s)} of live audio, {len(segments)} segment"
+                      f"{'s' * (len(segments) != 1)} ({self.transcriber.backend.name}, {self.transcriber.device}).")
+            yield (None, *_shown(Update(status, _text(segments), _rows(segments),
+                                        [str(files[f]) for f in FILE_FORMATS])))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
 
 def _text(segments: list) -> str:
     return "".join(s.text for s in segments) if not segments or _is_chinese(segments) else \
@@ -280,6 +316,10 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
                                         "here. It is used for this request only.")
                             cookies = gr.File(label="cookies.txt", file_types=[".txt"], type="filepath")
                         url_button = gr.Button("Transcribe link", variant="primary")
+                    with gr.Tab("🔴 Live"):
+                        live_mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy",
+                                            label="Speak: the text appears as you talk; stop for the subtitles")
+                        live_state = gr.State(None)
                 gr.Markdown(
                     f"Model: `{settings.model_id}` · limit {format_duration(settings.max_duration_s)} "
                     f"and {settings.max_upload_mb:.0f} MB per input")
@@ -297,6 +337,10 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
         file_button.click(_handler(handlers, "file"), [upload, *choices], outputs, api_name="transcribe_file")
         url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name="transcribe_url")
         url.submit(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name=False)
+        # every piece the browser sends is an event; LiveTranscriber decides when to decode
+        live_mic.stream(handlers.live_feed, [live_state, live_mic, script], [live_state, status, text],
+                        time_limit=int(settings.max_duration_s), show_progress="hidden", api_name="transcribe_live")
+        live_mic.stop_recording(handlers.live_finish, [live_state], [live_state, *outputs], api_name=False)
 
     demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)
     return demo

@@ -480,8 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference backend (default: $BACKEND or auto: ct2 on a CPU, transformers on a GPU)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", metavar="DIR", default=None,
+    out.add_argument("-o", "--output-dir", metavar="DIR", default=None,
                      help="write every input's subtitle files here (folders: the same tree below DIR)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="folders: transcribe files whose outputs exist too (default: skip them, so a run resumes)")
+    out.add_argument("--summary-json", metavar="PATH", help="folders: also write the summary, file by file, as JSON")
     out.add_argument("--formats", default=None, metavar="LIST",
                      help=f"with --output-dir: comma-separated, of {','.join(FORMATS)} "
                           f"(default: {','.join(DEFAULT_FORMATS)}); bilingual adds an English translation pass")
@@ -536,15 +539,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     style = replace(base, max_line_width=args.line_width or base.max_line_width,
                     max_lines=args.max_lines or base.max_lines,
                     keep_punctuation=args.keep_punctuation or base.keep_punctuation)
-    single = len(args.sources) == 1 and (is_url(args.sources[0]) or os.path.isfile(args.sources[0]))
-    if not single:
-        from whisper_zh.folder import transcribe_folder
+    from whisper_zh.folder import is_folder_job
 
-        if not args.output_dir:
-            raise ValueError("several inputs, a folder or a glob need --output-dir")
-        summary = transcribe_folder(args.sources, args.output_dir, formats or None, model=args.model,
-                                    backend=args.backend, device=args.device, options=options, style=style)
-        return 1 if summary.failed else 0
+    if len(args.sources) > 1 or is_folder_job(args.sources[0]):
+        return _folder_main(args, options, formats, style)
 
     def report(fraction: float, message: str) -> None:
         print(f"\r[{fraction:4.0%}] {message:<60}", end="", file=sys.stderr, flush=True)
@@ -586,3 +584,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         print(result.text)
     return 0
+
+
+def _folder_main(args: argparse.Namespace, options: TranscribeOptions, formats: Optional[list[str]], style) -> int:
+    """Several inputs, folders or globs: a batch job (:func:`whisper_zh.folder.transcribe_folder`),
+    split over the processes of ``accelerate launch``/``torchrun``; the summary on stdout."""
+    import json
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from whisper_zh.folder import transcribe_folder
+    from whisper_zh.subtitles import DEFAULT_FORMATS
+
+    if not args.output_dir:
+        raise ValueError("several inputs, a folder or a glob need --output-dir")
+    with logging_redirect_tqdm():
+        summary = transcribe_folder(args.sources, args.output_dir, formats or DEFAULT_FORMATS, args.model, options,
+                                    backend=args.backend, device=args.device, overwrite=args.overwrite, style=style)
+    if summary.is_main_process:
+        print(summary.report())
+        if args.summary_json:
+            with open(args.summary_json, "w", encoding="utf-8") as f:
+                json.dump(summary.to_dict(), f, ensure_ascii=False, indent=1)
+    return 1 if summary.failed else 0

@@ -1,0 +1,254 @@
+"""Live transcription (whisper_zh.streaming and the app's Live tab handlers).
+
+The agreement and trimming logic is checked exactly against a scripted engine whose
+"speech" is known; then real Mandarin clips are streamed in small pieces through the
+real whisper-base (CTranslate2 int8, as on the Space) -- through the class, and through
+the app's handlers the way Gradio calls them, 48 kHz int16 pieces from the browser.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _ct2_base import base_ct2, joined
+from _media_helpers import plain_clips
+from whisper_zh.audio import SAMPLE_RATE as SR
+from whisper_zh.media import load_media
+from whisper_zh.streaming import LiveTranscriber, _aligned_prefix, _Resampler, _units
+from whisper_zh.text import cer
+from whisper_zh.transcribe import Segment, TranscribeOptions, Transcriber, Word
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# -- the algorithm, against a scripted engine -------------------------------------------
+
+SPOKEN = ("今天天气很好我们去公园散步吧路上人很多大家都很开心晚上回家吃饭然后看书睡觉明天还要上班"
+          "物业公司把西门给锁死了观察中国新增人口曲线会发现自动驾驶汽车的实现越来越多的汽车公司开始思考")
+CHAR_S = 0.25  # the scripted speaker says one character every 0.25 s
+SENTENCE = 8  # characters per segment
+
+
+def stream_clock(seconds: float) -> np.ndarray:
+    """Audio whose every sample holds its own stream time (scaled into [-1, 1]), so the
+    scripted engine can tell which stretch of the stream a buffer is."""
+    return (np.arange(int(seconds * SR), dtype=np.float64) / SR / 1000.0).astype(np.float32)
+
+
+class ScriptedEngine:
+    """Hears SPOKEN: the characters whose time lies inside the buffer, in segments of
+    SENTENCE characters; the character being spoken at the buffer's end is misheard
+    (the last one or two characters of any hypothesis are unreliable in real Whisper
+    too). ``stubborn=True`` mishears a different character on every call, so no two
+    hypotheses ever agree."""
+
+    def __init__(self, stubborn: bool = False):
+        self.options = TranscribeOptions()
+        self.stubborn = stubborn
+        self.calls: list[tuple[float, float]] = []  # (buffer start, seconds) per decode
+
+    def iter_segments(self, audio, options=None, progress=None):
+        start = round(float(audio[0]) * 1000.0, 3)
+        end = start + len(audio) / SR
+        self.calls.append((start, len(audio) / SR))
+        first, last = int(round(start / CHAR_S)), min(int(end / CHAR_S), len(SPOKEN))
+        heard = list(SPOKEN[first:last])
+        if heard and last < len(SPOKEN):
+            heard[-1] = "错"
+        if self.stubborn:
+            heard = [SPOKEN[(i + len(self.calls)) % len(SPOKEN)] for i in range(first, last)]
+        segments = []
+        for i in range(first, last, SENTENCE):
+            j = min(i + SENTENCE, last)
+            text = "".join(heard[i - first:j - first])
+            segments.append(Segment(start=i * CHAR_S - start, end=j * CHAR_S - start, text=text))
+        return iter(segments)
+
+
+def feed_all(live: LiveTranscriber, audio: np.ndarray, piece_s: float = 0.5, sample_rate: int = SR):
+    updates = []
+    step = int(piece_s * sample_rate)
+    for i in range(0, len(audio), step):
+        updates.append(live.feed(audio[i:i + step], sample_rate))
+    return updates
+
+
+def test_local_agreement_confirms_only_what_two_hypotheses_share():
+    engine = ScriptedEngine()
+    live = LiveTranscriber(engine, min_chunk_s=1.0, trim_s=4.0, max_buffer_s=8.0, keep_up=False)
+    updates = feed_all(live, stream_clock(len(SPOKEN) * CHAR_S))
+    confirmed = [u.confirmed_text for u in updates]
+    assert all(b.startswith(a) for a, b in zip(confirmed, confirmed[1:])), "confirmed text changed"
+    assert "错" not in confirmed[-1]  # a misheard last character is never confirmed
+    assert all(SPOKEN.startswith(c) for c in confirmed)
+    # text is confirmed one decode after it is first heard: it trails the speaker by ~2 s
+    for u in updates:
+        if u.decoded_s:
+            assert len(u.confirmed_text) >= (u.audio_s - 2.5) / CHAR_S - 1, (u.audio_s, u.confirmed_text)
+    # each decode reads the unconfirmed tail and a little context, never the whole stream
+    assert max(seconds for _, seconds in engine.calls) <= 4.0 + 1.0
+    assert engine.calls[-1][0] > len(SPOKEN) * CHAR_S / 2
+    segments = live.finish()
+    assert "".join(s.text for s in segments) == SPOKEN
+    # segments end where the engine's did, at confirmed sentence ends, with their times
+    assert [s.text for s in segments][:3] == [SPOKEN[:8], SPOKEN[8:16], SPOKEN[16:24]]
+    assert segments[1].start == pytest.approx(8 * CHAR_S, abs=0.01)
+    assert segments[1].end == pytest.approx(16 * CHAR_S, abs=0.01)
+    assert all(len(s.words) == len(s.text) for s in segments)
+    with pytest.raises(RuntimeError):
+        live.feed(np.zeros(100, np.float32))
+
+
+def test_buffer_stays_bounded_when_hypotheses_never_agree():
+    engine = ScriptedEngine(stubborn=True)
+    live = LiveTranscriber(engine, min_chunk_s=1.0, trim_s=4.0, max_buffer_s=6.0, keep_up=False)
+    updates = feed_all(live, stream_clock(len(SPOKEN) * CHAR_S))
+    assert max(seconds for _, seconds in engine.calls) <= 6.0 + 1.0
+    # forced confirmation still moves the text forward, by whole segments
+    assert len(updates[-1].confirmed_text) >= SENTENCE
+    assert len("".join(s.text for s in live.finish())) >= len(SPOKEN) - SENTENCE
+
+
+def test_units_are_characters_and_whole_latin_words():
+    words = (Word(0.0, 0.4, "我"), Word(0.4, 0.8, "用"), Word(0.8, 1.6, " iPhone"), Word(1.6, 2.4, " 3.5"),
+             Word(2.4, 2.8, "年，"), Word(2.8, 3.0, "好"))
+    segment = Segment(start=0.0, end=3.0, text="我用 iPhone 3.5年，好", words=words)
+    units = _units(segment, offset=10.0, language="zh")
+    assert [(u.text, u.key) for u in units] == [("我", "我"), ("用", "用"), (" iPhone", "iphone"),
+                                                (" 3.5", "35"), ("年，", "年"), ("好", "好")]
+    assert [(u.start, u.end) for u in units] == [(10.0, 10.4), (10.4, 10.8), (10.8, 11.6), (11.6, 12.4),
+                                                 (12.4, 12.8), (12.8, 13.0)]  # the aligned words' times
+    assert [u.ends_segment for u in units] == [False] * 5 + [True]
+    # without word times (or when they spell something else), spread evenly over the segment
+    plain = _units(Segment(start=1.0, end=3.0, text="你好，世界"), offset=0.0, language="zh")
+    assert [(u.text, u.start, u.end) for u in plain] == [("你", 1.0, 1.4), ("好，", 1.4, 1.8), ("世", 2.2, 2.6),
+                                                         ("界", 2.6, 3.0)]
+
+
+def test_confirmed_text_is_found_again_in_a_changed_hypothesis():
+    hypothesis = _units(Segment(start=0.0, end=3.0, text="今天天汽很好我们"), offset=0.0, language="zh")
+    # one character heard differently this time: the confirmed part still ends after 好
+    assert _aligned_prefix(list("今天天气很好"), hypothesis, done_end=2.2) == (6, [(0, 0), (1, 1), (2, 2), (3, 3),
+                                                                               (4, 4), (5, 5)])
+    prefix, pairs = _aligned_prefix(list("今天很好"), hypothesis, done_end=2.2)  # 天 heard twice now
+    assert prefix == 6 and [(i, j) for i, j in pairs if i != 1] == [(0, 0), (2, 4), (3, 5)]
+    assert _aligned_prefix([], hypothesis, done_end=0.0) == (0, [])
+
+
+class Deaf:
+    """An engine that never hears anything."""
+
+    options = TranscribeOptions()
+
+    def __init__(self):
+        self.reads: list[float] = []
+
+    def iter_segments(self, audio, options=None):
+        self.reads.append(len(audio) / SR)
+        return iter(())
+
+
+def test_silence_is_dropped_from_the_buffer():
+    engine = Deaf()
+    live = LiveTranscriber(engine, min_chunk_s=1.0, trim_s=4.0, max_buffer_s=8.0, keep_up=False)
+    updates = feed_all(live, np.zeros(30 * SR, np.float32))
+    assert len(engine.reads) == 30 and max(engine.reads) <= 4.0 + 1.0
+    assert updates[-1].text == "" and live.finish() == []
+
+
+def test_resampler_streams_without_seams():
+    t = np.arange(48000 * 2) / 48000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    resampler = _Resampler(48000)
+    pieces = [resampler(tone[i:i + 4800]) for i in range(0, len(tone), 4800)] + [resampler(tone[:0], last=True)]
+    streamed = np.concatenate(pieces)
+    expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(streamed)) / SR)
+    assert streamed.dtype == np.float32 and abs(len(streamed) - 2 * SR) <= 1
+    # away from the very start (the filter's delay), it is the same tone at 16 kHz
+    assert np.max(np.abs(streamed[800:-800] - expected[800:-800])) < 0.01
+    stereo = np.stack([tone, tone], axis=1)
+    assert np.allclose(_Resampler(SR)(stereo[:SR]), tone[:SR] / 32768.0)
+
+
+# -- real speech, whisper-base ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine(whisper_base) -> Transcriber:
+    return Transcriber(str(base_ct2(whisper_base)), backend="ct2", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clips(zh_cv_mini) -> list[tuple[np.ndarray, str]]:
+    return [(load_media(zh_cv_mini / "clips" / row["path"]), row["sentence"]) for row in plain_clips(zh_cv_mini, 3)]
+
+
+class Recording:
+    """The engine, recording how much audio each decode reads."""
+
+    def __init__(self, inner: Transcriber):
+        self.inner, self.options, self.reads = inner, inner.options, []
+
+    def iter_segments(self, audio, options=None, **kwargs):
+        self.reads.append(len(audio) / SR)
+        return self.inner.iter_segments(audio, options, **kwargs)
+
+
+@pytest.mark.slow
+def test_live_transcriber_on_real_speech(engine, clips):
+    audio, references = joined([a for a, _ in clips[:3]]), [r for _, r in clips[:3]]
+    recording = Recording(engine)
+    # greedy and a decode every 2.5 s of audio: the same mechanics at a third of the cost
+    live = LiveTranscriber(recording, TranscribeOptions(beam_size=1), min_chunk_s=2.5, trim_s=4.0,
+                           max_buffer_s=8.0, keep_up=False)
+    updates = feed_all(live, audio, piece_s=0.5)
+    confirmed = [u.confirmed_text for u in updates]
+    assert all(b.startswith(a) for a, b in zip(confirmed, confirmed[1:])), "confirmed text changed"
+    first = next(u.audio_s for u in updates if u.confirmed_text)
+    assert first < 8.0  # the first words are confirmed while the speaker goes on
+    assert len(audio) / SR > 12.0 and max(recording.reads) <= 8.0 + 2.5 + 0.5
+    segments = live.finish()
+    text = "".join(s.text for s in segments)
+    assert cer(["".join(references)], [text]) < 0.5, text
+    assert all(a.end <= b.start + 0.05 for a, b in zip(segments, segments[1:]))
+    assert segments[-1].end <= len(audio) / SR + 0.05
+
+
+@pytest.mark.slow
+def test_live_tab_handlers(engine, clips):
+    import soxr
+    import srt
+    import webvtt
+
+    from whisper_zh.app import AppConfig, Handlers
+    from whisper_zh.text import to_traditional
+
+    audio, reference = joined([a for a, _ in clips[:2]]), "".join(r for _, r in clips[:2])
+    # what the browser sends: 48 kHz int16, in 0.5 s pieces
+    browser = (np.clip(soxr.resample(audio, SR, 48000), -1, 1) * 32767).astype(np.int16)
+    handlers = Handlers(AppConfig(), transcriber=engine)
+    state, texts = None, []
+    for i in range(0, len(browser), 24000):
+        state, status, text = handlers.live_feed(state, (48000, browser[i:i + 24000]), "traditional")
+        texts.append(text)
+    assert "Listening" in status and any(texts[:len(texts) // 2])  # text while the person speaks
+    live = state
+    finishing = handlers.live_finish(state)
+    state, status, text, rows, files = next(finishing)
+    try:
+        assert state is None and "of live audio" in status
+        assert live.audio_s == pytest.approx(len(audio) / SR, abs=0.002)  # resampled, nothing lost
+        assert text == to_traditional(text)  # the script chosen when the recording started
+        assert cer([reference], [text]) < 0.5, text
+        srt_file, vtt_file, txt_file = (Path(f) for f in files)
+        cues = list(srt.parse(srt_file.read_text(encoding="utf-8")))
+        assert len(cues) >= 2 and [c.content for c in cues] == [row[2] for row in rows]
+        assert "".join(c.content for c in cues) == text
+        assert [c.text for c in webvtt.read(str(vtt_file))] == [c.content for c in cues]
+        assert txt_file.read_text(encoding="utf-8").split() == [c.content for c in cues]
+    finally:
+        finishing.close()
+    assert not srt_file.exists()  # the request's folder is gone once Gradio has the files
+    assert next(handlers.live_finish(None))[1] == "Nothing was recorded."
