@@ -1,6 +1,6 @@
 """CPU fine-tune of the real whisper-base on zh-cv-mini: does the test CER go down?
 
-Scores the model zero-shot on the test split (50 clips, greedy, :func:`whisper_zh.evaluate.evaluate_model`),
+Scores the model zero-shot on the test split (50 clips, greedy, :func:`whisper_zh.evaluate.evaluate`),
 fine-tunes it with the project's own pipeline (:func:`whisper_zh.train.train`: the prepared
 cache, ``SpeechCollator``, log-mel in the Trainer, the project's schedule) on the train
 split, then scores the fine-tuned model on the same test clips the same way.
@@ -40,18 +40,16 @@ DEFAULT_MODEL = os.path.join(os.path.expanduser("~"), ".cache", "whisper-zh", "w
 
 
 def score(model_dir: str, dataset, batch_size: int) -> dict:
-    """Test CER of the model in ``model_dir`` (fp32, CPU) -> dict with cer, wer, seconds, rows."""
-    import torch
+    """Test CER of the model in ``model_dir`` (the engine's transformers backend, fp32, CPU,
+    greedy) -> dict with cer, seconds, rows."""
+    from whisper_zh.evaluate import evaluate
+    from whisper_zh.transcribe import TranscribeOptions, Transcriber
 
-    from whisper_zh.evaluate import evaluate_model
-    from whisper_zh.train import load_model_and_processor
-
-    model, processor = load_model_and_processor(model_dir, "zh", "transcribe", dtype=torch.float32)
-    model.eval()
-    result = evaluate_model(model, processor, dataset, language="zh", task="transcribe", batch_size=batch_size)
+    transcriber = Transcriber(model_dir, backend="transformers", device="cpu")
+    result = evaluate(transcriber, dataset, TranscribeOptions(batch_size=batch_size))
     print(f"  {result.summary()}", flush=True)
-    return {"cer": result.cer, "wer": result.wer, "n_clips": result.n_clips, "seconds": result.seconds,
-            "rows": result.rows}
+    return {"cer": result.error_rate, "n_clips": result.n_clips, "seconds": result.seconds,
+            "rows": [vars(c) for c in result.clips]}
 
 
 def main(argv=None) -> int:
@@ -120,21 +118,21 @@ def main(argv=None) -> int:
         "model": args.model, "data": args.data, "train_clips": train_clips, "test_clips": len(test),
         "steps": result.global_step, "batch_size": args.batch_size, "learning_rate": args.lr,
         "freeze_encoder": not args.train_encoder, "precision": "fp32",
-        "cer_before": before["cer"], "cer_after": after["cer"], "wer_before": before["wer"], "wer_after": after["wer"],
+        "cer_before": before["cer"], "cer_after": after["cer"],
         "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, result.global_step),
         "eval_seconds_before": before["seconds"], "eval_seconds_after": after["seconds"], "total_seconds": total,
         "loss_curve": losses,
-        "clips": [{"path": b["path"], "reference": b["reference"], "before": b["hypothesis"], "cer_before": b["cer"],
-                   "after": a["hypothesis"], "cer_after": a["cer"]} for b, a in zip(before["rows"], after["rows"])],
+        "clips": [{"path": b["path"], "reference": b["reference"], "before": b["hypothesis"], "cer_before": b["error_rate"],
+                   "after": a["hypothesis"], "cer_after": a["error_rate"]} for b, a in zip(before["rows"], after["rows"])],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print()
-    print("| model | test clips | CER | WER |")
-    print("|---|---|---|---|")
-    print(f"| whisper-base zero-shot | {len(test)} | {100 * before['cer']:.2f}% | {100 * before['wer']:.2f}% |")
+    print("| model | test clips | CER |")
+    print("|---|---|---|")
+    print(f"| whisper-base zero-shot | {len(test)} | {100 * before['cer']:.2f}% |")
     print(f"| + {result.global_step} steps x {args.batch_size} clips, lr {args.lr:g}, "
           f"{'decoder only' if not args.train_encoder else 'full'} | {len(test)} | "
-          f"{100 * after['cer']:.2f}% | {100 * after['wer']:.2f}% |")
+          f"{100 * after['cer']:.2f}% |")
     print(f"\ntraining {train_seconds:.0f} s ({report['seconds_per_step']:.1f} s/step), total {total:.0f} s "
           f"on {report['cpu']} ({os.cpu_count()} cores)")
     out = args.out or os.path.join(HERE, "results", f"finetune_cpu-{socket.gethostname()}.json")

@@ -140,7 +140,7 @@ def load_ct2(model_dir: str, device: str = "cpu", compute_type: str = "int8"):
     Args:
         model_dir: a directory written by :func:`whisper_zh.export.export_ct2` (or any
             faster-whisper model directory).
-        device: "cpu", "cuda" or "auto".
+        device: "cpu", "cuda", "cuda:N" (the N-th GPU) or "auto".
         compute_type: CTranslate2 compute type ("int8", "int8_float16", "float16",
             "float32", "default" = as stored); weights are converted on load if needed.
 
@@ -154,7 +154,9 @@ def load_ct2(model_dir: str, device: str = "cpu", compute_type: str = "int8"):
 
     # cpu_threads=0 lets CTranslate2 pick its thread count (measured faster on 2 cores
     # than pinning 2 threads); local_files_only: a local directory never touches the Hub.
-    return WhisperModel(model_dir, device=device, compute_type=compute_type, local_files_only=True)
+    kind, _, index = device.partition(":")
+    return WhisperModel(model_dir, device=kind, device_index=int(index or 0), compute_type=compute_type,
+                        local_files_only=True)
 
 
 @dataclass

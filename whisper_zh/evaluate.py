@@ -19,6 +19,8 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
+from whisper_zh.cli import ArgumentParser
+from whisper_zh.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL
 from whisper_zh.features import decode_clip
 from whisper_zh.text import cer, utterance_cer, uses_cer, wer
 from whisper_zh.transcribe import BACKENDS, TranscribeOptions, Transcriber
@@ -98,9 +100,7 @@ def write_tsv(result: EvalResult, path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from whisper_zh.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL
-
-    parser = argparse.ArgumentParser(prog="whisper-zh evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="whisper-zh evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Whisper Hub id or local directory")
     parser.add_argument("--dataset", required=True, help="Common Voice release (folder or .tar.gz), "
                         "local datasets directory or Hub dataset id")

@@ -355,7 +355,9 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
     state.wait_for_everyone()
     if pending and not isinstance(transcriber, Transcriber):
         with state.main_process_first():
-            transcriber = Transcriber(transcriber, backend=backend, device=device, options=options)
+            # each process on its own GPU (accelerate's device: cuda:<local rank>)
+            gpu = str(state.device) if state.device.type == "cuda" else None
+            transcriber = Transcriber(transcriber, backend=backend, device=device or gpu, options=options)
     options = options or (transcriber.options if isinstance(transcriber, Transcriber) else TranscribeOptions())
     results: list[FileResult] = []
     with state.split_between_processes(pending) as mine:

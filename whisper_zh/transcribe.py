@@ -39,8 +39,8 @@ import numpy as np
 
 from whisper_zh.audio import CHUNK_LENGTH, SAMPLE_RATE
 from whisper_zh.config import ServeSettings
-from whisper_zh.media import format_duration, is_url, load_media
-from whisper_zh.text import CHARACTER_LANGUAGES, convert_script
+from whisper_zh.media import MediaTooLongError, download_audio, format_duration, is_url, load_media
+from whisper_zh.text import CHARACTER_LANGUAGES, convert_script, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -386,8 +386,6 @@ class Transcriber:
                 instead of the backend's own cuts (e.g. the boundaries of clips joined
                 into ``audio``: each is then transcribed on its own, in batches).
         """
-        from whisper_zh.media import MediaTooLongError
-
         options = options or self.options
         duration = len(audio) / SAMPLE_RATE
         if options.max_duration_s is not None and duration > options.max_duration_s:
@@ -429,8 +427,6 @@ class Transcriber:
 def _is_hallucination(text: str) -> bool:
     """True when a segment is (almost) nothing but known credit lines: at most four
     characters are left once they are removed. "谢谢观看" ending a real sentence stays."""
-    from whisper_zh.text import normalize
-
     plain = normalize(text, "zh")
     return bool(plain) and plain != (rest := _HALLUCINATIONS.sub("", plain)) and len(rest) <= 4
 
@@ -521,7 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``whisper-zh transcribe``: one input prints its transcript to stdout; several
     inputs, a folder or a glob are a batch job (:mod:`whisper_zh.folder`)."""
-    from whisper_zh.media import download_audio
     from whisper_zh.subtitles import FORMATS, default_style, format_timestamp, write_all, write_subtitles
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
