@@ -8,6 +8,7 @@ Each sub-command lives in the module of its stage and takes its own arguments
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 COMMANDS = {
@@ -17,6 +18,13 @@ COMMANDS = {
     "transcribe": ("whisper_zh.transcribe", "main", "transcribe a file or a URL, write subtitles"),
     "export": ("whisper_zh.export", "main", "convert a model to CTranslate2 for fast CPU serving"),
 }
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """whisper-zh's messages (progress, resume, what was written where) on stderr, one
+    timestamped line each; other libraries' only from warnings up. Progress bars stay tqdm's."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("whisper_zh").setLevel(level)
 
 
 def _usage() -> str:
@@ -40,4 +48,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"whisper-zh: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[argv[0]]
+    configure_logging()
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
