@@ -249,21 +249,19 @@ def run_profile(name: str, args) -> dict:
 
 def project_trainer(config, prepared, total_steps: int, timer):
     """The Trainer exactly as :func:`whisper_zh.train.train` builds it, on the repeated cache."""
-    from whisper_zh.features import SpeechCollator, mel_filters_of
-    from whisper_zh.train import (_trainer_class, build_training_arguments, load_model_and_processor,
-                                  resolve_gradient_checkpointing, resolve_precision, resolve_schedule)
+    from whisper_zh.features import mel_filters_of
+    from whisper_zh.train import (WhisperTrainer, build_training_arguments, load_model_and_processor,
+                                  make_collator, plan_training)
 
     train_set = repeat(prepared, total_steps * config.per_device_train_batch_size)
     model, processor = load_model_and_processor(config.model_name_or_path, config.language, config.task)
-    precision = resolve_precision(config.precision)
-    checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing)
-    schedule = resolve_schedule(config, len(train_set))
-    if checkpointing:
+    plan = plan_training(config, len(train_set))
+    if plan.gradient_checkpointing:
         model.config.use_cache = False
-    args = build_training_arguments(config, schedule, precision, checkpointing)
-    return _trainer_class()(
+    args = build_training_arguments(config, plan.schedule, plan.precision, plan.gradient_checkpointing)
+    return WhisperTrainer(
         model=model, args=args, train_dataset=train_set,
-        data_collator=SpeechCollator(model.config.decoder_start_token_id),
+        data_collator=make_collator(config, model, processor),
         processing_class=processor, callbacks=[timer],
         mel_filters=mel_filters_of(processor.feature_extractor),
     )

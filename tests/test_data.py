@@ -9,8 +9,9 @@ import tarfile
 import numpy as np
 import pytest
 
+from whisper_zh.config import TrainConfig
 from whisper_zh.data import (
-    DataError, LabelEncoder, PrepareOptions, open_source, prepare_split, read_cv_split)
+    DataError, LabelEncoder, PrepareOptions, list_splits, open_source, prepare_split, read_cv_split)
 from whisper_zh.media import ffmpeg_exe, load_audio
 
 CV_COLUMNS = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accents",
@@ -59,6 +60,34 @@ def test_release_folder_found_from_any_parent(tmp_path, zh_cv_mini, mini_rows):
     for given in (tmp_path, tmp_path / "cv-corpus-test", release):
         source = open_source(str(given))
         assert source.kind == "cv" and source.location == str(release)
+
+
+def test_a_release_is_named_by_its_version_and_locale(tmp_path, zh_cv_mini):
+    release = tmp_path / "cv-corpus-23.0-2025-09-05" / "zh-CN"
+    (release / "clips").mkdir(parents=True)
+    write_tsv(release / "train.tsv", [])
+    assert open_source(str(tmp_path)).release_name == "cv-corpus-23.0 zh-CN"
+    tarball = tmp_path / "cv-corpus-23.0-2025-09-05-zh-CN.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(release.parent, arcname=release.parent.name)
+    assert open_source(str(tarball)).release_name == "cv-corpus-23.0 zh-CN"
+    # anything else by its own name, never by a local path
+    assert open_source(str(zh_cv_mini)).release_name == "zh-cv-mini"
+    assert open_source("someone/common-voice-zh").release_name == "someone/common-voice-zh"
+
+
+def test_splits_of_a_release(zh_cv_mini):
+    assert list_splits(open_source(str(zh_cv_mini)), "unused") == {"train": 400, "dev": 50, "test": 50,
+                                                                   "validated": 500}
+
+
+def test_prepare_options_come_from_the_training_config():
+    config = TrainConfig(dataset="x", text_column="text", max_duration_s=20.0, prepare_shard_size=7,
+                         preprocessing_num_workers=3, max_train_samples=5)
+    assert PrepareOptions.from_config(config) == PrepareOptions(text_column="text", max_duration_s=20.0,
+                                                                shard_size=7, num_workers=3)
+    assert PrepareOptions.from_config(config, max_samples=5).max_samples == 5
+    assert PrepareOptions.from_config(TrainConfig()) == PrepareOptions(), "one set of defaults"
 
 
 def test_withdrawn_common_voice_id_explains_what_to_do():
@@ -195,7 +224,7 @@ def test_prepare_command_prints_counts_and_cache(tmp_path, zh_cv_mini, mini_rows
     out = subprocess.run(
         [sys.executable, "-m", "whisper_zh", "prepare", "--dataset", str(release), "--cache_dir",
          str(tmp_path / "cache"), "--model_name_or_path", str(whisper_base)],
-        capture_output=True, text=True, check=True).stdout
+        capture_output=True, text=True, check=True).stderr  # progress is logged, on stderr
     assert "train (train): 5 of 5 clips kept" in out and "eval (dev): 3 of 3" in out and "MiB" in out
     assert "clips/s" in out
     bad = subprocess.run([sys.executable, "-m", "whisper_zh", "prepare", "--dataset",

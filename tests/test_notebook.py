@@ -186,8 +186,9 @@ def test_committed_notebook_is_clean():
     parameters = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(parameters) == 1
     params = parameters[0].source
-    for name, default in (("MAX_STEPS", "1600"), ("SAVE_STEPS", "400"), ("EVAL_STEPS", "400")):
-        assert re.search(rf"^{name} = {default}\b", params, re.M), name
+    # None: the pipeline's defaults and its derived schedule, not a copy of them
+    for name in ("MAX_STEPS", "SAVE_STEPS", "EVAL_STEPS", "BATCH_SIZE", "BASE_MODEL", "OUTPUT_DIR"):
+        assert re.search(rf"^{name} = None\b", params, re.M), name
     for name in ("BASE_MODEL", "DATASET", "CACHE_DIR", "OUTPUT_DIR", "HUB_MODEL_ID", "BATCH_SIZE", "EVAL_SAMPLES"):
         assert re.search(rf"^{name} = ", params, re.M), name
     # The parameters come first; every other cell calls the package.
@@ -377,16 +378,33 @@ def test_prepare_stats_table():
     assert table.loc["dev", "why dropped"] == "-" and table.loc["dev", "prepared now"] == 0
 
 
-def test_save_results(tmp_path, capsys):
+def test_show_results(tmp_path, capsys):
     from whisper_zh.train import TrainResult
 
     result = TrainResult(output_dir=str(tmp_path), global_step=8, best_checkpoint=str(tmp_path / "checkpoint-4"),
                          eval_cer=0.25, test_metrics={"test_cer": 0.3, "test_wer": 0.6, "test_runtime": 9.0},
-                         resumed_from=str(tmp_path / "checkpoint-4"), log_history=[])
-    summary = nb.save_results(result)
+                         resumed_from=str(tmp_path / "checkpoint-4"), log_history=[],
+                         zero_shot_metrics={"zero_shot_cer": 0.5})
+    summary = nb.show_results(result)
     assert json.loads((tmp_path / nb.RESULTS_NAME).read_text()) == summary
-    assert summary["test_cer"] == 0.3 and "test_runtime" not in summary
-    assert "30.00%" in capsys.readouterr().out
+    assert summary["test_cer"] == 0.3 and summary["zero_shot_cer"] == 0.5 and "test_runtime" not in summary
+    shown = capsys.readouterr().out
+    assert "30.00%" in shown and "50.00%" in shown
+    # what train() wrote is what is shown and returned
+    (tmp_path / nb.RESULTS_NAME).write_text(json.dumps({**summary, "train_clips": 7}))
+    assert nb.show_results(result)["train_clips"] == 7
+
+
+def test_make_config_keeps_the_pipelines_defaults(tmp_path):
+    from whisper_zh.config import TrainConfig
+
+    (tmp_path / "cv-corpus-1.0-zh-CN.tar.gz").write_bytes(b"")
+    config = nb.make_config(str(tmp_path), None, max_steps=None, save_steps=None, per_device_train_batch_size=8)
+    default = TrainConfig()
+    assert (config.max_steps, config.save_steps, config.eval_steps) == (default.max_steps, None, None)
+    assert config.per_device_train_batch_size == 8 and config.model_name_or_path == default.model_name_or_path
+    assert config.output_dir == str(tmp_path / default.output_dir) and config.cache_dir == str(tmp_path / "cache")
+    assert config.dataset == str(tmp_path / "cv-corpus-1.0-zh-CN.tar.gz")
 
 
 def _plan_config(tmp_path, dataset, model, **overrides):

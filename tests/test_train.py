@@ -3,6 +3,7 @@
 import fnmatch
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,10 +13,11 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+import torch
 
-from whisper_zh.config import TrainConfig
+from whisper_zh.config import ConfigError, TrainConfig
 from whisper_zh.train import (
-    find_resumable_checkpoint, is_complete_checkpoint, resolve_gradient_checkpointing, resolve_precision,
+    find_resumable_checkpoint, is_complete_checkpoint, is_hub_id, resolve_gradient_checkpointing, resolve_precision,
     resolve_schedule)
 
 
@@ -45,16 +47,54 @@ def test_schedule_counts_gpus_and_accumulation_and_honours_explicit_values():
     cfg = TrainConfig(dataset="x", gradient_accumulation_steps=2, save_steps=50, eval_steps=25, warmup_steps=7)
     s = resolve_schedule(cfg, n_train=6400, world_size=4)
     assert s.global_batch_size == 128 and s.max_steps == 800 and (s.save_steps, s.eval_steps, s.warmup_steps) == (50, 25, 7)
-    with pytest.raises(ValueError, match="multiple of eval_steps"):
+    with pytest.raises(ConfigError, match="multiple of eval_steps"):
         resolve_schedule(TrainConfig(dataset="x", save_steps=30, eval_steps=20), n_train=6400)
+
+
+def test_a_config_mistake_is_one_line_from_the_command_line(tmp_path, zh_cv_mini, tiny_whisper):
+    run = subprocess.run(
+        [sys.executable, "-m", "whisper_zh", "train",
+         *tiny_args(zh_cv_mini, tiny_whisper, tmp_path / "out", tmp_path / "cache", max_steps=4,
+                    save_steps=3, eval_steps=2, max_train_samples=4)],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        "whisper-zh train: save_steps (3) must be a multiple of eval_steps (2) "
+        "so that every checkpoint has a score to rank it by")
+    assert not (tmp_path / "out").exists(), "nothing is loaded or written before the configuration is checked"
 
 
 def test_precision_on_cpu():
     assert resolve_precision("auto") == "fp32"  # CI has no GPU
     assert resolve_precision("fp16") == "fp16"
     assert resolve_gradient_checkpointing(None) is False and resolve_gradient_checkpointing(True) is True
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         resolve_precision("int4")
+
+
+def test_spec_augment_is_an_option_off_by_default(tiny_whisper):
+    from whisper_zh.train import configure_spec_augment, load_model_and_processor, parse_config
+
+    model, _ = load_model_and_processor(str(tiny_whisper))
+    configure_spec_augment(model, parse_config(["--dataset", "x"]))
+    assert model.config.apply_spec_augment is False
+    config = parse_config(["--dataset", "x", "--apply-spec-augment", "true", "--mask_time_prob", "0.1",
+                           "--mask_feature_prob", "0.2"])
+    configure_spec_augment(model, config)
+    assert (model.config.apply_spec_augment, model.config.mask_time_prob, model.config.mask_feature_prob) == \
+        (True, 0.1, 0.2)
+    # the encoder masks in training mode only
+    features = torch.ones(1, model.config.num_mel_bins, 3000)
+    model.train()
+    assert (model.model._mask_input_features(features) == 0).any()
+    model.eval()
+    assert torch.equal(model.model._mask_input_features(features), features)
+
+
+def test_hub_ids_and_local_paths(tmp_path):
+    assert is_hub_id("openai/whisper-small") and is_hub_id("whisper-small")
+    assert not is_hub_id(str(tmp_path)) and not is_hub_id("/no/such/dir/model") and not is_hub_id("./model")
 
 
 # --- kill -9 and resume -----------------------------------------------------------------
@@ -122,7 +162,7 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path, zh_cv_mini, tiny_wh
     assert summary["global_step"] == 14 and summary["eval_cer"] is not None
     # the final model, processor and card are in the output directory
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md",
-                 "whisper_zh_config.json"):
+                 "whisper_zh_config.json", "results.json", "training_curves.png", "ct2/model.bin"):
         assert (out / name).exists(), name
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["language"] == "zh" and generation["task"] == "transcribe"
@@ -202,17 +242,18 @@ def test_checkpoints_go_to_the_hub_and_a_lost_output_dir_resumes_from_it(tmp_pat
     from whisper_zh.train import parse_config, train
 
     out, cache = tmp_path / "out", tmp_path / "cache"
-    args = tiny_args(zh_cv_mini, tiny_whisper, out, cache, max_steps=4, hub_model_id="someone/whisper-zh-test")
+    args = tiny_args(zh_cv_mini, tiny_whisper, out, cache, max_steps=4, hub_model_id="someone/whisper-zh-test",
+                     test_split="test")
     result = train(parse_config(args))
     assert result.global_step == 4 and result.resumed_from is None
     repo = local_hub.repo("someone/whisper-zh-test")
     assert read_state(repo / "last-checkpoint")["global_step"] == 4
-    for name in ("model.safetensors", "tokenizer.json", "README.md", "whisper_zh_config.json"):
+    # the model, its fast CTranslate2 copy, the curves, the numbers and the card went up together
+    for name in ("model.safetensors", "tokenizer.json", "README.md", "whisper_zh_config.json", "results.json",
+                 "training_curves.png", "ct2/model.bin", "ct2/tokenizer.json", "ct2/preprocessor_config.json"):
         assert (repo / name).exists(), name
     assert not list(repo.glob("checkpoint-*")), "local checkpoint folders are not uploaded as such"
-    card = (repo / "README.md").read_text()
-    assert "language: zh" in card and f"base_model: {tiny_whisper}" in card and "| steps | 4 " in card
-    assert "hardware" in card and "CER" in card
+    check_card_against_results(repo, tiny_whisper)
     # the token reached no file, log or call argument
     secret = os.environ["HF_TOKEN"]
     for file in list(out.rglob("*")) + list(repo.rglob("*")):
@@ -232,6 +273,41 @@ def test_checkpoints_go_to_the_hub_and_a_lost_output_dir_resumes_from_it(tmp_pat
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def check_card_against_results(repo: Path, base_model: Path) -> None:
+    """Every number of the model card is the one in results.json, as a percentage once."""
+    from huggingface_hub import ModelCard
+
+    results = json.loads((repo / "results.json").read_text())
+    card = ModelCard.load(repo / "README.md")
+    data = card.data
+    assert data.language == "zh" and data.pipeline_tag == "automatic-speech-recognition"
+    assert data.base_model is None, "a local base model is not a Hub link"
+    assert str(base_model) not in card.content and "huggingface.co//" not in card.content
+    assert results["dataset"] == "zh-cv-mini" and "`zh-cv-mini`" in card.text
+    assert results["base_model"] == base_model.name and f"`{base_model.name}`" in card.text
+    values = {r.metric_name: r.metric_value for r in data.eval_results}
+    assert values == {"test CER": round(100 * results["test_cer"], 2),
+                      "zero-shot CER of the base model": round(100 * results["zero_shot_cer"], 2)}
+    assert all(r.dataset_split == "test" and r.dataset_name == "zh-cv-mini" for r in data.eval_results)
+    rows = dict(re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|$", card.text, re.M))
+    assert rows["test CER"] == f"{100 * results['test_cer']:.2f}%"
+    assert rows["zero-shot CER of the base model (same test clips)"] == f"{100 * results['zero_shot_cer']:.2f}%"
+    assert rows["test split"] == f"`test` ({results['test_clips']} clips)" and results["test_clips"] == 50
+    assert rows["training clips"] == f"{results['train_clips']} (`train`)"
+    assert rows["steps"] == f"{results['global_step']} of batch {results['global_batch_size']}"
+    best = results["eval_cer"]
+    assert rows["best eval CER (`dev`)"] == f"{100 * best:.2f}%"
+    # the per-step table: one line per logged step, the same losses and CERs
+    steps = re.findall(r"^\| (\d+) \| ([\d.]*) \| ([\d.]*) \| ([\d.%]*) \|$", card.text, re.M)
+    assert [int(s[0]) for s in steps] == [h["step"] for h in results["history"]] == [1, 2, 3, 4]
+    for (step, loss, eval_loss, cer), h in zip(steps, results["history"]):
+        assert float(loss) == pytest.approx(h["training loss"], abs=1e-4)
+        if h["eval CER"] is not None:
+            assert cer == f"{100 * h['eval CER']:.2f}%" and float(eval_loss) == pytest.approx(h["eval loss"], abs=1e-4)
+    assert "training_curves.png" in card.text
+    assert 'allow_patterns=["ct2/*"]' in card.text and "whisper-zh transcribe" in card.text
+
+
 # --- data-parallel --------------------------------------------------------------------
 
 
@@ -244,8 +320,9 @@ def test_torchrun_trains_data_parallel(tmp_path, zh_cv_mini, tiny_whisper):
                     per_device_train_batch_size=2)],
         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert "on CPU x2" in run.stdout and "global batch" not in run.stdout
-    assert "of 4 clips, checkpoint every 2" in run.stdout  # 2 per process x 2 processes
+    logs = run.stdout + run.stderr
+    assert "on CPU x2" in logs and "global batch" not in logs
+    assert "of 4 clips, checkpoint every 2" in logs  # 2 per process x 2 processes
     summaries = [line for line in run.stdout.splitlines() if line.startswith('{"global_step"')]
     assert len(summaries) == 1 and json.loads(summaries[0])["global_step"] == 4
     assert read_state(find_resumable_checkpoint(str(out)))["global_step"] == 4

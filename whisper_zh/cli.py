@@ -41,6 +41,13 @@ class ArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(fixed, namespace)
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """whisper-zh's messages (progress, resume, what was written where) on stderr, one
+    timestamped line each; other libraries' only from warnings up. Progress bars stay tqdm's."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("whisper_zh").setLevel(level)
+
+
 def _usage() -> str:
     lines = ["usage: whisper-zh COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, _, help_) in COMMANDS.items()]
@@ -61,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"whisper-zh: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock", "faster_whisper"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     module, func, _ = COMMANDS[argv[0]]
     try:
         return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)

@@ -16,6 +16,10 @@ DEFAULT_MODEL = "openai/whisper-small"
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "whisper-zh")
 
 
+class ConfigError(ValueError):
+    """A training configuration that cannot work as given; the message says what to change."""
+
+
 @dataclass
 class TrainConfig:
     # --- data ---------------------------------------------------------------------------
@@ -35,6 +39,9 @@ class TrainConfig:
                           "Empty for no evaluation during training."},
     )
     test_split: str = field(default="test", metadata={"help": "Split scored once at the end. Empty to skip."})
+    zero_shot_eval: bool = field(
+        default=True,
+        metadata={"help": "Also score the base model on test_split (once, before training) for the model card."})
     eval_max_samples: int = field(default=500, metadata={"help": "Clips of eval_split used during training."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training clips (debugging)."})
     max_duration_s: float = field(default=30.0, metadata={"help": "Longer clips are dropped (Whisper's window)."})
@@ -79,8 +86,29 @@ class TrainConfig:
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Train the decoder only: ~3x cheaper steps, for CPUs and small GPUs."})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model (fast GPUs)."})
+    timestamp_fraction: float = field(
+        default=0.5,
+        metadata={"help": "Share of training clips labelled with timestamps (<|0.00|> text <|end|>) instead of "
+                          "<|notimestamps|>, as in Whisper's own training data: keeps the model predicting "
+                          "the timestamps long-form transcription relies on. 0 for none."})
+    prompt_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of training clips conditioned on the previous clip's text (<|startofprev|>), "
+                          "as Whisper is at inference. Uses the order of the training split."})
+    apply_spec_augment: bool = field(
+        default=False, metadata={"help": "SpecAugment: mask spans of time and frequency of the training input."})
+    mask_time_prob: Optional[float] = field(
+        default=None, metadata={"help": "SpecAugment time-masking probability (default: the model config's, 0.05)."})
+    mask_feature_prob: Optional[float] = field(
+        default=None, metadata={"help": "SpecAugment frequency-masking probability (default: the model config's, 0)."})
     dataloader_num_workers: Optional[int] = field(default=None, metadata={"help": "Default: min(4, CPU cores)."})
     generation_max_length: int = field(default=225, metadata={"help": "Token limit when decoding for evaluation."})
+    eval_timestamps: bool = field(
+        default=True, metadata={"help": "Decode evaluations with timestamps, as the app transcribes."})
+    ct2_quantization: str = field(
+        default="int8",
+        metadata={"help": "Also export the final model to CTranslate2 (OUTPUT_DIR/ct2, pushed with the model) "
+                          "in this weight type, for fast CPU serving. Empty to skip."})
     logging_steps: int = field(default=25)
     seed: int = field(default=42)
     report_to: str = field(default="none", metadata={"help": "tensorboard, wandb, ... or none."})
@@ -94,6 +122,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def split_roles(self) -> dict[str, str]:
+        """Role -> split name(s) (``"train+dev"`` joins splits); empty names are left out."""
+        roles = {"train": self.train_split, "eval": self.eval_split, "test": self.test_split}
+        return {role: split for role, split in roles.items() if split}
 
 
 def _env_flag(value: str) -> bool:

@@ -25,25 +25,35 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
+import itertools
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tarfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from whisper_zh.media import SAMPLE_RATE, AudioDecodeError, load_audio, to_int16
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.config import TrainConfig
+from whisper_zh.media import AudioDecodeError, load_audio, to_int16
+
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the cached columns change
 WITHDRAWN = ("mozilla-foundation/common_voice",)
-DROP_REASONS = ("missing", "empty_file", "undecodable", "too_long", "empty_sentence", "label_too_long")
-CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
+# The splits of a Common Voice release whose clips are validated and transcribed (a
+# release also has other.tsv, invalidated.tsv, ...: unreviewed or rejected clips).
+CV_SPLITS = ("train", "dev", "test", "validated")
+_RELEASE_RE = re.compile(r"(cv-corpus-[0-9][0-9.]*)")
 # Hub datasets name Common Voice's "dev" split "validation".
 SPLIT_ALIASES = {"dev": "validation", "validation": "dev"}
 
@@ -78,6 +88,26 @@ class Source:
         for suffix in (".tar.gz", ".tgz", ".tar"):
             base = base[: -len(suffix)] if base.endswith(suffix) else base
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in base)[:60]
+
+    @property
+    def release_name(self) -> str:
+        """How a model card names the data: ``cv-corpus-23.0 zh-CN`` for a Common Voice
+        release (folder or tarball), the Hub id of a Hub dataset, else the folder's name;
+        never a local path."""
+        if self.kind in ("cv", "cv-tar"):
+            match = _RELEASE_RE.search(self.location)
+            version = match.group(1).rstrip(".") if match else None
+            locale = os.path.basename(self.location.rstrip("/")) if self.kind == "cv" else None
+            if self.kind == "cv-tar" and version:
+                # cv-corpus-23.0-2025-09-05-zh-CN.tar.gz: the locale is what follows the date
+                tail = self.name[self.name.find(version) + len(version):]
+                locale = re.sub(r"^(-\d{4}-\d{2}-\d{2})?-?", "", tail) or None
+            if version:
+                return f"{version} {locale}" if locale and locale != version else version
+            return self.name
+        if self.kind == "hub" and not os.path.exists(self.location):
+            return self.location + (f" ({self.config})" if self.config else "")
+        return self.name
 
 
 def find_release_dir(path: str) -> Optional[str]:
@@ -158,7 +188,7 @@ def extract_release(tar_path: str, extract_root: str) -> str:
     partial = final + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
-    print(f"extracting {tar_path} -> {final}", flush=True)
+    logger.info("extracting %s -> %s", tar_path, final)
     with tarfile.open(tar_path, "r:*") as tar:
         for member in tar:
             if member.isfile() and (member.name.endswith(".tsv") or "/clips/" in f"/{member.name}"):
@@ -168,6 +198,31 @@ def extract_release(tar_path: str, extract_root: str) -> str:
     if not release:
         raise DataError(f"{tar_path} holds no Common Voice release (no clips/ folder beside a .tsv)")
     return release
+
+
+def release_dir(source: Source, cache_dir: str, extract_dir: Optional[str] = None) -> str:
+    """The release folder of a Common Voice source; a tarball is extracted (once) first."""
+    if source.kind == "cv":
+        return source.location
+    if source.kind == "cv-tar":
+        return extract_release(source.location, extract_dir or default_extract_dir(cache_dir))
+    raise ValueError(f"{source.location} is not a Common Voice release")
+
+
+def list_splits(source: Source, cache_dir: str, extract_dir: Optional[str] = None) -> dict[str, Optional[int]]:
+    """Split -> clips listed (None where a Hub dataset does not say without downloading).
+
+    A Common Voice release lists its :data:`CV_SPLITS` that it has."""
+    import datasets
+
+    if source.kind in ("cv", "cv-tar"):
+        release = release_dir(source, cache_dir, extract_dir)
+        return {s: len(read_cv_split(release, s)) for s in CV_SPLITS
+                if os.path.exists(os.path.join(release, f"{s}.tsv"))}
+    if source.kind == "disk":
+        loaded = datasets.load_from_disk(source.location)
+        return {k: len(v) for k, v in loaded.items()} if isinstance(loaded, datasets.DatasetDict) else {}
+    return {s: None for s in datasets.get_dataset_split_names(source.location, source.config)}
 
 
 def read_cv_split(release_dir: str, split: str) -> list[dict]:
@@ -211,23 +266,41 @@ def _load_hf(source: Source, split: str, streaming: bool):
 
 @dataclass
 class PrepareOptions:
-    """What decides the content of a prepared split (and so its cache key)."""
+    """What decides the content of a prepared split (and so its cache key). The defaults
+    are :class:`~whisper_zh.config.TrainConfig`'s; :meth:`from_config` fills one from a
+    configuration."""
 
-    language: str = "zh"
-    task: str = "transcribe"
-    audio_column: str = "audio"
-    text_column: str = "sentence"
-    max_duration_s: float = 30.0
-    max_label_tokens: int = 448
-    streaming: bool = False
-    shard_size: int = 1000
-    num_workers: Optional[int] = None
-    max_samples: Optional[int] = None
+    language: str = TrainConfig.language
+    task: str = TrainConfig.task
+    audio_column: str = TrainConfig.audio_column
+    text_column: str = TrainConfig.text_column
+    max_duration_s: float = TrainConfig.max_duration_s
+    max_label_tokens: int = TrainConfig.max_label_tokens
+    streaming: bool = TrainConfig.streaming
+    shard_size: int = TrainConfig.prepare_shard_size
+    num_workers: Optional[int] = TrainConfig.preprocessing_num_workers
+    max_samples: Optional[int] = None  # per split: the pipeline caps the training split only
+
+    # fields named differently in TrainConfig
+    _CONFIG_NAMES = {"shard_size": "prepare_shard_size", "num_workers": "preprocessing_num_workers"}
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, **overrides) -> "PrepareOptions":
+        """The options of ``config`` (a :class:`~whisper_zh.config.TrainConfig`, or any
+        object with its field names), with ``overrides`` (e.g. ``max_samples``)."""
+        values = {}
+        for f in fields(cls):
+            name = cls._CONFIG_NAMES.get(f.name, f.name)
+            if hasattr(config, name):
+                values[f.name] = getattr(config, name)
+        return cls(**{**values, **overrides})
 
 
 @dataclass
 class PrepareStats:
-    """Counts of one prepared split. ``dropped`` maps a reason (:data:`DROP_REASONS`) to a count."""
+    """Counts of one prepared split. ``dropped`` maps a reason (missing, empty_file,
+    undecodable, too_long, empty_sentence, label_too_long: see :func:`_prepare_example`)
+    to a count."""
 
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
@@ -290,8 +363,6 @@ class LabelEncoder:
 
 
 def _encode_flac(audio: np.ndarray) -> bytes:
-    import io
-
     import soundfile as sf
 
     buffer = io.BytesIO()
@@ -387,16 +458,63 @@ def _write_shard(examples: Iterable[tuple[str, Any, str]], shard_dir: str, opts:
     return stats
 
 
-def _cv_shard_worker(args) -> PrepareStats:
-    rows, release_dir, shard_dir, opts, labels = args
-    examples = ((r["path"], os.path.join(release_dir, "clips", r["path"]) if r["path"] else "", r["sentence"])
-                for r in rows)
-    return _write_shard(examples, shard_dir, opts, labels)
+@dataclass
+class ShardJob:
+    """One shard to prepare: its folder, the options and the label encoder; subclasses
+    say where its examples come from."""
+
+    shard_dir: str
+    opts: PrepareOptions
+    labels: LabelEncoder
+
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def examples(self) -> Iterable[tuple[str, Any, str]]:
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        return os.path.exists(os.path.join(self.shard_dir, "stats.json"))
+
+    def run(self) -> PrepareStats:
+        return _write_shard(self.examples(), self.shard_dir, self.opts, self.labels)
 
 
-def _hf_shard_worker(args) -> PrepareStats:
-    ds, start, stop, shard_dir, opts, labels = args
-    return _write_shard(_hf_examples(ds.select(range(start, stop)), opts), shard_dir, opts, labels)
+@dataclass
+class CvShardJob(ShardJob):
+    """Rows of a Common Voice TSV, clips in ``release_dir/clips``."""
+
+    rows: list = field(default_factory=list)
+    release_dir: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def examples(self):
+        return ((r["path"], os.path.join(self.release_dir, "clips", r["path"]) if r["path"] else "", r["sentence"])
+                for r in self.rows)
+
+
+@dataclass
+class HfShardJob(ShardJob):
+    """Rows ``start:stop`` of a ``datasets.Dataset``."""
+
+    dataset: Any = None
+    start: int = 0
+    stop: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def examples(self):
+        return _hf_examples(self.dataset.select(range(self.start, self.stop)), self.opts)
+
+
+def _run_job(job: ShardJob) -> PrepareStats:  # a module-level function, for the process pool
+    return job.run()
 
 
 def _hf_examples(ds, opts: PrepareOptions) -> Iterator[tuple[str, Any, str]]:
@@ -472,21 +590,22 @@ def _prepare_one(source, split, cache_dir, labels, opts, extract_dir):
         os.makedirs(target, exist_ok=True)
         workers = opts.num_workers or os.cpu_count() or 1
         if source.kind in ("cv", "cv-tar"):
-            release = source.location if source.kind == "cv" else extract_release(
-                source.location, extract_dir or default_extract_dir(cache_dir))
+            release = release_dir(source, cache_dir, extract_dir)
             rows = read_cv_split(release, split)[: opts.max_samples]
-            jobs = [(rows[i:i + opts.shard_size], release, _shard_dir(target, i // opts.shard_size), opts, labels)
+            jobs = [CvShardJob(_shard_dir(target, i // opts.shard_size), opts, labels,
+                               rows=rows[i:i + opts.shard_size], release_dir=release)
                     for i in range(0, len(rows), opts.shard_size)]
-            prepared_now = _run_jobs(_cv_shard_worker, jobs, workers)
+            prepared_now = _run_jobs(jobs, workers)
         else:
             ds = _no_decode(_load_hf(source, split, opts.streaming), opts)
             if isinstance(ds, datasets.IterableDataset):
                 prepared_now = _prepare_streaming(ds, target, opts, labels)
             else:
                 n = len(ds) if opts.max_samples is None else min(len(ds), opts.max_samples)
-                jobs = [(ds, i, min(i + opts.shard_size, n), _shard_dir(target, i // opts.shard_size), opts, labels)
+                jobs = [HfShardJob(_shard_dir(target, i // opts.shard_size), opts, labels,
+                                   dataset=ds, start=i, stop=min(i + opts.shard_size, n))
                         for i in range(0, n, opts.shard_size)]
-                prepared_now = _run_jobs(_hf_shard_worker, jobs, workers)
+                prepared_now = _run_jobs(jobs, workers)
         shards = sorted(glob.glob(os.path.join(target, "shard-?????")))
         with open(done_file + ".tmp", "w") as f:
             json.dump({"shards": [os.path.basename(s) for s in shards]}, f)
@@ -513,25 +632,22 @@ def _shard_dir(target: str, index: int) -> str:
     return os.path.join(target, f"shard-{index:05d}")
 
 
-def _run_jobs(worker, jobs, workers: int) -> int:
+def _run_jobs(jobs: list[ShardJob], workers: int) -> int:
     """Run the shard jobs whose shard is not finished yet; return how many clips they held."""
-    todo = [job for job in jobs if not os.path.exists(os.path.join(job[-3], "stats.json"))]
-    count = sum(len(job[0]) if worker is _cv_shard_worker else job[2] - job[1] for job in todo)
+    todo = [job for job in jobs if not job.done()]
     if len(todo) < len(jobs):
-        print(f"  resuming preparation: {len(jobs) - len(todo)} of {len(jobs)} shards already done", flush=True)
+        logger.info("  resuming preparation: %d of %d shards already done", len(jobs) - len(todo), len(jobs))
     if workers <= 1 or len(todo) <= 1:
         for job in todo:
-            worker(job)
+            job.run()
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            list(pool.map(worker, todo))
-    return count
+            list(pool.map(_run_job, todo))
+    return sum(job.size for job in todo)
 
 
 def _prepare_streaming(ds, target: str, opts: PrepareOptions, labels: LabelEncoder) -> int:
     """Streaming sources are read in order; finished shards are skipped on resume."""
-    import itertools
-
     done = 0
     while os.path.exists(os.path.join(_shard_dir(target, done), "stats.json")):
         done += 1

@@ -20,7 +20,7 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 from whisper_zh.cli import ArgumentParser
-from whisper_zh.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL
+from whisper_zh.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL, TrainConfig
 from whisper_zh.features import decode_clip
 from whisper_zh.text import cer, utterance_cer, uses_cer, wer
 from whisper_zh.transcribe import BACKENDS, TranscribeOptions, Transcriber
@@ -129,8 +129,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     source = open_source(args.dataset, args.dataset_config)
     labels = LabelEncoder(args.model, args.language, args.task)
-    opts = PrepareOptions(language=args.language, task=args.task, audio_column=args.audio_column,
-                          text_column=args.text_column)
+    opts = PrepareOptions.from_config(TrainConfig(language=args.language, task=args.task,
+                                                  audio_column=args.audio_column, text_column=args.text_column))
     dataset, stats = prepare_split(source, args.split, args.cache_dir, labels, opts)
     logger.info(stats.summary(args.split))
     if args.max_samples is not None:

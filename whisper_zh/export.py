@@ -25,9 +25,6 @@ import tempfile
 # than float32 and the fastest on x86/ARM CPUs; float16 is for GPUs.
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16", "bfloat16", "float32")
 
-# Files of a finished export; model.bin is written last by the converter.
-CT2_FILES = ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "preprocessor_config.json")
-
 
 def default_output_dir(model_name_or_path: str) -> str:
     """``DIR/ct2`` for a local model directory, else ``./<name>-ct2`` for a Hub id."""
@@ -117,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a Whisper model to CTranslate2 (faster-whisper) for fast CPU serving.",
     )
     parser.add_argument("model", help="fine-tuned model directory (or Hub id)")
-    # CTranslate2 is the only export kind; the flag is accepted so that the documented
-    # `whisper-zh export MODEL --ct2` spelling works and other kinds can be added later.
-    parser.add_argument("--ct2", action="store_true", default=True,
-                        help="export to CTranslate2 (the default and only kind)")
+    # CTranslate2 is the only export kind, so the flag changes nothing; it is accepted
+    # so that the documented `whisper-zh export MODEL --ct2` spelling keeps working.
+    parser.add_argument("--ct2", action="store_true",
+                        help="export to CTranslate2 (what export always does; accepted for compatibility)")
     parser.add_argument("--quantization", default="int8", choices=QUANTIZATIONS,
                         help="weight type (default int8: fastest on CPU)")
     parser.add_argument("--output-dir", default=None,

@@ -5,6 +5,10 @@ The same helpers run in Colab and in a local Jupyter: in Colab the work folder i
 Google Drive (mounted here) and the Hub token comes from the Colab secret ``HF_TOKEN``;
 elsewhere the work folder is a local directory and the token comes from the environment,
 an earlier ``hf auth login``, or a prompt. Tokens are never printed or written anywhere.
+
+The helpers here only find things, show them (tables, figures, printed summaries: a
+notebook's output is its user interface) and call the pipeline; what the command line
+also does lives in the pipeline (:mod:`whisper_zh.train`, :mod:`whisper_zh.data`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ import sys
 from typing import Optional
 
 from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.config import TrainConfig
+from whisper_zh.train import CURVES_NAME, RESULTS_NAME, history_table, plot_history  # noqa: F401  (the notebook's API)
 
 DRIVE_MOUNT = "/content/drive"
 COLAB_WORK_DIR = os.path.join(DRIVE_MOUNT, "MyDrive", "whisper-zh")
 LOCAL_WORK_DIR = os.path.join(os.path.expanduser("~"), "whisper-zh")
-RESULTS_NAME = "results.json"
-CURVES_NAME = "training_curves.png"
 
 
 # --------------------------------------------------------------------------------------
@@ -100,6 +104,27 @@ def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
     return path
 
 
+def make_config(work_dir: str, dataset: Optional[str] = None, cache_dir: str = "cache",
+                output_dir: Optional[str] = None, **values) -> TrainConfig:
+    """The :class:`~whisper_zh.config.TrainConfig` of the notebook's parameters.
+
+    A parameter left ``None`` keeps TrainConfig's default (so the schedule the pipeline
+    derives from the data is not overridden); ``dataset`` is found by
+    :func:`find_dataset`; the cache and output folders are relative to ``work_dir``; a
+    tarball is extracted where :func:`extract_dir` says."""
+    values = {k: v for k, v in values.items() if v is not None}
+    return TrainConfig(dataset=find_dataset(work_dir, dataset), cache_dir=path_in(work_dir, cache_dir),
+                       output_dir=path_in(work_dir, output_dir or TrainConfig.output_dir),
+                       extract_dir=extract_dir(), **values)
+
+
+def show_logs() -> None:
+    """Show the pipeline's progress messages in the cells' output, as the command line does."""
+    from whisper_zh.cli import configure_logging
+
+    configure_logging()
+
+
 # --------------------------------------------------------------------------------------
 # Hardware and Hub
 # --------------------------------------------------------------------------------------
@@ -112,8 +137,9 @@ def gpu_report(config=None) -> dict:
 
     from whisper_zh.train import resolve_gradient_checkpointing, resolve_precision
 
-    precision = resolve_precision(config.precision if config else "auto")
-    checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing if config else None)
+    config = config or TrainConfig()
+    precision = resolve_precision(config.precision)
+    checkpointing = resolve_gradient_checkpointing(config.gradient_checkpointing)
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         report = {"device": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
@@ -185,30 +211,19 @@ def describe_source(config):
     listed, and which role (train / eval / test) the split plays in ``config``."""
     import pandas as pd
 
-    from whisper_zh.data import default_extract_dir, extract_release, open_source, read_cv_split
+    from whisper_zh.data import list_splits, open_source, release_dir
 
     source = open_source(config.dataset, config.dataset_config)
-    roles = {}
-    for role, splits in (("train", config.train_split), ("eval", config.eval_split), ("test", config.test_split)):
-        for split in filter(None, (s.strip() for s in (splits or "").split("+"))):
+    roles: dict[str, list[str]] = {}
+    for role, splits in config.split_roles().items():
+        for split in filter(None, (s.strip() for s in splits.split("+"))):
             roles.setdefault(split, []).append(role)
     if source.kind in ("cv", "cv-tar"):
-        release = source.location if source.kind == "cv" else extract_release(
-            source.location, config.extract_dir or default_extract_dir(config.cache_dir))
-        print(f"Common Voice release: {release}")
-        splits = sorted(f[:-4] for f in os.listdir(release) if f.endswith(".tsv"))
-        rows = [{"split": s, "clips": len(read_cv_split(release, s)), "used as": ", ".join(roles.get(s, []))}
-                for s in splits if s in roles or s in ("train", "dev", "test", "validated")]
+        print(f"Common Voice release {source.release_name}: {release_dir(source, config.cache_dir, config.extract_dir)}")
     else:
-        import datasets
-
         print(f"{source.kind} dataset: {source.location}")
-        if source.kind == "disk":
-            loaded = datasets.load_from_disk(source.location)
-            sizes = {k: len(v) for k, v in loaded.items()} if isinstance(loaded, datasets.DatasetDict) else {}
-        else:
-            sizes = {s: None for s in datasets.get_dataset_split_names(source.location, source.config)}
-        rows = [{"split": s, "clips": n, "used as": ", ".join(roles.get(s, []))} for s, n in sizes.items()]
+    sizes = list_splits(source, config.cache_dir, config.extract_dir)
+    rows = [{"split": s, "clips": n, "used as": ", ".join(roles.get(s, []))} for s, n in sizes.items()]
     return pd.DataFrame(rows).set_index("split")
 
 
@@ -289,37 +304,38 @@ def describe_processor(config, example: Optional[str] = None) -> dict:
 
 
 def training_plan(config) -> dict:
-    """What :func:`whisper_zh.train.train` will do with ``config``, and where it resumes.
+    """Show what :func:`whisper_zh.train.train` will do with ``config``, and get its
+    starting point ready.
 
-    Reads the prepared training split from the cache (preparing it only if it is missing),
-    derives the schedule and precision, and finds the newest complete checkpoint in the
-    output folder; with a Hub repo and no local checkpoint, the Hub's ``last-checkpoint``
-    is downloaded into the output folder so that training resumes from it."""
-    from whisper_zh.train import (find_resumable_checkpoint, fetch_hub_checkpoint, prepare_data,
-                                  resolve_gradient_checkpointing, resolve_precision, resolve_schedule)
+    Reads the prepared training split from the cache (preparing it only if it is missing)
+    and derives the schedule and precision as the pipeline does
+    (:func:`whisper_zh.train.plan_training`). Finding where training resumes is the
+    pipeline's :func:`whisper_zh.train.find_resume_point`: the newest complete checkpoint
+    in the output folder, else, with a Hub repo, the Hub's ``last-checkpoint``, which it
+    downloads into the output folder (so this cell can take minutes)."""
+    from whisper_zh.train import checkpoint_step, find_resume_point, plan_training, prepare_data
 
     data = prepare_data(config, splits=["train"], verbose=False)
-    n_train = len(data.train)
-    schedule = resolve_schedule(config, n_train)
-    resume_from = find_resumable_checkpoint(config.output_dir) if config.resume else None
-    if resume_from is None and config.resume and config.hub_model_id:
-        resume_from = fetch_hub_checkpoint(config.hub_model_id, config.output_dir)
-    resume_step = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
-    plan = {
+    plan = plan_training(config, len(data.train))
+    resume_from = find_resume_point(config)
+    resume_step = checkpoint_step(resume_from) if resume_from else 0
+    schedule = plan.schedule
+    shown = {
         "model": config.model_name_or_path,
-        "training clips": n_train,
+        "training clips": plan.n_train,
         "steps": schedule.max_steps,
         "clips per step": schedule.global_batch_size,
         "checkpoint every": schedule.save_steps,
         "evaluate every": schedule.eval_steps if config.eval_split else None,
         "warmup steps": schedule.warmup_steps,
-        "precision": resolve_precision(config.precision),
-        "gradient checkpointing": resolve_gradient_checkpointing(config.gradient_checkpointing),
+        "precision": plan.precision,
+        "gradient checkpointing": plan.gradient_checkpointing,
+        "timestamp labels": f"{100 * config.timestamp_fraction:.0f}% of clips",
         "output folder": config.output_dir,
         "Hub repo": config.hub_model_id,
         "resume from": resume_from,
     }
-    for key, value in plan.items():
+    for key, value in shown.items():
         print(f"{key:>24}: {value}")
     if resume_from and resume_step >= schedule.max_steps:
         print(f"checkpoint {resume_step} already reaches {schedule.max_steps} steps: training only "
@@ -328,67 +344,22 @@ def training_plan(config) -> dict:
         print(f"training resumes at step {resume_step} of {schedule.max_steps}")
     else:
         print("no checkpoint yet: training starts from the base model")
-    return plan
+    return shown
 
 
-def history_table(log_history: list):
-    """Trainer ``log_history`` -> one row per step: training loss, eval loss, eval CER/WER."""
-    import pandas as pd
+def show_results(result) -> dict:
+    """Print the outcome of a :class:`~whisper_zh.train.TrainResult` (rates in %) and return
+    ``output_dir/results.json``, which :func:`whisper_zh.train.train` wrote (written here
+    from ``result`` when it is missing)."""
+    from whisper_zh.train import save_results as write
 
-    rows: dict[int, dict] = {}
-    for entry in log_history:
-        row = rows.setdefault(entry["step"], {"step": entry["step"]})
-        if "loss" in entry:
-            row["training loss"] = entry["loss"]
-        for key, name in (("eval_loss", "eval loss"), ("eval_cer", "eval CER"), ("eval_wer", "eval WER")):
-            if key in entry:
-                row[name] = entry[key]
-    columns = ["step", "training loss", "eval loss", "eval CER", "eval WER"]
-    table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["step"]), columns=columns)
-    return table.dropna(how="all", subset=columns[1:]).set_index("step")
-
-
-def plot_history(log_history: list, output_dir: Optional[str] = None):
-    """Loss and CER against the step, as a matplotlib Figure (returned, so the notebook
-    shows it); saved as ``output_dir/training_curves.png`` when ``output_dir`` is given."""
-    import matplotlib.pyplot as plt
-
-    table = history_table(log_history)
-    fig, (loss_ax, cer_ax) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
-    # Closed so that pyplot does not show it a second time at the end of the cell; the
-    # notebook shows the returned figure (pyplot's import set up its inline rendering).
-    plt.close(fig)
-    for column, style in (("training loss", "-"), ("eval loss", "o--")):
-        series = table[column].dropna()
-        if len(series):
-            loss_ax.plot(series.index, series.values, style, label=column)
-    loss_ax.set(xlabel="step", ylabel="loss", title="loss")
-    if loss_ax.lines:
-        loss_ax.legend()
-    cer = table["eval CER"].dropna()
-    cer_ax.plot(cer.index, 100 * cer.values, "o-", color="tab:red")
-    cer_ax.set(xlabel="step", ylabel="CER (%)", title="eval CER")
-    for ax in (loss_ax, cer_ax):
-        ax.grid(alpha=0.3)
-    if output_dir:
-        fig.savefig(os.path.join(output_dir, CURVES_NAME), dpi=100)
-    return fig
-
-
-def save_results(result) -> dict:
-    """Write the outcome of a :class:`~whisper_zh.train.TrainResult` to
-    ``output_dir/results.json`` (global step, where it resumed from, best checkpoint,
-    eval and test CER), print it, and return it."""
-    summary = {
-        "global_step": result.global_step,
-        "resumed_from": result.resumed_from,
-        "best_checkpoint": result.best_checkpoint,
-        "eval_cer": result.eval_cer,
-        **{k: v for k, v in result.test_metrics.items() if k in ("test_cer", "test_wer", "test_loss")},
-    }
-    with open(os.path.join(result.output_dir, RESULTS_NAME), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, ensure_ascii=False)
-    for key, value in summary.items():
+    path = os.path.join(result.output_dir, RESULTS_NAME)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    else:
+        summary = write(result)
+    for key, value in result.summary().items():
         shown = f"{100 * value:.2f}%" if key.endswith(("_cer", "_wer")) and value is not None else value
         print(f"{key:>16}: {shown}")
     return summary
@@ -403,11 +374,11 @@ def launch_app(model_dir: str, launch: bool = True, **build_kwargs):
     """Build the project's Gradio app (:func:`whisper_zh.app.build_app`, as ``app.py``
     serves it) on ``model_dir`` and, when ``launch``, start it: with a public share link
     in Colab, on localhost elsewhere. Returns the ``gr.Blocks``."""
-    from whisper_zh.app import build_app
+    from whisper_zh.app import build_app, launch_options
 
     demo = build_app(model_dir, **build_kwargs)
     if launch:
-        demo.launch(share=in_colab())
+        demo.launch(share=in_colab(), **launch_options())
     else:
         print(f"built {type(demo).__module__}.{type(demo).__name__} on {model_dir} (not launched)")
     sys.stdout.flush()
