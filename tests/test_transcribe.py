@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from _media_helpers import joined_clips, make_video, plain_clips, serve_directory, write_wav
+from whisper_zh.cli import main as cli_main
 from whisper_zh.media import SAMPLE_RATE, MediaTooLongError, load_audio
 from whisper_zh.subtitles import SEGMENT_STYLE, to_srt
 from whisper_zh.text import cer, to_simplified, to_traditional, utterance_cer
@@ -346,7 +347,7 @@ def test_cli_file_and_url(whisper_base, zh_cv_mini, tmp_path, capsys, monkeypatc
         assert main([f"{base}/clip.mp3", "--model", str(whisper_base), "--script", "traditional"]) == 0
         out = capsys.readouterr().out.strip()
         assert out == to_traditional(text)
-        assert main([f"{base}/missing.mp3", "--model", str(whisper_base)]) == 1
+        assert cli_main(["transcribe", f"{base}/missing.mp3", "--model", str(whisper_base)]) == 1
         assert "404" in capsys.readouterr().err
 
 
@@ -357,15 +358,15 @@ def test_cli_errors(tiny_whisper, tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert captured.out == "" and "no speech found" in captured.err
     (tmp_path / "bad.mp3").write_text("not audio")
-    assert main([str(tmp_path / "bad.mp3"), "--model", str(tiny_whisper)]) == 1
+    assert cli_main(["transcribe", str(tmp_path / "bad.mp3"), "--model", str(tiny_whisper)]) == 1
     assert "cannot decode" in capsys.readouterr().err
-    assert main(["file:///etc/passwd", "--model", str(tiny_whisper)]) == 1
+    assert cli_main(["transcribe", "file:///etc/passwd", "--model", str(tiny_whisper)]) == 1
     assert "only http:// and https://" in capsys.readouterr().err
-    assert main(["http://127.0.0.1:1/a.mp3", "--model", str(tiny_whisper)]) == 1
+    assert cli_main(["transcribe", "http://127.0.0.1:1/a.mp3", "--model", str(tiny_whisper)]) == 1
     assert "private, loopback or link-local" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "FILE_OR_URL" in capsys.readouterr().out
+    assert "FILE_DIR_GLOB_OR_URL" in capsys.readouterr().out
 
 
 # -- the CTranslate2 backend ------------------------------------------------------------------

@@ -555,8 +555,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             result = engine.transcribe(audio, progress=report)
         except NoSpeechError:
-            print(file=sys.stderr)
-            logger.info("no speech found")
+            print("\nno speech found", file=sys.stderr)
             return 0
         print(file=sys.stderr)
         translation = None
