@@ -94,15 +94,10 @@ def _serve(routes, host="127.0.0.1"):
     return serve_routes(routes, host)
 
 
-def _send(body: bytes, content_type="audio/mpeg", **headers):
-    def handle(request):
-        request.send_response(200)
-        request.send_header("Content-Type", content_type)
-        for name, value in headers.items():
-            request.send_header(name.replace("_", "-"), value)
-        request.end_headers()
-        request.wfile.write(body)
-    return handle
+def send(*args, **kwargs):
+    from _media_helpers import send
+
+    return send(*args, **kwargs)
 
 
 def _download(media, url, out, **kwargs):
@@ -130,11 +125,11 @@ def link_hls(media, work):
     bin_dir.mkdir()
     (bin_dir / "ffmpeg").symlink_to(media.ffmpeg_exe())
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
-    with _serve({"/key": _send(b"0" * 16), "/seg0.ts": _send(b"x" * 188)}, "127.0.0.2") as (inside, hits):
+    with _serve({"/key": send(b"0" * 16), "/seg0.ts": send(b"x" * 188)}, "127.0.0.2") as (inside, hits):
         playlist = (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
                     f'#EXT-X-KEY:METHOD=SAMPLE-AES,URI="{inside}/key",IV=0x00000000000000000000000000000001\n'
                     f"#EXTINF:10.0,\n{inside}/seg0.ts\n#EXT-X-ENDLIST\n").encode()
-        with _serve({"/a.m3u8": _send(playlist, "application/vnd.apple.mpegurl")}) as (base, _):
+        with _serve({"/a.m3u8": send(playlist, "application/vnd.apple.mpegurl")}) as (base, _):
             outcome = _outcome(lambda: _download(media, f"{base}/a.m3u8", work / "dl", allow_private=False))
     return f"internal server got {len(hits)} requests; {outcome}"
 
@@ -163,7 +158,7 @@ def link_no_length(media, work):
 
 def link_gzip(media, work):
     bomb = gzip.compress(b"\0" * (50 << 20))
-    with _serve({"/a.mp3": _send(bomb, Content_Encoding="gzip")}) as (base, _):
+    with _serve({"/a.mp3": send(bomb, Content_Encoding="gzip")}) as (base, _):
         outcome = _outcome(lambda: _download(media, f"{base}/a.mp3", work / "dl", allow_private=False,
                                              max_bytes=5 << 20))
     return f"{len(bomb) // 1024} KB sent; {_written(work / 'dl')}; {outcome}"
@@ -187,7 +182,7 @@ def link_drip(media, work):
 def link_refresh(media, work):
     def page(target):
         html = f'<html><head><meta http-equiv="refresh" content="0; url={target}"></head><body>x</body></html>'
-        return _send(html.encode(), "text/html")
+        return send(html.encode(), "text/html")
 
     with _serve({"/a.html": page("/b.html"), "/b.html": page("/a.html")}) as (base, requested):
         outcome = _outcome(lambda: _download(media, f"{base}/a.html", work / "dl", allow_private=False))
@@ -246,7 +241,7 @@ def link_cookie_visitor(media, work):
     import numpy as np
     import soundfile as sf
 
-    from whisper_zh.app import AppConfig, Handlers
+    import whisper_zh.app as app
 
     class Silent:  # no model: the request ends at "no speech"
         backend, device = "none", "cpu"
@@ -262,8 +257,15 @@ def link_cookie_visitor(media, work):
     from _media_helpers import serve_directory
 
     with serve_directory(site) as (base, _):
-        handlers = Handlers(AppConfig(model_id="none", max_duration_s=60), transcriber=Silent())
-        outcome = _outcome(lambda: list(handlers.run("url", f"{base}/silence.wav", "simplified", str(visitor)))[-1][0])
+        url = f"{base}/silence.wav"
+        if hasattr(app, "Request"):  # the app since 402807a: typed requests and updates
+            from whisper_zh.config import ServeSettings
+
+            handlers = app.Handlers(ServeSettings(model_id="none", max_duration_s=60), transcriber=Silent())
+            outcome = _outcome(lambda: list(handlers.run(app.Request("url", url, cookies=str(visitor))))[-1].status)
+        else:
+            handlers = app.Handlers(app.AppConfig(model_id="none", max_duration_s=60), transcriber=Silent())
+            outcome = _outcome(lambda: list(handlers.run("url", url, "simplified", str(visitor)))[-1][0])
     return f"visitor's cookies.txt left on disk: {'YES' if visitor.exists() else 'no'}; {outcome}"
 
 

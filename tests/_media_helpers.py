@@ -100,13 +100,33 @@ def serve_directory(directory: Path, host: str = "127.0.0.1"):
     requested: list[str] = []
     handler = type("Handler", (_QuietHandler,), {"requested": requested})
     server = http.server.ThreadingHTTPServer((host, 0), functools.partial(handler, directory=str(directory)))
+    with _running(server) as base:
+        yield base, requested
+
+
+@contextlib.contextmanager
+def _running(server: http.server.ThreadingHTTPServer):
+    """``server`` serving in a daemon thread; yields its base URL, shuts it down after."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://{host}:{server.server_address[1]}", requested
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def send(body: bytes, content_type: str = "audio/mpeg", **headers):
+    """A ``serve_routes`` route answering 200 with ``body`` (header names: ``_`` for ``-``)."""
+    def handle(request):
+        request.send_response(200)
+        request.send_header("Content-Type", content_type)
+        for name, value in headers.items():
+            request.send_header(name.replace("_", "-"), value)
+        request.end_headers()
+        request.wfile.write(body)
+    return handle
 
 
 @contextlib.contextmanager
@@ -138,10 +158,5 @@ def serve_routes(routes: dict, host: str = "127.0.0.1"):
 
     server = http.server.ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}", requested
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _running(server) as base:
+        yield base, requested

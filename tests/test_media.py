@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import _media_bombs as bombs
-from _media_helpers import make_video, serve_directory, serve_routes, write_wav
+from _media_helpers import make_video, send, serve_directory, serve_routes, write_wav
 from whisper_zh import media
 from whisper_zh.media import (
     AudioDecodeError,
@@ -291,17 +291,6 @@ def only_127_0_0_1_is_public(monkeypatch):
     monkeypatch.setattr(media, "_is_internal", lambda address: address != "127.0.0.1")
 
 
-def _send(body: bytes, content_type: str = "audio/mpeg", **headers):
-    def handle(request):
-        request.send_response(200)
-        request.send_header("Content-Type", content_type)
-        for name, value in headers.items():
-            request.send_header(name.replace("_", "-"), value)
-        request.end_headers()
-        request.wfile.write(body)
-    return handle
-
-
 def test_a_name_for_an_internal_address_is_refused_by_name(only_127_0_0_1_is_public, tmp_path, monkeypatch):
     """``intranet.test`` resolves to 127.0.0.2 (a stub resolver): the link, and a public
     page redirecting to it, are refused with the name, never the address."""
@@ -311,7 +300,7 @@ def test_a_name_for_an_internal_address_is_refused_by_name(only_127_0_0_1_is_pub
         return system("127.0.0.2" if host == "intranet.test" else host, port, *args, **kwargs)
 
     monkeypatch.setattr(media, "_system_getaddrinfo", resolve)
-    with serve_routes({"/secret.mp3": _send(b"secret")}, host="127.0.0.2") as (inside, hits):
+    with serve_routes({"/secret.mp3": send(b"secret")}, host="127.0.0.2") as (inside, hits):
         port = inside.rsplit(":", 1)[1]
         target = f"http://intranet.test:{port}/secret.mp3"
         redirect = {"/a.mp3": lambda r: (r.send_response(302), r.send_header("Location", target), r.end_headers())}
@@ -331,11 +320,11 @@ def test_hls_never_reaches_an_external_ffmpeg(only_127_0_0_1_is_public, tmp_path
     bin_dir.mkdir()
     (bin_dir / "ffmpeg").symlink_to(media.ffmpeg_exe())
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    with serve_routes({"/key": _send(b"0" * 16), "/seg0.ts": _send(b"x" * 188)}, host="127.0.0.2") as (inside, hits):
+    with serve_routes({"/key": send(b"0" * 16), "/seg0.ts": send(b"x" * 188)}, host="127.0.0.2") as (inside, hits):
         playlist = (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
                     f'#EXT-X-KEY:METHOD=SAMPLE-AES,URI="{inside}/key",IV=0x00000000000000000000000000000001\n'
                     f"#EXTINF:10.0,\n{inside}/seg0.ts\n#EXT-X-ENDLIST\n").encode()
-        with serve_routes({"/audio.m3u8": _send(playlist, "application/vnd.apple.mpegurl")}) as (base, _):
+        with serve_routes({"/audio.m3u8": send(playlist, "application/vnd.apple.mpegurl")}) as (base, _):
             with pytest.raises(DownloadError, match="external program"):
                 download_audio(f"{base}/audio.m3u8", tmp_path / "dl")
     assert hits == []
@@ -360,7 +349,7 @@ def test_max_bytes_counts_what_is_received(only_127_0_0_1_is_public, tmp_path, r
     """8 MB without a Content-Length, and 8 KB of gzip that expand to 8 MB, against a
     1 MB limit: refused while downloading, with little more than 1 MB written."""
     bomb = gzip.compress(b"\0" * (8 << 20))
-    routes = {"/plain.mp3": _stream(8 << 20), "/gzip.mp3": _send(bomb, Content_Encoding="gzip")}
+    routes = {"/plain.mp3": _stream(8 << 20), "/gzip.mp3": send(bomb, Content_Encoding="gzip")}
     with serve_routes(routes) as (base, _):
         with pytest.raises(MediaTooLongError, match="limit of 1 MB"):
             download_audio(base + route, tmp_path / "dl", max_bytes=1 << 20)
@@ -393,7 +382,7 @@ def test_slow_server_meets_the_deadline(only_127_0_0_1_is_public, tmp_path):
 def test_pages_refreshing_to_each_other_stop(only_127_0_0_1_is_public, tmp_path):
     def page(target):
         html = f'<html><head><meta http-equiv="refresh" content="0; url={target}"></head><body>x</body></html>'
-        return _send(html.encode(), "text/html")
+        return send(html.encode(), "text/html")
 
     with serve_routes({"/a.html": page("/b.html"), "/b.html": page("/a.html")}) as (base, requested):
         with pytest.raises(DownloadError, match="more than 32 requests"):
