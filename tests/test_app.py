@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from _media_helpers import make_video, plain_clips, serve_directory, write_wav  # noqa: E402
 from whisper_zh.media import DownloadError  # noqa: E402
-from whisper_zh.text import to_traditional, utterance_cer  # noqa: E402
+from whisper_zh.text import normalize, to_traditional, utterance_cer  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -331,8 +331,12 @@ def test_ct2_route_streams_partial_text_and_writes_bilingual_subtitles(whisper_b
 
         status, text, _, files = _call(client, "transcribe_file", clips_first(zh_cv_mini), output="bilingual")
         bilingual = next(Path(f) for f in files if f.endswith(".bilingual.srt")).read_text(encoding="utf-8")
-        cue = bilingual.split("\n\n")[0].splitlines()  # number, times, the Chinese line, the English
-        assert len(cue) >= 4 and re.search(r"[\u4e00-\u9fff]", cue[2]) and re.search(r"[A-Za-z]{3}", cue[3]), cue
+        # every cue: number, times, the Chinese line, then the translation's line(s). What
+        # whisper-base writes for the translation is not checked: it translates Chinese
+        # poorly, and its temperature fallback samples (English one run, Chinese another)
+        cues = [c.splitlines() for c in bilingual.strip().split("\n\n")]
+        assert cues and all(len(c) >= 4 and re.search(r"[\u4e00-\u9fff]", c[2]) and c[3].strip() for c in cues), cues
+        assert normalize("".join(c[2] for c in cues)) == normalize(text)
     finally:
         demo.close()
 
