@@ -100,6 +100,12 @@ def send(*args, **kwargs):
     return send(*args, **kwargs)
 
 
+def stream(*args, **kwargs):
+    from _media_helpers import stream
+
+    return stream(*args, **kwargs)
+
+
 def _download(media, url, out, **kwargs):
     """download_audio with the keyword arguments this version knows."""
     known = inspect.signature(media.download_audio).parameters
@@ -139,18 +145,8 @@ def _written(folder: Path) -> str:
     return f"{total / 2**20:.1f} MB written"
 
 
-def _stream(total: int, piece: bytes = b"\0" * 65536):
-    def handle(request):
-        request.send_response(200)
-        request.send_header("Content-Type", "audio/mpeg")
-        request.end_headers()
-        for _ in range(total // len(piece)):
-            request.wfile.write(piece)
-    return handle
-
-
 def link_no_length(media, work):
-    with _serve({"/a.mp3": _stream(30 << 20)}) as (base, _):
+    with _serve({"/a.mp3": stream(30 << 20)}) as (base, _):
         outcome = _outcome(lambda: _download(media, f"{base}/a.mp3", work / "dl", allow_private=False,
                                              max_bytes=5 << 20))
     return f"{_written(work / 'dl')}; {outcome}"

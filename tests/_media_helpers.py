@@ -117,6 +117,18 @@ def _running(server: http.server.ThreadingHTTPServer):
         server.server_close()
 
 
+def stream(total: int, piece: bytes = b"\0" * 65536):
+    """A ``serve_routes`` route sending ``total`` bytes without Content-Length: the size is
+    known only by receiving it."""
+    def handle(request):
+        request.send_response(200)
+        request.send_header("Content-Type", "audio/mpeg")
+        request.end_headers()
+        for _ in range(total // len(piece)):
+            request.wfile.write(piece)
+    return handle
+
+
 def send(body: bytes, content_type: str = "audio/mpeg", **headers):
     """A ``serve_routes`` route answering 200 with ``body`` (header names: ``_`` for ``-``)."""
     def handle(request):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import _media_bombs as bombs
-from _media_helpers import make_video, send, serve_directory, serve_routes, write_wav
+from _media_helpers import make_video, send, serve_directory, serve_routes, stream, write_wav
 from whisper_zh import media
 from whisper_zh.media import (
     AudioDecodeError,
@@ -330,16 +330,6 @@ def test_hls_never_reaches_an_external_ffmpeg(only_127_0_0_1_is_public, tmp_path
     assert hits == []
 
 
-def _stream(total: int, piece: bytes = b"\0" * 65536):
-    def handle(request):  # no Content-Length: the size is known only by receiving it
-        request.send_response(200)
-        request.send_header("Content-Type", "audio/mpeg")
-        request.end_headers()
-        for _ in range(total // len(piece)):
-            request.wfile.write(piece)
-    return handle
-
-
 def _received(folder) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name != "cookies.txt")
 
@@ -349,7 +339,7 @@ def test_max_bytes_counts_what_is_received(only_127_0_0_1_is_public, tmp_path, r
     """8 MB without a Content-Length, and 8 KB of gzip that expand to 8 MB, against a
     1 MB limit: refused while downloading, with little more than 1 MB written."""
     bomb = gzip.compress(b"\0" * (8 << 20))
-    routes = {"/plain.mp3": _stream(8 << 20), "/gzip.mp3": send(bomb, Content_Encoding="gzip")}
+    routes = {"/plain.mp3": stream(8 << 20), "/gzip.mp3": send(bomb, Content_Encoding="gzip")}
     with serve_routes(routes) as (base, _):
         with pytest.raises(MediaTooLongError, match="limit of 1 MB"):
             download_audio(base + route, tmp_path / "dl", max_bytes=1 << 20)

@@ -34,7 +34,7 @@ from whisper_zh.media import (
 from whisper_zh.streaming import LiveTranscriber
 from whisper_zh.subtitles import DEFAULT_FORMATS, format_timestamp, write_all
 from whisper_zh.text import SCRIPTS
-from whisper_zh.transcribe import NoSpeechError, TranscribeOptions, Transcriber, get_transcriber
+from whisper_zh.transcribe import NoSpeechError, TranscribeOptions, Transcriber, get_transcriber, join_text
 
 PARTIAL_EVERY_S = 2.0  # seconds between partial results shown while transcribing
 
@@ -115,6 +115,7 @@ class Handlers:
                 script=request.script or "simplified", task="translate" if request.output == "translate" else "transcribe",
                 batch_size=self.settings.batch_size or TranscribeOptions.batch_size,
                 hotwords=(request.hotwords or "").strip() or None, max_duration_s=self.settings.max_duration_s)
+            language = "en" if options.task == "translate" else options.language  # of the text written
             segments: list = []
             done = [0.0]  # fraction decoded, as the engine last reported it
 
@@ -129,14 +130,14 @@ class Handlers:
                 if time.perf_counter() - shown > PARTIAL_EVERY_S:
                     shown = time.perf_counter()
                     yield Update(f"Transcribed {done[0]:.0%} of {format_duration(duration)}…",
-                                 _text(segments), _rows(segments))
+                                 _text(segments, language), _rows(segments))
             if not segments:
                 yield Update(NO_SPEECH)
                 return
             formats, translation = FILE_FORMATS, None
             if request.output == "bilingual":
                 yield Update("Transcribed; translating to English for the bilingual subtitles…",
-                             _text(segments), _rows(segments))
+                             _text(segments, language), _rows(segments))
                 translation = list(self.transcriber.iter_segments(
                     audio, replace(options, task="translate", script="original", hotwords=None),
                     progress=lambda f, msg: report(f, desc=f"translating: {msg}")))
@@ -145,7 +146,7 @@ class Handlers:
             elapsed = time.perf_counter() - started
             status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
                       f"transcribed in {elapsed:.1f} s ({self.transcriber.backend.name}, {self.transcriber.device}).")
-            yield Update(status, _text(segments), _rows(segments), [str(files[f]) for f in formats])
+            yield Update(status, _text(segments, language), _rows(segments), [str(files[f]) for f in formats])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             if request.cookies:
@@ -205,13 +206,8 @@ class Handlers:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _text(segments: list) -> str:
-    return "".join(s.text for s in segments) if not segments or _is_chinese(segments) else \
-        " ".join(s.text for s in segments)
-
-
-def _is_chinese(segments: list) -> bool:
-    return any("\u4e00" <= c <= "\u9fff" for s in segments[:5] for c in s.text)
+def _text(segments: list, language: str = "zh") -> str:
+    return join_text((s.text for s in segments), language)
 
 
 def _rows(segments: list) -> tuple:

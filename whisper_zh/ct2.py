@@ -104,7 +104,7 @@ def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
     converted now (``quantization``, int8: the fastest on a CPU) and cached, so the next
     start skips it. Logs which of these happened and how long it took.
     """
-    from whisper_zh.export import _looks_local, export_ct2
+    from whisper_zh.export import export_ct2, looks_local
 
     started = time.perf_counter()
     found = find_ct2_model(model_id)
@@ -113,7 +113,7 @@ def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
         return found
     if os.path.isdir(model_id):
         source = model_id
-    elif _looks_local(model_id):
+    elif looks_local(model_id):
         raise FileNotFoundError(f"no such model directory: {model_id}")
     else:
         from huggingface_hub import snapshot_download
@@ -224,8 +224,10 @@ def missed_speech(words: Sequence[Word], chunk: tuple[float, float], speech: Spe
     for word in words:
         edges += [max(word.start, word.end - MAX_WORD_S), word.end]
     edges.append(chunk[1])
+    # only the chunk's own speech pieces: a long recording has thousands
+    inside = SpeechMap([chunk], [p for p in speech.speech if p[1] > chunk[0] and p[0] < chunk[1]])
     return [(start, end) for start, end in zip(edges[::2], edges[1::2])
-            if speech.speech_within(start, end) >= min_missed_s]
+            if inside.speech_within(start, end) >= min_missed_s]
 
 
 def split_words(words: Sequence[Word], pauses: list[tuple[float, float]], pause_s: float = PAUSE_S,
@@ -489,8 +491,7 @@ def _merged(result: ChunkResult, extra: ChunkResult) -> ChunkResult:
 def _prompt_tokens(tokenizer, options: TranscribeOptions) -> list[int]:
     """The text that leads every window's prompt: the user's prompt, then the hotwords
     (faster-whisper's spelling: a leading space, as in its ``get_prompt``)."""
-    text = " ".join(t.strip() for t in (options.prompt, options.hotwords) if t and t.strip())
-    return tokenizer.encode(" " + text) if text else []
+    return tokenizer.encode(" " + options.prompt_text) if options.prompt_text else []
 
 
 def _with_prompt(tokenizer, context: list[int]) -> list[int]:

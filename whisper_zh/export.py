@@ -33,7 +33,7 @@ def default_output_dir(model_name_or_path: str) -> str:
     return model_name_or_path.rstrip("/").split("/")[-1] + "-ct2"
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
     """A path rather than a Hub id ("name" or "org/name"): fail at once instead of asking
     the Hub (which, offline, retries before it fails)."""
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
@@ -77,7 +77,7 @@ def export_ct2(model_name_or_path: str, output_dir: str | None = None, quantizat
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
-    if not os.path.isdir(model_name_or_path) and _looks_local(model_name_or_path):
+    if not os.path.isdir(model_name_or_path) and looks_local(model_name_or_path):
         raise FileNotFoundError(f"no such model directory: {model_name_or_path}")
     from ctranslate2.converters import TransformersConverter
 

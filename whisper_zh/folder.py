@@ -37,7 +37,7 @@ from typing import Optional, Sequence, Union
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.media import format_duration, is_url, load_media, probe_duration
-from whisper_zh.subtitles import DEFAULT_FORMATS, WRITERS, SubtitleStyle, write_subtitles
+from whisper_zh.subtitles import DEFAULT_FORMATS, FORMATS, SUFFIXES, SubtitleStyle, write_subtitles
 from whisper_zh.transcribe import NoSpeechError, TranscribeOptions, Transcriber
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class MediaFile:
     stem: Path
 
     def outputs(self, output_dir: PathLike, formats: Sequence[str]) -> dict[str, Path]:
-        """{format: output path}."""
-        return {fmt: Path(output_dir) / f"{self.stem}.{fmt}" for fmt in formats}
+        """{format: output path}, each named as :func:`whisper_zh.subtitles.write_all` names it."""
+        return {fmt: Path(output_dir) / f"{self.stem}{SUFFIXES[fmt]}" for fmt in formats}
 
 
 @dataclass(frozen=True)
@@ -236,10 +236,10 @@ def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
         ValueError: naming the unknown ones and the available ones.
     """
     formats = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
-    unknown = [f for f in formats if f not in WRITERS]
+    unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"unknown output format{'s' * (len(unknown) > 1)} {', '.join(unknown) or '(none)'}; "
-                         f"choose from {', '.join(WRITERS)}")
+                         f"choose from {', '.join(FORMATS)}")
     return formats
 
 
@@ -324,7 +324,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
     Args:
         inputs: folders (searched recursively), glob patterns, files.
         output_dir: where the outputs go, mirroring the inputs' relative paths.
-        formats: any of :data:`whisper_zh.subtitles.WRITERS`' formats.
+        formats: any of :data:`whisper_zh.subtitles.FORMATS`; bilingual adds an English pass.
         transcriber: a loaded engine, or a model id/directory to load (once per process,
             the main process first, so a Hub download happens once); None: the default model.
         options: decoding options (default: the engine's).

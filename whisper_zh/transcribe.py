@@ -133,6 +133,17 @@ class TranscribeOptions:
     max_duration_s: Optional[float] = 3600.0
     drop_hallucinations: bool = True
 
+    @property
+    def prompt_text(self) -> str:
+        """What leads every window's prompt: the prompt, then the hotwords ("" for none)."""
+        return " ".join(t.strip() for t in (self.prompt, self.hotwords) if t and t.strip())
+
+
+def join_text(texts, language: str) -> str:
+    """Pieces of text as one: without spaces for Chinese (and other languages written without
+    them), with single spaces otherwise."""
+    return ("" if language in CHARACTER_LANGUAGES else " ").join(texts).strip()
+
 
 @dataclass
 class Transcript:
@@ -147,8 +158,7 @@ class Transcript:
     @property
     def text(self) -> str:
         """All segments joined: without spaces for Chinese, with single spaces otherwise."""
-        joiner = "" if self.language in CHARACTER_LANGUAGES else " "
-        return joiner.join(s.text for s in self.segments).strip()
+        return join_text((s.text for s in self.segments), self.language)
 
     @property
     def speed(self) -> float:
@@ -260,7 +270,7 @@ class TransformersBackend:
         for name in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold"):
             if getattr(options, name) is not None:
                 kwargs[name] = getattr(options, name)
-        prompt = " ".join(t.strip() for t in (options.prompt, options.hotwords) if t and t.strip())
+        prompt = options.prompt_text
         if prompt:
             # a short-form generate call prompts every window of the batch with it
             kwargs["prompt_ids"] = self.processor.get_prompt_ids(" " + prompt, return_tensors="pt").to(self.device)
@@ -420,8 +430,7 @@ class Transcriber:
             # millisecond, and can fall a few samples before its clip's)
             clip = bisect.bisect_right(starts, (segment.start + segment.end) / 2 * SAMPLE_RATE) - 1
             texts[max(clip, 0)].append(segment.text)
-        joiner = "" if options.language in CHARACTER_LANGUAGES else " "
-        return [joiner.join(t).strip() for t in texts]
+        return [join_text(t, options.language) for t in texts]
 
 
 def _is_hallucination(text: str) -> bool:
@@ -517,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``whisper-zh transcribe``: one input prints its transcript to stdout; several
     inputs, a folder or a glob are a batch job (:mod:`whisper_zh.folder`)."""
-    from whisper_zh.subtitles import FORMATS, default_style, format_timestamp, write_all, write_subtitles
+    from whisper_zh.folder import check_formats, is_folder_job
+    from whisper_zh.subtitles import default_style, format_timestamp, write_all, write_subtitles
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     settings = ServeSettings.from_env()
@@ -526,16 +536,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 batch_size=args.batch_size or settings.batch_size or TranscribeOptions.batch_size,
                                 beam_size=args.beam_size, prompt=args.prompt, hotwords=args.hotwords,
                                 max_duration_s=max_duration)
-    formats = [f.strip() for f in (args.formats or "").split(",") if f.strip()] or None
-    unknown = sorted(set(formats or ()) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    formats = check_formats(args.formats.split(",")) if args.formats else None
     base = default_style(language="en" if args.task == "translate" else args.language)
     style = replace(base, max_line_width=args.line_width or base.max_line_width,
                     max_lines=args.max_lines or base.max_lines,
                     keep_punctuation=args.keep_punctuation or base.keep_punctuation)
-    from whisper_zh.folder import is_folder_job
-
     if len(args.sources) > 1 or is_folder_job(args.sources[0]):
         return _folder_main(args, options, formats, style)
 
@@ -580,7 +585,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _folder_main(args: argparse.Namespace, options: TranscribeOptions, formats: Optional[list[str]], style) -> int:
+def _folder_main(args: argparse.Namespace, options: TranscribeOptions, formats: Optional[Sequence[str]],
+                 style) -> int:
     """Several inputs, folders or globs: a batch job (:func:`whisper_zh.folder.transcribe_folder`),
     split over the processes of ``accelerate launch``/``torchrun``; the summary on stdout."""
     import json
