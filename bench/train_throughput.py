@@ -14,10 +14,12 @@ steps (torch.compile, cuDNN autotuning, worker start-up) and then ``--steps`` ti
 * ``fast``: the project's GPU-optimised profile, same path: bf16, batch 64, SDPA, no
   checkpointing, torch.compile, the project's default data-loader workers.
 
-Reported per configuration: samples/s (clips per second of wall time over the timed
-steps), audio s/s (seconds of speech trained on per second: samples/s x the mean clip
-duration of the training set), peak GPU memory (GiB, ``torch.cuda.max_memory_allocated``
-over the whole run) and data wait (the share of the timed wall time between one step's end,
+Reported per configuration: samples/s (training examples, each one 30 s encoder input,
+per second of wall time over the timed steps), clips/s (the blog's samples are single
+clips; the project's examples join its timestamped clips into windows of up to 30 s, so
+one holds more than one clip on average), audio s/s (seconds of speech trained on per
+second: clips/s x the mean clip duration of the training set), peak GPU memory (GiB,
+``torch.cuda.max_memory_allocated`` over the whole run) and data wait (the share of the timed wall time between one step's end,
 after ``torch.cuda.synchronize()``, and the next step's start: the time the device waited
 for the data loader). Each configuration runs in its own process.
 
@@ -226,18 +228,21 @@ def run_profile(name: str, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
 
     if name == "blog":
-        trainer = blog_trainer(args, profile, total_steps, timer, cuda)
+        trainer, clips_per_sample = blog_trainer(args, profile, total_steps, timer, cuda), 1.0
     else:
         trainer = project_trainer(config, prepared, total_steps, timer)
+        clips_per_sample = len(trainer.train_dataset.clips) / len(trainer.train_dataset)
     trainer.train()
     seconds, wait = timer.window(args.steps)
     samples = args.steps * batch
+    clips = samples * clips_per_sample
     result = {
         "profile": name, "label": describe(profile), "precision": profile["precision"], "batch": batch,
         "gradient_checkpointing": profile["checkpointing"], "attention": profile["attention"],
         "torch_compile": profile["compile"], "dataloader_num_workers": trainer.args.dataloader_num_workers,
         "warmup_steps": args.warmup, "timed_steps": args.steps, "seconds": seconds,
-        "samples_per_second": samples / seconds, "audio_seconds_per_second": samples * mean_duration / seconds,
+        "samples_per_second": samples / seconds, "clips_per_sample": clips_per_sample,
+        "clips_per_second": clips / seconds, "audio_seconds_per_second": clips * mean_duration / seconds,
         "mean_clip_seconds": mean_duration, "data_wait_seconds": wait, "data_wait_share": wait / seconds,
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
         "step_seconds": [e - b for b, e in zip(timer.begins, timer.ends)],
@@ -248,12 +253,15 @@ def run_profile(name: str, args) -> dict:
 
 
 def project_trainer(config, prepared, total_steps: int, timer):
-    """The Trainer exactly as :func:`whisper_zh.train.train` builds it, on the repeated cache."""
+    """The Trainer exactly as :func:`whisper_zh.train.train` builds it (the same training
+    examples: timestamped clips joined into windows), on the repeated cache."""
     from whisper_zh.features import mel_filters_of
     from whisper_zh.train import (WhisperTrainer, build_training_arguments, load_model_and_processor,
-                                  make_collator, plan_training)
+                                  make_collator, plan_training, training_examples)
 
-    train_set = repeat(prepared, total_steps * config.per_device_train_batch_size)
+    needed = total_steps * config.per_device_train_batch_size
+    copies = math.ceil(needed / len(training_examples(config, prepared))) + 1  # +1: windows may join at the seams
+    train_set = training_examples(config, repeat(prepared, copies * len(prepared)))
     model, processor = load_model_and_processor(config.model_name_or_path, config.language, config.task)
     plan = plan_training(config, len(train_set))
     if plan.gradient_checkpointing:
@@ -261,7 +269,7 @@ def project_trainer(config, prepared, total_steps: int, timer):
     args = build_training_arguments(config, plan.schedule, plan.precision, plan.gradient_checkpointing)
     return WhisperTrainer(
         model=model, args=args, train_dataset=train_set,
-        data_collator=make_collator(config, model, processor),
+        data_collator=make_collator(model, processor),
         processing_class=processor, callbacks=[timer],
         mel_filters=mel_filters_of(processor.feature_extractor),
     )
@@ -346,18 +354,18 @@ def print_table(report: dict) -> None:
     base = next((r for r in report["results"] if r["profile"] == "blog"), None)
     print(f"\n{report['model']} on {report['device']} ({report['cpu']}, {report['cpu_count']} cores); "
           f"{report['timed_steps']} timed steps after {report['warmup_steps']} warm-up\n")
-    print("| configuration | samples/s | audio s/s | peak GPU GiB | data wait | vs blog |")
-    print("|---|---|---|---|---|---|")
+    print("| configuration | samples/s | clips/s | audio s/s | peak GPU GiB | data wait | vs blog |")
+    print("|---|---|---|---|---|---|---|")
     for r in report["results"]:
         if "error" in r:
-            print(f"| {r.get('label', r['profile'])} | failed: {r['error'][:80]} | | | | |")
+            print(f"| {r.get('label', r['profile'])} | failed: {r['error'][:80]} | | | | | |")
             continue
         ratio = f"{r['samples_per_second'] / base['samples_per_second']:.1f}x" if base and "error" not in base else ""
         label = r["label"] + (f", {r['dataloader_num_workers']} loader workers" if r["profile"] != "blog" else "")
         rate = r["samples_per_second"]
         print(f"| {label} | {rate:.1f} | " if rate >= 10 else f"| {label} | {rate:.2f} | ", end="")
-        print(f"{r['audio_seconds_per_second']:.1f} | {fmt(r['peak_gpu_gib'], '.1f')} | "
-              f"{100 * r['data_wait_share']:.0f}% | {ratio} |")
+        print(f"{r.get('clips_per_second', rate):.2f} | {r['audio_seconds_per_second']:.1f} | "
+              f"{fmt(r['peak_gpu_gib'], '.1f')} | {100 * r['data_wait_share']:.0f}% | {ratio} |")
 
 
 def main(argv=None) -> int:

@@ -213,7 +213,9 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
     return rows
 
 
-def measure(transcribe: Transcribe, recording: Recording) -> dict:
+def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = False) -> dict:
+    """One system on one recording: speed, CER and sentences lost (and, with
+    ``keep_segments``, its ``(start, end, text)`` segments under ``"segments"``)."""
     load_before = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), time.process_time()
     segments, first = [], None
@@ -239,6 +241,7 @@ def measure(transcribe: Transcribe, recording: Recording) -> dict:
         # other processes on the machine slow everything down: say how busy it was
         "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "text_head": text[:80],
+        **({"segments": segments} if keep_segments else {}),
     }
 
 

@@ -92,6 +92,35 @@ def test_spec_augment_is_an_option_off_by_default(tiny_whisper):
     assert torch.equal(model.model._mask_input_features(features), features)
 
 
+def test_training_examples_of_a_prepared_split_reach_the_trainer_as_timestamped_windows(tmp_path, zh_cv_mini,
+                                                                                          tiny_whisper):
+    """The pipeline's own path: the prepared cache -> planned examples -> the collator's batches."""
+    from whisper_zh.train import load_model_and_processor, make_collator, prepare_data, training_examples
+
+    config = TrainConfig(dataset=str(zh_cv_mini), model_name_or_path=str(tiny_whisper), cache_dir=str(tmp_path),
+                         eval_split="", test_split="")
+    clips = prepare_data(config, splits=["train"], verbose=False).train
+    examples = training_examples(config, clips)
+    windows = [p for p in examples.plans if p.timestamps]
+    assert sorted(r for p in examples.plans for r in p.rows) == list(range(len(clips))) == list(range(400))
+    assert 0.4 < sum(len(p.rows) for p in windows) / 400 < 0.6 and len(examples) < 300
+    assert all(sum(clips[r]["duration"] for r in p.rows) <= 30.0 for p in windows)
+    assert f"400 clips in {len(examples)} examples" in examples.describe()
+
+    model, processor = load_model_and_processor(str(tiny_whisper))
+    collate = make_collator(model, processor)
+    timestamp_begin = processor.tokenizer.convert_tokens_to_ids("<|0.00|>")
+    batch = collate([examples[i] for i in range(len(examples))][:64])
+    stamped = (batch["labels"] >= timestamp_begin).sum(dim=1)
+    expected = [2 * len(examples.plans[i].rows) if examples.plans[i].timestamps else 0 for i in range(64)]
+    assert stamped.tolist() == expected, "two timestamps per clip of a window, none elsewhere"
+    assert batch["input_audio"].shape[1] <= 30 * 16000
+    with pytest.raises(ConfigError, match="timestamp_window_s"):
+        training_examples(TrainConfig(dataset="x", timestamp_window_s=45), clips)
+    with pytest.raises(ConfigError, match="timestamp_fraction"):
+        training_examples(TrainConfig(dataset="x", timestamp_fraction=1.5), clips)
+
+
 def test_hub_ids_and_local_paths(tmp_path):
     assert is_hub_id("openai/whisper-small") and is_hub_id("whisper-small")
     assert not is_hub_id(str(tmp_path)) and not is_hub_id("/no/such/dir/model") and not is_hub_id("./model")
@@ -322,7 +351,7 @@ def test_torchrun_trains_data_parallel(tmp_path, zh_cv_mini, tiny_whisper):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     logs = run.stdout + run.stderr
     assert "on CPU x2" in logs and "global batch" not in logs
-    assert "of 4 clips, checkpoint every 2" in logs  # 2 per process x 2 processes
+    assert "of 4 examples, checkpoint every 2" in logs  # 2 per process x 2 processes
     summaries = [line for line in run.stdout.splitlines() if line.startswith('{"global_step"')]
     assert len(summaries) == 1 and json.loads(summaries[0])["global_step"] == 4
     assert read_state(find_resumable_checkpoint(str(out)))["global_step"] == 4

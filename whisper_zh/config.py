@@ -88,13 +88,18 @@ class TrainConfig:
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model (fast GPUs)."})
     timestamp_fraction: float = field(
         default=0.5,
-        metadata={"help": "Share of training clips labelled with timestamps (<|0.00|> text <|end|>) instead of "
-                          "<|notimestamps|>, as in Whisper's own training data: keeps the model predicting "
-                          "the timestamps long-form transcription relies on. 0 for none."})
+        metadata={"help": "Share of training clips labelled with timestamps instead of <|notimestamps|>, as in "
+                          "Whisper's own training data: keeps the model predicting the timestamps long-form "
+                          "transcription relies on. 0 for none."})
+    timestamp_window_s: float = field(
+        default=30.0,
+        metadata={"help": "Consecutive timestamped clips are joined into one input of up to this many seconds, "
+                          "each clip its own segment (<|start|> text <|end|>), like Whisper's 30 s long-form "
+                          "windows. 0: one clip per input."})
     prompt_fraction: float = field(
         default=0.0,
-        metadata={"help": "Share of training clips conditioned on the previous clip's text (<|startofprev|>), "
-                          "as Whisper is at inference. Uses the order of the training split."})
+        metadata={"help": "Share of training examples conditioned on the text of the clip before them "
+                          "(<|startofprev|>), as Whisper is at inference. Uses the order of the training split."})
     apply_spec_augment: bool = field(
         default=False, metadata={"help": "SpecAugment: mask spans of time and frequency of the training input."})
     mask_time_prob: Optional[float] = field(

@@ -1,19 +1,21 @@
-"""Features: cached clips -> batches of padded waveforms -> log-mel on the model's device.
+"""Features: cached clips -> training examples -> batches of waveforms -> log-mel on the model's device.
 
 Whisper's input is an 80 (or 128) x 3000 log-mel of a zero-padded 30 s window. Storing
 it costs 0.96 MB a clip; computing it costs a few milliseconds of STFT. So the cache
-keeps compressed audio, :class:`SpeechCollator` decodes a batch to waveforms padded to
-the longest clip (in the DataLoader's worker processes), and :func:`log_mel_spectrogram`
-pads to 30 s and computes the features on whichever device the model is on (a GPU when
-there is one), batched. The result matches ``WhisperFeatureExtractor`` to float
-rounding.
+keeps compressed audio; :func:`plan_examples` decides which clips make one training
+example (clips labelled with timestamps are joined into windows of up to 30 s, each clip
+its own segment) and :class:`SpeechCollator` decodes a batch of them to waveforms padded
+to the longest (in the DataLoader's worker processes), with their labels;
+:func:`log_mel_spectrogram` pads to 30 s and computes the features on whichever device
+the model is on (a GPU when there is one), batched. The result matches
+``WhisperFeatureExtractor`` to float rounding.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -63,19 +65,21 @@ def decode_clip(data: Any) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
-def speech_end(clip: np.ndarray, floor_db: float = SPEECH_FLOOR_DB) -> float:
-    """Where speech ends in ``clip`` (16 kHz), on Whisper's 0.02 s timestamp grid and never
-    beyond the clip: the end of the last 20 ms frame within ``floor_db`` of the loudest
-    frame. A clip shorter than one step, or silent, ends at its (grid-rounded) duration."""
+def speech_span(clip: np.ndarray, floor_db: float = SPEECH_FLOOR_DB) -> tuple[float, float]:
+    """Where speech starts and ends in ``clip`` (16 kHz), on Whisper's 0.02 s timestamp grid
+    and never beyond the clip: the start of the first and the end of the last 20 ms frame
+    within ``floor_db`` of the loudest frame. A silent clip spans its whole (grid-rounded)
+    duration; one shorter than a step spans nothing, ``(0.0, 0.0)``."""
     step = int(round(TIME_PRECISION * SAMPLE_RATE))
     n_steps = min(clip.shape[0] // step, int(round(CHUNK_LENGTH / TIME_PRECISION)))
     if n_steps == 0:
-        return 0.0
+        return 0.0, 0.0
     frames = clip[: n_steps * step].astype(np.float64).reshape(n_steps, step)
     energy_db = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    if energy_db.max() <= -100:
+        return 0.0, round(n_steps * TIME_PRECISION, 2)
     loud = np.flatnonzero(energy_db >= energy_db.max() - floor_db)
-    last = int(loud[-1]) + 1 if loud.size and energy_db.max() > -100 else n_steps
-    return round(last * TIME_PRECISION, 2)
+    return round(int(loud[0]) * TIME_PRECISION, 2), round((int(loud[-1]) + 1) * TIME_PRECISION, 2)
 
 
 def example_draw(seed: int, *key: Any) -> float:
@@ -85,9 +89,142 @@ def example_draw(seed: int, *key: Any) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+# --------------------------------------------------------------------------------------
+# Training examples: which clips are decoded together, and how they are labelled
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExamplePlan:
+    """One training example, by row numbers of a prepared split."""
+
+    rows: tuple[int, ...]  # clips joined as one input, in order
+    timestamps: bool = False  # labelled with a timestamped segment per clip, else <|notimestamps|>
+    prompt_row: Optional[int] = None  # the clip whose text is the <|startofprev|> prompt
+
+
+def check_example_options(timestamp_fraction: float, timestamp_window_s: float, prompt_fraction: float) -> None:
+    """Raise ValueError, naming the option, for one :func:`plan_examples` cannot follow."""
+    for name, value, top in (("timestamp_fraction", timestamp_fraction, 1), ("prompt_fraction", prompt_fraction, 1),
+                             ("timestamp_window_s", timestamp_window_s, CHUNK_LENGTH)):
+        if not 0 <= value <= top:
+            raise ValueError(f"{name} must be between 0 and {top}, not {value}")
+
+
+def plan_examples(keys: Sequence[tuple], durations: Sequence[float], label_lengths: Sequence[int], *,
+                  timestamp_fraction: float = 0.0, timestamp_window_s: float = float(CHUNK_LENGTH),
+                  prompt_fraction: float = 0.0, seed: int = 0, max_length: Optional[int] = None
+                  ) -> list[ExamplePlan]:
+    """The training examples of a prepared split, from its clips in the split's order.
+
+    A ``timestamp_fraction`` of the clips (each drawn by :func:`example_draw` from its key,
+    so the choice survives epochs, resumes and worker processes) is labelled with
+    timestamps. Consecutive such clips are joined into one input of at most
+    ``timestamp_window_s`` seconds, each clip its own segment, as in the 30 s windows of
+    long-form speech Whisper was trained on: the model keeps predicting where a sentence
+    starts and ends *inside* a window and where the next one begins, which is what
+    long-form transcription reads its segments from (a clip alone only ever shows one
+    segment at the start of an input). ``timestamp_window_s`` 0 keeps one clip per example.
+    The other clips are examples of their own, labelled ``<|notimestamps|>``. Every clip is
+    in exactly one example, so an epoch still sees each clip once.
+
+    A ``prompt_fraction`` of the examples (drawn by their first clip) is conditioned on
+    the text of the clip before their first one in the split (``<|startofprev|>``).
+
+    Args:
+        keys: per clip, what fixes its draws (its path and sentence).
+        durations: per clip, seconds.
+        label_lengths: per clip, the length of its cached label ids
+            (``<|startoftranscript|><|zh|><|transcribe|><|notimestamps|> text <|endoftext|>``).
+        max_length: the decoder's limit on a label, ``<|startoftranscript|>`` included.
+    """
+    check_example_options(timestamp_fraction, timestamp_window_s, prompt_fraction)
+    plans: list[ExamplePlan] = []
+    window: list[int] = []
+    window_s = window_tokens = 0.0
+
+    def prompt_row(first: int) -> Optional[int]:
+        wanted = first > 0 and example_draw(seed, "prompt", *keys[first]) < prompt_fraction
+        return first - 1 if wanted else None
+
+    def close_window():
+        if window:
+            plans.append(ExamplePlan(tuple(window), True, prompt_row(window[0])))
+            window.clear()
+
+    for i, (key, seconds, length) in enumerate(zip(keys, durations, label_lengths)):
+        if example_draw(seed, "timestamps", *key) >= timestamp_fraction:
+            plans.append(ExamplePlan((i,), False, prompt_row(i)))
+            continue
+        # a clip adds its two timestamps and its text (its cached label less the prefix,
+        # <|notimestamps|> and <|endoftext|>) to a label of 4 + sum(length - 3) tokens
+        fits = (window and window_s + seconds <= timestamp_window_s
+                and (max_length is None or window_tokens + length - 3 <= max_length))
+        if not fits:
+            close_window()
+            window_s, window_tokens = 0.0, 4
+        window.append(i)
+        window_s += seconds
+        window_tokens += length - 3
+    close_window()
+    return plans
+
+
+@dataclass(frozen=True)
+class Example:
+    """What :class:`SpeechCollator` makes one row of a batch of: clips decoded and joined
+    as one input, labelled with or without timestamps, optionally after the text before.
+
+    Attributes:
+        clips: prepared rows (``audio``: encoded bytes or a waveform; ``labels``: cached ids).
+        timestamps: one timestamped segment per clip; without, there is only one clip.
+        prompt_labels: cached label ids of the text before, for a ``<|startofprev|>`` prompt.
+    """
+
+    clips: tuple[dict, ...]
+    timestamps: bool = False
+    prompt_labels: Optional[Sequence[int]] = None
+
+    def __post_init__(self):
+        if len(self.clips) > 1 and not self.timestamps:
+            raise ValueError("clips are joined only with timestamps: each needs a segment of its own")
+
+
+class TrainingExamples(torch.utils.data.Dataset):
+    """A prepared split seen as the :class:`Example`s that :func:`plan_examples` makes of it."""
+
+    def __init__(self, clips, plans: Sequence[ExamplePlan]):
+        self.clips = clips
+        self.plans = list(plans)
+
+    @classmethod
+    def from_split(cls, clips, **plan_options) -> "TrainingExamples":
+        """``clips``: a prepared split (``path``, ``sentence``, ``duration``, ``labels``);
+        ``plan_options``: those of :func:`plan_examples`."""
+        columns = clips.select_columns(["path", "sentence", "duration", "labels"]).to_dict()
+        plans = plan_examples(list(zip(columns["path"], columns["sentence"])), columns["duration"],
+                              [len(ids) for ids in columns["labels"]], **plan_options)
+        return cls(clips, plans)
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __getitem__(self, index: int) -> Example:
+        plan = self.plans[index]
+        prompt = self.clips[plan.prompt_row]["labels"] if plan.prompt_row is not None else None
+        return Example(tuple(self.clips[i] for i in plan.rows), plan.timestamps, prompt)
+
+    def describe(self) -> str:
+        windows = [p for p in self.plans if p.timestamps]
+        stamped = sum(len(p.rows) for p in windows)
+        return (f"{len(self.clips)} clips in {len(self.plans)} examples: {stamped} clips with timestamps in "
+                f"{len(windows)} windows ({stamped / max(1, len(windows)):.1f} clips each), "
+                f"{sum(p.prompt_row is not None for p in self.plans)} examples after a prompt")
+
+
 @dataclass(frozen=True)
 class LabelTokens:
-    """The special token ids the collator rewrites cached labels with."""
+    """The special token ids the collator writes labels with."""
 
     no_timestamps: int
     timestamp_begin: int  # <|0.00|>; <|t|> is timestamp_begin + t / 0.02
@@ -104,9 +241,9 @@ class LabelTokens:
 
 @dataclass
 class SpeechCollator:
-    """Rows of a prepared dataset -> ``{"input_audio", "labels"}``.
+    """:class:`Example`s (or plain prepared rows, one clip each) -> ``{"input_audio", "labels"}``.
 
-    ``input_audio`` is float32 ``(batch, longest clip in samples)``; the trainer turns it
+    ``input_audio`` is float32 ``(batch, longest input in samples)``; the trainer turns it
     into ``input_features`` on the device (:func:`log_mel_spectrogram`). ``labels`` are
     padded with -100 (ignored by the loss) and lose their leading
     ``<|startoftranscript|>``, which the model prepends itself when it shifts labels
@@ -114,64 +251,89 @@ class SpeechCollator:
     ``shift_tokens_right(labels, pad, decoder_start_token_id)`` when no decoder inputs
     are given).
 
-    Timestamps: labels are cached as ``<|notimestamps|> text <|endoftext|>``. With
-    ``tokens`` set, a ``timestamp_fraction`` of the clips (drawn by
-    :func:`example_draw`, fixed per clip) is rewritten here, where the audio is at
-    hand, to ``<|0.00|> text <|T|> <|endoftext|>`` with T the clip's :func:`speech_end`,
-    so that fine-tuning keeps the timestamp prediction that long-form transcription
-    relies on; the cache stays valid for any fraction.
+    Timestamps: labels are cached as ``<|notimestamps|> text <|endoftext|>``. An example
+    with ``timestamps`` (which needs ``tokens``) is rewritten here, where the audio is at
+    hand, to ``<|s1|> text1 <|e1|><|s2|> text2 <|e2|>... <|endoftext|>``: each clip's speech
+    start and end (:func:`speech_span`) at its place in the joined input. Clips that would
+    take the input past ``n_samples`` or the label past ``max_length`` are left out. The
+    cache stays valid for any mix.
 
-    Previous text: a row holding ``prev_labels`` (the cached label ids of the clip before
-    it, added by the training pipeline only) is, for a ``prompt_fraction`` of the clips,
-    conditioned on that text as Whisper is at inference:
-    ``<|startofprev|> previous text <|startoftranscript|> ...``. The prompt is input
-    only: the batch then carries explicit ``decoder_input_ids`` and the prompt's
-    positions in ``labels`` are -100.
+    Previous text: an example with ``prompt_labels`` is conditioned on that text as
+    Whisper is at inference: ``<|startofprev|> previous text <|startoftranscript|> ...``.
+    The prompt is input only: the batch then carries explicit ``decoder_input_ids`` and
+    the prompt's positions in ``labels`` are -100.
     """
 
     decoder_start_token_id: int
     n_samples: int = N_SAMPLES
     tokens: Optional[LabelTokens] = None
-    timestamp_fraction: float = 0.0
-    prompt_fraction: float = 0.0
-    seed: int = 0
     max_length: Optional[int] = None  # the decoder's max_target_positions; None: no limit
 
-    def __call__(self, rows: list[dict]) -> dict:
-        clips = [decode_clip(row["audio"])[: self.n_samples] for row in rows]
-        audio = torch.zeros(len(clips), max(c.shape[0] for c in clips), dtype=torch.float32)
-        for i, clip in enumerate(clips):
+    def __call__(self, items: list) -> dict:
+        examples = [item if isinstance(item, Example) else Example((item,)) for item in items]
+        built = [self.build(example) for example in examples]
+        audio = torch.zeros(len(built), max(clip.shape[0] for clip, _ in built), dtype=torch.float32)
+        for i, (clip, _) in enumerate(built):
             audio[i, : clip.shape[0]] = torch.from_numpy(clip)
         batch: dict[str, torch.Tensor] = {"input_audio": audio}
-        if "labels" in rows[0]:
-            labels = [list(row["labels"]) for row in rows]
-            if self.tokens is not None and self.timestamp_fraction > 0:
-                labels = [self.with_timestamps(ids, clip) if self._draw("timestamps", row) < self.timestamp_fraction
-                          else ids for ids, clip, row in zip(labels, clips, rows)]
-            prompts = [None] * len(rows)
-            if self.tokens is not None and self.prompt_fraction > 0 and "prev_labels" in rows[0]:
-                prompts = [self.prompt_of(row["prev_labels"]) if row["prev_labels"]
-                           and self._draw("prompt", row) < self.prompt_fraction else None for row in rows]
+        if "labels" in examples[0].clips[0]:
+            labels = [ids for _, ids in built]
+            prompts = [self.prompt_of(e.prompt_labels) if e.prompt_labels and self.tokens is not None else None
+                       for e in examples]
             if any(prompts):
                 batch.update(self.prompted(labels, prompts))
             else:
                 batch["labels"] = self.pad_labels(labels)
         return batch
 
-    def _draw(self, purpose: str, row: dict) -> float:
-        return example_draw(self.seed, purpose, row.get("path"), row.get("sentence"))
+    def build(self, example: Example) -> tuple[np.ndarray, Optional[list[int]]]:
+        """An example's input waveform and label ids (None for rows without labels)."""
+        waves = [decode_clip(clip["audio"]) for clip in example.clips]
+        first = example.clips[0]
+        if "labels" not in first:
+            return waves[0][: self.n_samples], None
+        if example.timestamps and self.tokens is not None:
+            stamped = self.with_timestamps(example.clips, waves)
+            if stamped is not None:
+                return stamped
+        return waves[0][: self.n_samples], list(first["labels"])
 
-    def with_timestamps(self, ids: list[int], clip: np.ndarray) -> list[int]:
-        """``... <|notimestamps|> text <|endoftext|>`` -> ``... <|0.00|> text <|T|><|endoftext|>``."""
+    def _text_of(self, ids: Sequence[int]) -> Optional[list[int]]:
+        """The text tokens of a cached label, None if it is not ``... <|notimestamps|> text <|endoftext|>``."""
+        ids = list(ids)
+        if self.tokens.no_timestamps not in ids or ids[-1] != self.tokens.end_of_text:
+            return None
+        return ids[ids.index(self.tokens.no_timestamps) + 1:-1]
+
+    def with_timestamps(self, clips: Sequence[dict], waves: Sequence[np.ndarray]
+                        ) -> Optional[tuple[np.ndarray, list[int]]]:
+        """Clips joined, each labelled ``<|start|> text <|end|>`` at its place; None when not
+        even the first clip fits (its plain label is used then)."""
         t = self.tokens
-        too_long = self.max_length is not None and len(ids) + 1 > self.max_length
-        if t.no_timestamps not in ids or ids[-1] != t.end_of_text or too_long:
-            return ids
-        at = ids.index(t.no_timestamps)
-        end = t.timestamp_begin + int(round(speech_end(clip) / TIME_PRECISION))
-        return ids[:at] + [t.timestamp_begin] + ids[at + 1:-1] + [end, t.end_of_text]
+        first = list(clips[0]["labels"])
+        if self._text_of(first) is None:
+            return None
+        ids = first[: first.index(t.no_timestamps)]
+        pieces, offset = [], 0
+        for clip, wave in zip(clips, waves):
+            text = self._text_of(clip["labels"])
+            if text is None or offset + wave.shape[0] > self.n_samples:
+                break
+            if self.max_length is not None and len(ids) + len(text) + 3 > self.max_length:
+                break
+            start, end = speech_span(wave)
+            ids += [self.timestamp_token(offset / SAMPLE_RATE + start), *text,
+                    self.timestamp_token(offset / SAMPLE_RATE + end)]
+            pieces.append(wave)
+            offset += wave.shape[0]
+        if not pieces:
+            return None
+        return np.concatenate(pieces), ids + [t.end_of_text]
 
-    def prompt_of(self, prev_ids: list[int]) -> list[int]:
+    def timestamp_token(self, seconds: float) -> int:
+        return self.tokens.timestamp_begin + int(round(seconds / TIME_PRECISION))
+
+    def prompt_of(self, prev_ids: Sequence[int]) -> list[int]:
         """``<|startofprev|>`` + the text tokens of a cached label (special tokens dropped),
         cut from the left to half the decoder's length, as Whisper cuts its prompt."""
         text = [i for i in prev_ids if i < self.tokens.end_of_text]

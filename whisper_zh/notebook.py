@@ -313,24 +313,27 @@ def training_plan(config) -> dict:
     pipeline's :func:`whisper_zh.train.find_resume_point`: the newest complete checkpoint
     in the output folder, else, with a Hub repo, the Hub's ``last-checkpoint``, which it
     downloads into the output folder (so this cell can take minutes)."""
-    from whisper_zh.train import checkpoint_step, find_resume_point, plan_training, prepare_data
+    from whisper_zh.train import (checkpoint_step, find_resume_point, plan_training, prepare_data,
+                                  timestamp_labels, training_examples)
 
     data = prepare_data(config, splits=["train"], verbose=False)
-    plan = plan_training(config, len(data.train))
+    examples = training_examples(config, data.train)
+    plan = plan_training(config, len(examples))
     resume_from = find_resume_point(config)
     resume_step = checkpoint_step(resume_from) if resume_from else 0
     schedule = plan.schedule
     shown = {
         "model": config.model_name_or_path,
-        "training clips": plan.n_train,
+        "training clips": len(data.train),
+        "training examples": plan.n_train,
         "steps": schedule.max_steps,
-        "clips per step": schedule.global_batch_size,
+        "examples per step": schedule.global_batch_size,
         "checkpoint every": schedule.save_steps,
         "evaluate every": schedule.eval_steps if config.eval_split else None,
         "warmup steps": schedule.warmup_steps,
         "precision": plan.precision,
         "gradient checkpointing": plan.gradient_checkpointing,
-        "timestamp labels": f"{100 * config.timestamp_fraction:.0f}% of clips",
+        "timestamp labels": timestamp_labels(config.timestamp_fraction, config.timestamp_window_s),
         "output folder": config.output_dir,
         "Hub repo": config.hub_model_id,
         "resume from": resume_from,

@@ -36,7 +36,8 @@ from transformers import (HfArgumentParser, Seq2SeqTrainer, Seq2SeqTrainingArgum
 
 from whisper_zh.config import ConfigError, TrainConfig
 from whisper_zh.data import DataError, LabelEncoder, PrepareOptions, open_source, prepare_split
-from whisper_zh.features import LabelTokens, SpeechCollator, log_mel_spectrogram, mel_filters_of
+from whisper_zh.features import (LabelTokens, SpeechCollator, TrainingExamples, check_example_options,
+                                 log_mel_spectrogram, mel_filters_of)
 from whisper_zh.text import error_rates, uses_cer
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class Schedule:
 
 
 def resolve_schedule(config: TrainConfig, n_train: int, world_size: int = 1) -> Schedule:
-    """Steps, intervals and warmup for ``n_train`` training clips.
+    """Steps, intervals and warmup for ``n_train`` training examples (clips, or windows of
+    clips: :class:`~whisper_zh.features.TrainingExamples`).
 
     ``max_steps`` (1600) is capped at ``max_epochs`` passes over the data, so a small
     dataset is not trained into the ground; checkpoints and evaluations come every 400
@@ -139,18 +141,30 @@ def configure_spec_augment(model, config: TrainConfig) -> None:
         model.config.mask_feature_prob = config.mask_feature_prob
 
 
-def make_collator(config: TrainConfig, model, processor) -> SpeechCollator:
-    """The collator for ``config``: timestamp labels for ``timestamp_fraction`` of the clips,
-    a previous-text prompt for ``prompt_fraction`` of those that have one."""
-    for name in ("timestamp_fraction", "prompt_fraction"):
-        if not 0 <= getattr(config, name) <= 1:
-            raise ConfigError(f"{name} must be between 0 and 1, not {getattr(config, name)}")
+def training_examples(config: TrainConfig, clips) -> TrainingExamples:
+    """The prepared training split as training examples: a ``timestamp_fraction`` of the
+    clips labelled with timestamps and joined into windows of up to ``timestamp_window_s``,
+    a ``prompt_fraction`` of the examples after the text before them
+    (:func:`whisper_zh.features.plan_examples`), fixed by ``seed``."""
+    check_training_examples(config)
+    return TrainingExamples.from_split(
+        clips, timestamp_fraction=config.timestamp_fraction, timestamp_window_s=config.timestamp_window_s,
+        prompt_fraction=config.prompt_fraction, seed=config.seed, max_length=config.max_label_tokens)
+
+
+def check_training_examples(config: TrainConfig) -> None:
+    """Raise ConfigError for timestamp or prompt options out of range, before any work is done."""
+    try:
+        check_example_options(config.timestamp_fraction, config.timestamp_window_s, config.prompt_fraction)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def make_collator(model, processor) -> SpeechCollator:
+    """The collator that turns training examples (and plain clips, for evaluation) into batches."""
     return SpeechCollator(
         model.config.decoder_start_token_id,
         tokens=LabelTokens.from_tokenizer(processor.tokenizer),
-        timestamp_fraction=config.timestamp_fraction,
-        prompt_fraction=config.prompt_fraction,
-        seed=config.seed,
         max_length=model.config.max_target_positions,
     )
 
@@ -366,13 +380,6 @@ def prepare_data(config: TrainConfig, splits: Optional[list[str]] = None, verbos
     return result
 
 
-def with_previous_labels(dataset):
-    """Add ``prev_labels``: the label ids of the row before, in the split's order (empty for
-    the first row), for the collator's previous-text prompt."""
-    labels = dataset["labels"]
-    return dataset.add_column("prev_labels", [[]] + list(labels[:-1]))
-
-
 # --------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------
@@ -402,7 +409,7 @@ class TrainResult:
 class TrainingPlan:
     """What :func:`train` will do with a configuration, derived before it starts."""
 
-    n_train: int
+    n_train: int  # training examples
     schedule: Schedule
     precision: str
     gradient_checkpointing: bool
@@ -411,12 +418,12 @@ class TrainingPlan:
     def describe(self, config: TrainConfig) -> str:
         return (f"model {config.model_name_or_path} on {device_name()} x{self.num_processes}: {self.precision}, "
                 f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}; "
-                f"{self.schedule.max_steps} steps of {self.schedule.global_batch_size} clips, checkpoint every "
+                f"{self.schedule.max_steps} steps of {self.schedule.global_batch_size} examples, checkpoint every "
                 f"{self.schedule.save_steps}, warmup {self.schedule.warmup_steps}")
 
 
 def plan_training(config: TrainConfig, n_train: int, num_processes: int = 1) -> TrainingPlan:
-    """Schedule, precision and gradient checkpointing for ``n_train`` clips on this machine."""
+    """Schedule, precision and gradient checkpointing for ``n_train`` training examples on this machine."""
     return TrainingPlan(n_train, resolve_schedule(config, n_train, num_processes), resolve_precision(config.precision),
                         resolve_gradient_checkpointing(config.gradient_checkpointing), num_processes)
 
@@ -501,6 +508,7 @@ def train(config: TrainConfig) -> TrainResult:
         ConfigError: the configuration cannot work (e.g. save_steps not a multiple of eval_steps).
     """
     quiet_whisper_generate()
+    check_training_examples(config)
     # cpu=True on GPU-less machines: accelerate then also sets up torchrun's processes (gloo).
     state = PartialState(cpu=not torch.cuda.is_available())
     # Preparation writes the cache once; the other processes of a multi-GPU run wait and read it.
@@ -508,12 +516,11 @@ def train(config: TrainConfig) -> TrainResult:
         data = prepare_data(config, verbose=state.is_main_process)
     if data.train is None or len(data.train) == 0:
         raise DataError("no training clips left after preparation: check the dataset and its split names")
-    if config.prompt_fraction > 0:
-        data.train = with_previous_labels(data.train)
-
-    plan = plan_training(config, len(data.train), state.num_processes)  # a config mistake fails here, early
+    examples = training_examples(config, data.train)
+    plan = plan_training(config, len(examples), state.num_processes)  # a config mistake fails here, early
     model, processor = load_model_and_processor(config.model_name_or_path, config.language, config.task)
     if state.is_main_process:
+        logger.info("%s", examples.describe())
         logger.info("%s", plan.describe(config))
     if plan.gradient_checkpointing:
         model.config.use_cache = False
@@ -524,9 +531,9 @@ def train(config: TrainConfig) -> TrainResult:
     trainer = WhisperTrainer(
         model=model,
         args=build_training_arguments(config, plan.schedule, plan.precision, plan.gradient_checkpointing),
-        train_dataset=data.train,
+        train_dataset=examples,
         eval_dataset=data.eval,
-        data_collator=make_collator(config, model, processor),
+        data_collator=make_collator(model, processor),
         processing_class=processor,
         compute_metrics=make_compute_metrics(processor.tokenizer, config.language),
         callbacks=[ThroughputCallback(plan.schedule.global_batch_size)],
@@ -685,6 +692,7 @@ def save_results(result: TrainResult, config: Optional[TrainConfig] = None, data
             "global_batch_size": plan.schedule.global_batch_size if plan else None,
             "learning_rate": config.learning_rate,
             "timestamp_fraction": config.timestamp_fraction,
+            "timestamp_window_s": config.timestamp_window_s,
             "precision": plan.precision if plan else None,
             "hardware": f"{max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1} x {device_name()}",
             "history": history_table(result.log_history).reset_index().astype(object)
@@ -736,7 +744,7 @@ def write_model_card(config: TrainConfig, results: dict) -> str:
         ("training clips", f"{results.get('train_clips') or 0} (`{config.train_split}`)"),
         ("steps", f"{results['global_step']} of batch {results.get('global_batch_size')}"),
         ("learning rate", f"{results.get('learning_rate')}"),
-        ("timestamp labels", f"{100 * (results.get('timestamp_fraction') or 0):.0f}% of training clips"),
+        ("timestamp labels", timestamp_labels(results.get("timestamp_fraction"), results.get("timestamp_window_s"))),
         ("precision", f"{results.get('precision')}"),
         ("hardware", f"{results.get('hardware')}"),
     ]
@@ -807,6 +815,14 @@ whisper-zh transcribe audio.mp3 --model {repo} --srt audio.srt
     path = os.path.join(config.output_dir, "README.md")
     card.save(path)
     return path
+
+
+def timestamp_labels(fraction: Optional[float], window_s: Optional[float]) -> str:
+    """How the card and the notebook say what share of clips was labelled with timestamps, and how."""
+    share = f"{100 * (fraction or 0):.0f}% of training clips"
+    if fraction and window_s:
+        share += f", joined into windows of up to {window_s:g} s, a segment per clip"
+    return share
 
 
 def _cell(value: Optional[float], spec: str) -> str:
