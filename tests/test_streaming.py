@@ -49,11 +49,13 @@ class ScriptedEngine:
         self.options = TranscribeOptions()
         self.stubborn = stubborn
         self.calls: list[tuple[float, float]] = []  # (buffer start, seconds) per decode
+        self.prompts: list[str] = []  # options.prompt per decode
 
     def iter_segments(self, audio, options=None, progress=None):
         start = round(float(audio[0]) * 1000.0, 3)
         end = start + len(audio) / SR
         self.calls.append((start, len(audio) / SR))
+        self.prompts.append((options or self.options).prompt)
         first, last = int(round(start / CHAR_S)), min(int(end / CHAR_S), len(SPOKEN))
         heard = list(SPOKEN[first:last])
         if heard and last < len(SPOKEN):
@@ -110,6 +112,38 @@ def test_buffer_stays_bounded_when_hypotheses_never_agree():
     # forced confirmation still moves the text forward, by whole segments
     assert len(updates[-1].confirmed_text) >= SENTENCE
     assert len("".join(s.text for s in live.finish())) >= len(SPOKEN) - SENTENCE
+
+
+def test_each_decode_is_prompted_with_the_confirmed_text_before_its_buffer():
+    engine = ScriptedEngine()
+    options = TranscribeOptions(prompt="以下是普通话。", hotwords="精武 陈真")
+    live = LiveTranscriber(engine, options, min_chunk_s=1.0, trim_s=4.0, max_buffer_s=8.0, context_chars=10,
+                           keep_up=False)
+    feed_all(live, stream_clock(len(SPOKEN) * CHAR_S))
+    live.finish()
+    cut = [(start, prompt) for (start, _), prompt in zip(engine.calls, engine.prompts) if start > 0]
+    assert len(cut) > 10
+    for start, prompt in cut:
+        before = SPOKEN[:int(round(start / CHAR_S))]  # everything before a cut is confirmed
+        assert prompt == "以下是普通话。 " + before[-10:], (start, prompt)
+    # until the first cut, only the options' own prompt; the hotwords stay where they were
+    assert engine.prompts[0] == "以下是普通话。" and live.options.hotwords == "精武 陈真"
+    # context_chars 0: every decode gets the options' prompt alone
+    engine = ScriptedEngine()
+    feed_all(LiveTranscriber(engine, options, min_chunk_s=1.0, trim_s=4.0, max_buffer_s=8.0, context_chars=0,
+                             keep_up=False), stream_clock(len(SPOKEN) * CHAR_S))
+    assert set(engine.prompts) == {"以下是普通话。"}
+
+
+def test_live_tab_takes_the_pages_script_and_hotwords():
+    from whisper_zh.app import Handlers
+    from whisper_zh.config import ServeSettings
+
+    handlers = Handlers(ServeSettings(), transcriber=ScriptedEngine())
+    state, status, _ = handlers.live_feed(None, (SR, np.zeros(SR // 10, np.int16)), "taiwan", " 精武 陈真 ")
+    assert state.options.script == "taiwan" and state.options.hotwords == "精武 陈真"
+    state, _, _ = handlers.live_feed(None, (SR, np.zeros(SR // 10, np.int16)), "simplified", "")
+    assert state.options.hotwords is None
 
 
 def test_units_are_characters_and_whole_latin_words():

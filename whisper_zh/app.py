@@ -170,15 +170,16 @@ class Handlers:
             raise UserError("The uploaded file is gone; upload it again.")
         return request.source
 
-    def live_feed(self, live: Optional[LiveTranscriber], chunk: Optional[tuple], script: str
-                  ) -> tuple[LiveTranscriber, str, str]:
+    def live_feed(self, live: Optional[LiveTranscriber], chunk: Optional[tuple], script: str,
+                  hotwords: Optional[str] = None) -> tuple[LiveTranscriber, str, str]:
         """One piece of a live recording, ``chunk`` = (sample rate, int16 samples) as
         Gradio streams it; returns (the recording's state, status, text so far). The first
-        piece starts a :class:`LiveTranscriber`, kept in the session's ``gr.State``."""
+        piece starts a :class:`LiveTranscriber` with the page's script and hotwords, kept in
+        the session's ``gr.State``."""
         if live is None:
             live = LiveTranscriber(self.transcriber, TranscribeOptions(
                 script=script or "simplified", batch_size=self.settings.batch_size or TranscribeOptions.batch_size,
-                max_duration_s=self.settings.max_duration_s))
+                max_duration_s=self.settings.max_duration_s, hotwords=(hotwords or "").strip() or None))
         if chunk is None:
             return live, "Listening…", ""
         sample_rate, samples = chunk
@@ -333,9 +334,13 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
         file_button.click(_handler(handlers, "file"), [upload, *choices], outputs, api_name="transcribe_file")
         url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name="transcribe_url")
         url.submit(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name=False)
-        # every piece the browser sends is an event; LiveTranscriber decides when to decode
-        live_mic.stream(handlers.live_feed, [live_state, live_mic, script], [live_state, status, text],
-                        time_limit=int(settings.max_duration_s), show_progress="hidden", api_name="transcribe_live")
+        # Every piece the browser sends is an event; LiveTranscriber decides when to decode.
+        # Live pieces queue on their own, so a long upload does not hold a live session
+        # back: the engine's lock still lets one model call run at a time, and a live
+        # decode reads at most 20 s, so a second stream costs little memory.
+        live_mic.stream(handlers.live_feed, [live_state, live_mic, script, hotwords], [live_state, status, text],
+                        time_limit=int(settings.max_duration_s), show_progress="hidden", api_name="transcribe_live",
+                        concurrency_id="live", concurrency_limit=settings.concurrency_limit)
         live_mic.stop_recording(handlers.live_finish, [live_state], [live_state, *outputs], api_name=False)
 
     demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)

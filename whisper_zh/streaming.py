@@ -26,6 +26,11 @@ Differences from whisper_online.py, for Chinese and for this engine:
 * A buffer that grows past ``max_buffer_s`` without a confirmed segment end to cut at
   (a model that keeps changing its mind, or talk without pauses) has its older segments
   confirmed as they stand, so the decode cost stays bounded.
+
+whisper_online.py also prompts each decode with the confirmed text the buffer no longer
+holds; here that is ``context_chars`` (after the options' own prompt and before their
+hotwords), off by default: on many voices it made whisper-base worse (see
+:data:`CONTEXT_CHARS`). The options' prompt and hotwords lead every decode either way.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -57,6 +62,11 @@ TRIM_S = 10.0
 MAX_BUFFER_S = 20.0
 # Of a buffer in which nothing at all was heard, keep this much: a word may be starting.
 _KEEP_UNHEARD_S = 1.0
+# Characters of confirmed text before the buffer that prompt each decode (whisper_online
+# keeps 200 of English). Off: on zh-multi-dev fed live (bench/live.py, whisper-base ct2),
+# 100 characters raised CER from 0.171 to 0.219 and 30 (on its first 2 minutes) from
+# 0.220 to 0.260: the model copies the prompt's last words into the next sentence.
+CONTEXT_CHARS = 0
 
 # A Latin word or a number, kept whole (3.14, 1,000, 12:30, don't, e-mail), or any other
 # single character; leading spaces stay with the unit so that joining units restores the text.
@@ -132,8 +142,8 @@ class LiveTranscriber:
     Args:
         transcriber: the engine (anything with :meth:`Transcriber.iter_segments`).
         options: decoding options (default: the engine's).
-        min_chunk_s, trim_s, max_buffer_s: see :data:`MIN_CHUNK_S`, :data:`TRIM_S`,
-            :data:`MAX_BUFFER_S`.
+        min_chunk_s, trim_s, max_buffer_s, context_chars: see :data:`MIN_CHUNK_S`,
+            :data:`TRIM_S`, :data:`MAX_BUFFER_S`, :data:`CONTEXT_CHARS` (0: no context).
         keep_up: wait for as much new audio as the last decode took to run (live use);
             False decodes every ``min_chunk_s`` whatever the machine's speed, as
             whisper_online's "computationally unaware" simulation (reproducible runs).
@@ -141,7 +151,7 @@ class LiveTranscriber:
 
     def __init__(self, transcriber: Transcriber, options: Optional[TranscribeOptions] = None, *,
                  min_chunk_s: float = MIN_CHUNK_S, trim_s: float = TRIM_S, max_buffer_s: float = MAX_BUFFER_S,
-                 keep_up: bool = True):
+                 context_chars: int = CONTEXT_CHARS, keep_up: bool = True):
         if not 0 < trim_s <= max_buffer_s:
             raise ValueError(f"need 0 < trim_s <= max_buffer_s, got {trim_s} and {max_buffer_s}")
         self.transcriber = transcriber
@@ -149,6 +159,7 @@ class LiveTranscriber:
         self.min_chunk_s = min_chunk_s
         self.trim_s = trim_s
         self.max_buffer_s = max_buffer_s
+        self.context_chars = context_chars
         self.keep_up = keep_up
         self._resampler: Optional[_Resampler] = None
         self._audio = np.zeros(0, np.float32)  # the buffer the engine reads
@@ -236,8 +247,11 @@ class LiveTranscriber:
     def _process(self) -> tuple[float, float]:
         """One decode of the buffer, agreement, trimming; returns (seconds read, seconds taken)."""
         decoded_s = self.buffer_s
+        options, context = self.options, self._context()
+        if context:
+            options = replace(options, prompt=" ".join(p for p in (options.prompt, context) if p))
         started = time.perf_counter()
-        segments = list(self.transcriber.iter_segments(self._audio, self.options))
+        segments = list(self.transcriber.iter_segments(self._audio, options))
         elapsed = time.perf_counter() - started
         self._undecoded, self._last_decode_s, self._view = 0, elapsed, None
         hypothesis = [unit for segment in segments
@@ -264,6 +278,17 @@ class LiveTranscriber:
                      elapsed, _join(new[:agreed]), _join(self._tentative))
         self._trim(hypothesis, confirmed)
         return decoded_s, elapsed
+
+    def _context(self) -> str:
+        """The last :attr:`context_chars` characters of the confirmed text before the buffer."""
+        text = ""
+        for unit in reversed(self._committed):
+            if unit.end > self._offset:
+                continue  # still in the buffer: it is decoded again, not a prompt
+            if len(text) + len(unit.text) > self.context_chars:
+                break
+            text = unit.text + text
+        return text.strip()
 
     def _trim(self, hypothesis: list[_Unit], confirmed: int) -> None:
         """Once the buffer is longer than :attr:`trim_s`, drop its audio up to the end of
