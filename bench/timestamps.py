@@ -30,9 +30,9 @@ character's end: median of the absolute errors, and the share within 0.5 s); sen
 lost (clips that got no text); CER of the whole recording.
 
 Fine-tuned models are kept in ``--work-dir`` and reused by a later run with the same
-settings (``--fresh`` trains again).
+settings and the same training code (``--fresh`` trains again).
 
-    python bench/timestamps.py                   # 200 steps per fine-tune (~25 min each on 2 idle cores)
+    python bench/timestamps.py                   # 4 fine-tunes of 200 steps (~25-35 min each on 2 idle cores)
     python bench/timestamps.py --steps 2         # smoke run
 
 Prints a markdown table and writes ``bench/results/timestamps-<host>.json``.
@@ -161,13 +161,24 @@ def decode(model_dir: str, recording, timeline, work: Path) -> list[dict]:
     return rows
 
 
+def training_code_digest() -> str:
+    """What a fine-tune depends on besides its settings: the pipeline's own code."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name in ("config.py", "data.py", "features.py", "train.py"):
+        digest.update((ROOT / "whisper_zh" / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def fine_tune(args, fraction: float, window_s: float, prompt: float = 0.0) -> tuple[str, dict]:
     """The fine-tuned model's directory and its training numbers; a model already trained
     with the same settings in ``args.work_dir`` is reused."""
     from whisper_zh.config import TrainConfig
     from whisper_zh.train import train
 
-    key = {"model": args.model, "train_data": args.train_data, "steps": args.steps, "batch_size": args.batch_size,
+    key = {"code": training_code_digest(),
+           "model": args.model, "train_data": args.train_data, "steps": args.steps, "batch_size": args.batch_size,
            "learning_rate": args.lr, "seed": args.seed, "timestamp_fraction": fraction,
            "timestamp_window_s": window_s if fraction else None, "prompt_fraction": prompt, "freeze_encoder": True}
     output_dir = os.path.join(args.work_dir, f"model-ts{fraction:g}" + (f"-w{window_s:g}" if fraction else "")

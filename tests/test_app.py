@@ -343,3 +343,62 @@ def test_ct2_route_streams_partial_text_and_writes_bilingual_subtitles(whisper_b
 
 def clips_first(zh_cv_mini: Path) -> Path:
     return zh_cv_mini / "clips" / plain_clips(zh_cv_mini, 1)[0]["path"]
+
+
+class SlowEngine:
+    """Stands in for the engine: each transcription takes a while and counts how many run at once."""
+
+    def __init__(self, seconds: float):
+        import threading
+
+        from whisper_zh.transcribe import TranscribeOptions
+
+        self.seconds, self.running, self.most = seconds, 0, 0
+        self.lock = threading.Lock()
+        self.options = TranscribeOptions()
+        self.device = "cpu"
+        self.backend = type("Backend", (), {"name": "slow"})()
+
+    def iter_segments(self, audio, options=None, progress=None):
+        import time
+
+        from whisper_zh.transcribe import Segment
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(self.seconds)
+            yield Segment(0.0, 1.0, "你好")
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_every_way_in_waits_in_one_queue_of_concurrency_limit(clips):
+    """CONCURRENCY_LIMIT bounds transcriptions across tabs, not per tab: Gradio gives each
+    event its own queue unless they share a concurrency id."""
+    from gradio_client import Client
+
+    from whisper_zh.app import LIVE_QUEUE, TRANSCRIBE_QUEUE, build_app, launch_options
+    from whisper_zh.config import ServeSettings
+
+    for limit in (1, 2):
+        engine = SlowEngine(1.5)
+        settings = ServeSettings(model_id="stand-in", concurrency_limit=limit, max_duration_s=60)
+        demo = build_app(settings=settings, transcriber=engine)
+        queues = {fn.name: fn.concurrency_id for fn in demo.fns.values()}
+        assert {queues[n] for n in ("transcribe_microphone", "transcribe_file", "transcribe_url")} == \
+            {TRANSCRIBE_QUEUE} and queues["live_feed"] == LIVE_QUEUE
+        port = _free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **launch_options(settings))
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            jobs = [client.submit(*_args(route, clips["wav"]), api_name=f"/{route}")
+                    for route in ("transcribe_microphone", "transcribe_file", "transcribe_microphone")]
+            results = [job.result(timeout=120) for job in jobs]
+        finally:
+            demo.close()
+        assert all(text == "你好" for _, text, _, _ in results)
+        assert engine.most == limit, (limit, engine.most)

@@ -37,6 +37,8 @@ from whisper_zh.text import SCRIPTS
 from whisper_zh.transcribe import NoSpeechError, TranscribeOptions, Transcriber, get_transcriber, join_text
 
 PARTIAL_EVERY_S = 2.0  # seconds between partial results shown while transcribing
+# The Gradio queues: recordings, uploads and links wait in one; live pieces in another.
+TRANSCRIBE_QUEUE, LIVE_QUEUE = "transcribe", "live"
 
 NO_SPEECH = "No speech found: the input is silent or holds only noise or music."
 
@@ -329,18 +331,24 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
                                         column_widths=["15%", "15%", "70%"], max_height=400)
         choices = [script, output, hotwords]
         outputs = [status, text, segments, files]
+        # Gradio gives every event its own queue unless told otherwise: the four ways to
+        # transcribe share one, so that CONCURRENCY_LIMIT bounds them together (each holds
+        # a whole recording in memory)
+        queued = dict(concurrency_id=TRANSCRIBE_QUEUE, concurrency_limit=settings.concurrency_limit)
         mic_button.click(_handler(handlers, "microphone"), [mic, *choices], outputs,
-                         api_name="transcribe_microphone")
-        file_button.click(_handler(handlers, "file"), [upload, *choices], outputs, api_name="transcribe_file")
-        url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name="transcribe_url")
-        url.submit(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name=False)
+                         api_name="transcribe_microphone", **queued)
+        file_button.click(_handler(handlers, "file"), [upload, *choices], outputs, api_name="transcribe_file",
+                          **queued)
+        url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name="transcribe_url",
+                         **queued)
+        url.submit(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name=False, **queued)
         # Every piece the browser sends is an event; LiveTranscriber decides when to decode.
-        # Live pieces queue on their own, so a long upload does not hold a live session
-        # back: the engine's lock still lets one model call run at a time, and a live
-        # decode reads at most 20 s, so a second stream costs little memory.
+        # Live pieces queue apart, so a long upload does not hold a live session back: the
+        # engine's lock still runs one model call at a time, and a live decode reads at most
+        # 20 s, so a stream costs little memory.
         live_mic.stream(handlers.live_feed, [live_state, live_mic, script, hotwords], [live_state, status, text],
                         time_limit=int(settings.max_duration_s), show_progress="hidden", api_name="transcribe_live",
-                        concurrency_id="live", concurrency_limit=settings.concurrency_limit)
+                        concurrency_id=LIVE_QUEUE, concurrency_limit=settings.concurrency_limit)
         live_mic.stop_recording(handlers.live_finish, [live_state], [live_state, *outputs], api_name=False)
 
     demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)

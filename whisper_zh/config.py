@@ -45,7 +45,9 @@ class TrainConfig:
     eval_max_samples: int = field(default=500, metadata={"help": "Clips of eval_split used during training."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Cap on training clips (debugging)."})
     max_duration_s: float = field(default=30.0, metadata={"help": "Longer clips are dropped (Whisper's window)."})
-    max_label_tokens: int = field(default=448, metadata={"help": "Longer labels are dropped (decoder limit)."})
+    max_label_tokens: int = field(
+        default=448, metadata={"help": "Longer labels are dropped, and a timestamped window's label is kept within "
+                                       "it (at most the decoder's 448 positions)."})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Prepared data (Drive on Colab)."})
     extract_dir: Optional[str] = field(
         default=None,
@@ -72,7 +74,8 @@ class TrainConfig:
     save_steps: Optional[int] = field(
         default=None, metadata={"help": "Checkpoint interval (default 400, or a quarter of a short run)."})
     eval_steps: Optional[int] = field(default=None, metadata={"help": "Evaluation interval (default save_steps)."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Clips per GPU per step."})
+    per_device_train_batch_size: int = field(
+        default=16, metadata={"help": "Training examples (clips, or timestamped windows of clips) per GPU per step."})
     per_device_eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Default: the train batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per update."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})

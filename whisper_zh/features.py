@@ -219,7 +219,7 @@ class TrainingExamples(torch.utils.data.Dataset):
         stamped = sum(len(p.rows) for p in windows)
         return (f"{len(self.clips)} clips in {len(self.plans)} examples: {stamped} clips with timestamps in "
                 f"{len(windows)} windows ({stamped / max(1, len(windows)):.1f} clips each), "
-                f"{sum(p.prompt_row is not None for p in self.plans)} examples after a prompt")
+                f"{sum(p.prompt_row is not None for p in self.plans)} examples to follow the text before them")
 
 
 @dataclass(frozen=True)

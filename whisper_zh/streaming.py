@@ -30,7 +30,7 @@ Differences from whisper_online.py, for Chinese and for this engine:
 whisper_online.py also prompts each decode with the confirmed text the buffer no longer
 holds; here that is ``context_chars`` (after the options' own prompt and before their
 hotwords), off by default: on many voices it made whisper-base worse (see
-:data:`CONTEXT_CHARS`). The options' prompt and hotwords lead every decode either way.
+:data:`CONTEXT_CHARS`). The options' prompt and hotwords are in every decode's prompt.
 """
 
 from __future__ import annotations

@@ -519,6 +519,9 @@ def train(config: TrainConfig) -> TrainResult:
     examples = training_examples(config, data.train)
     plan = plan_training(config, len(examples), state.num_processes)  # a config mistake fails here, early
     model, processor = load_model_and_processor(config.model_name_or_path, config.language, config.task)
+    if config.max_label_tokens > model.config.max_target_positions:
+        raise ConfigError(f"max_label_tokens ({config.max_label_tokens}) is more than the decoder's "
+                          f"{model.config.max_target_positions} positions")
     if state.is_main_process:
         logger.info("%s", examples.describe())
         logger.info("%s", plan.describe(config))
