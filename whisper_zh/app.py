@@ -264,8 +264,8 @@ CSS = """
 
 DESCRIPTION = """
 # 中文语音转文字 · Chinese speech to text
-Record, upload an audio or video file, or paste a YouTube link. Any length up to the limit;
-you get the text, timed segments, and `.srt` / `.vtt` / `.txt` subtitle files.
+Record, upload an audio or video file, paste a YouTube link, or talk live. Any length up to
+the limit; you get the text, timed segments, and `.srt` / `.vtt` / `.txt` subtitle files.
 """
 
 
