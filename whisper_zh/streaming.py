@@ -281,6 +281,8 @@ class LiveTranscriber:
 
     def _context(self) -> str:
         """The last :attr:`context_chars` characters of the confirmed text before the buffer."""
+        if not self.context_chars:
+            return ""  # the default: no walk through the buffer's units on every decode
         text = ""
         for unit in reversed(self._committed):
             if unit.end > self._offset:
