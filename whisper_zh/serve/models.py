@@ -1,25 +1,22 @@
-"""``whisper-zh export``: convert a (fine-tuned) Whisper to CTranslate2 for fast CPU serving.
+"""Models for the engine: a CTranslate2 copy found, downloaded or converted once.
 
-The output directory is what faster-whisper loads: ``model.bin`` + ``config.json`` +
-``vocabulary.json`` from the converter, plus ``tokenizer.json`` and a flat
-``preprocessor_config.json`` (faster-whisper reads ``feature_size`` there, so a
-128-mel large-v3 fine-tune gets the right filterbank). A transformers-5 processor
-saves ``processor_config.json`` (the feature extractor nested inside it), which
-faster-whisper does not read, so the flat file is written from the feature extractor.
-
-By default a local model ``DIR`` is exported to ``DIR/ct2``, where the transcription
-engine looks for it (:func:`whisper_zh.ct2.find_ct2_model`)::
-
-    whisper-zh export outputs/whisper-small-zh --ct2 --quantization int8
+:func:`export_ct2` converts a transformers Whisper to CTranslate2 (the training
+pipeline publishes one as ``ct2/``); :func:`resolve_ct2_model` finds the copy that
+belongs to any model id or folder, converting and caching one when there is none.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
+import logging
 import os
 import shutil
-import sys
 import tempfile
+import time
+
+from whisper_zh.hub import looks_local
+
+logger = logging.getLogger(__name__)
 
 # CTranslate2 weight types a user may ask for. int8 is the CPU default: ~4x smaller
 # than float32 and the fastest on x86/ARM CPUs; float16 is for GPUs.
@@ -31,12 +28,6 @@ def default_output_dir(model_name_or_path: str) -> str:
     if os.path.isdir(model_name_or_path):
         return os.path.join(model_name_or_path, "ct2")
     return model_name_or_path.rstrip("/").split("/")[-1] + "-ct2"
-
-
-def looks_local(name: str) -> bool:
-    """A path rather than a Hub id ("name" or "org/name"): fail at once instead of asking
-    the Hub (which, offline, retries before it fails)."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
 def _write_tokenizer(model_name_or_path: str, out_dir: str) -> None:
@@ -108,33 +99,74 @@ def export_ct2(model_name_or_path: str, output_dir: str | None = None, quantizat
     return output_dir
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="whisper-zh export",
-        description="Convert a Whisper model to CTranslate2 (faster-whisper) for fast CPU serving.",
-    )
-    parser.add_argument("model", help="fine-tuned model directory (or Hub id)")
-    # CTranslate2 is the only export kind, so the flag changes nothing; it is accepted
-    # so that the documented `whisper-zh export MODEL --ct2` spelling keeps working.
-    parser.add_argument("--ct2", action="store_true",
-                        help="export to CTranslate2 (what export always does; accepted for compatibility)")
-    parser.add_argument("--quantization", default="int8", choices=QUANTIZATIONS,
-                        help="weight type (default int8: fastest on CPU)")
-    parser.add_argument("--output-dir", default=None,
-                        help="output directory (default MODEL/ct2 for a local MODEL, where the engine finds it)")
-    return parser
+def find_ct2_model(model_name_or_path: str) -> str | None:
+    """The CTranslate2 export that belongs to a model, if there is one.
+
+    Returns ``DIR/ct2`` when ``DIR/ct2/model.bin`` exists (where ``whisper-zh export``
+    writes by default), ``DIR`` when ``DIR/model.bin`` exists (``DIR`` is itself an
+    export), else ``None`` (also for Hub ids: nothing is downloaded).
+    """
+    path = os.fspath(model_name_or_path)
+    if not os.path.isdir(path):
+        return None
+    for candidate in (os.path.join(path, "ct2"), path):
+        if os.path.isfile(os.path.join(candidate, "model.bin")):
+            return candidate
+    return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        out = export_ct2(args.model, args.output_dir, args.quantization)
-    except (OSError, ValueError) as err:
-        print(f"whisper-zh export: {err}", file=sys.stderr)
-        return 1
-    print(out)
-    return 0
+def ct2_cache_dir() -> str:
+    """Where conversions made at load time are kept: beside the Hugging Face cache
+    (``$HF_HOME/whisper-zh-ct2``), so a Space's persistent storage keeps them too."""
+    from huggingface_hub import constants
+
+    return os.path.join(constants.HF_HOME, "whisper-zh-ct2")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _conversion_key(model_dir: str) -> str:
+    """A name for a model directory's conversion that changes when its weights do."""
+
+    weights = sorted(f for f in os.listdir(model_dir) if f.endswith((".safetensors", ".bin", ".json")))
+    stamp = [(f, os.stat(os.path.join(model_dir, f)).st_size, os.stat(os.path.join(model_dir, f)).st_mtime_ns)
+             for f in weights]
+    digest = hashlib.sha256(repr((os.path.realpath(model_dir), stamp)).encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in os.path.basename(os.path.normpath(model_dir)))
+    return f"{name}-{digest}"
+
+
+def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
+    """The CTranslate2 model for any Whisper, found, downloaded or converted once.
+
+    In order: a local folder's own export (``DIR/ct2`` or ``DIR`` itself); a Hub repo's
+    ``ct2/`` folder (only that folder is downloaded: what ``whisper-zh train`` pushes);
+    a conversion made earlier and cached in :func:`ct2_cache_dir`; else the model is
+    converted now (``quantization``, int8: the fastest on a CPU) and cached, so the next
+    start skips it. Logs which of these happened and how long it took.
+    """
+    from whisper_zh.hub import looks_local
+    started = time.perf_counter()
+    found = find_ct2_model(model_id)
+    if found:
+        logger.info("%s: using its CTranslate2 export %s", model_id, found)
+        return found
+    if os.path.isdir(model_id):
+        source = model_id
+    elif looks_local(model_id):
+        raise FileNotFoundError(f"no such model directory: {model_id}")
+    else:
+        from huggingface_hub import snapshot_download
+
+        found = find_ct2_model(snapshot_download(model_id, allow_patterns=["ct2/*"]))
+        if found:
+            logger.info("%s: downloaded its CTranslate2 export in %.1f s", model_id, time.perf_counter() - started)
+            return found
+        source = snapshot_download(model_id)  # its snapshot folder is named by the commit
+    out = os.path.join(ct2_cache_dir(), _conversion_key(source), quantization)
+    if os.path.isfile(os.path.join(out, "model.bin")):
+        logger.info("%s: using the CTranslate2 conversion cached in %s", model_id, out)
+        return out
+    logger.info("%s has no CTranslate2 export: converting it to %s once (cached in %s)", model_id,
+                quantization, out)
+    export_ct2(source, out, quantization)
+    logger.info("%s: converted to CTranslate2 %s in %.1f s", model_id, quantization, time.perf_counter() - started)
+    return out

@@ -20,7 +20,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from whisper_zh.audio import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE, TIME_PRECISION
+from whisper_zh.audio import (
+    CHUNK_LENGTH,
+    HOP_LENGTH,
+    N_FFT,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    TIME_PRECISION,
+)
 from whisper_zh.media import load_audio
 
 # A clip's speech ends after its last 20 ms frame within this many dB of its loudest
@@ -87,11 +94,6 @@ def example_draw(seed: int, *key: Any) -> float:
     choice in every epoch, after a resume and in every DataLoader worker process."""
     digest = hashlib.blake2b(repr((seed, *key)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
-
-
-# --------------------------------------------------------------------------------------
-# Training examples: which clips are decoded together, and how they are labelled
-# --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
