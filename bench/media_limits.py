@@ -255,7 +255,7 @@ def link_cookie_visitor(media, work):
     with serve_directory(site) as (base, _):
         url = f"{base}/silence.wav"
         if hasattr(app, "Request"):  # the app since 402807a: typed requests and updates
-            from whisper_zh.config import ServeSettings
+            from whisper_zh.serve.settings import ServeSettings
 
             handlers = app.Handlers(ServeSettings(model_id="none", max_duration_s=60), transcriber=Silent())
             outcome = _outcome(lambda: list(handlers.run(app.Request("url", url, cookies=str(visitor))))[-1].status)

@@ -11,7 +11,7 @@ import numpy as np
 def base_ct2(whisper_base: Path) -> Path:
     """``<whisper-base>-ct2-int8``, exported on first use (export_ct2 renames a finished
     conversion into place, so an interrupted run never leaves half an export)."""
-    from whisper_zh.export import export_ct2
+    from whisper_zh.serve.models import export_ct2
 
     out = whisper_base.parent / f"{whisper_base.name}-ct2-int8"
     if not (out / "model.bin").exists():

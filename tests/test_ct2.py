@@ -1,4 +1,4 @@
-"""CTranslate2 export (``whisper-zh export --ct2``) and the ct2 backend.
+"""CTranslate2 export (``whisper-zh export``) and the ct2 backend.
 
 Accuracy is checked with the real whisper-base on real Mandarin clips; the tiny random
 model only checks the export's files and plumbing.
@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_zh.ct2 import (ChunkResult, CT2Backend, SpeechMap, decode_chunks, find_ct2_model, load_ct2,
-                            missed_speech, speech_chunks, split_words)
-from whisper_zh.export import export_ct2
-from whisper_zh.media import SAMPLE_RATE, load_audio
+from whisper_zh.serve.ct2_backend import ChunkResult, CT2Backend, decode_chunks, load_ct2
+from whisper_zh.serve.segmentation import SpeechMap, missed_speech, speech_chunks, split_words
+from whisper_zh.serve.models import find_ct2_model
+from whisper_zh.serve.models import export_ct2
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.media import load_audio
 from whisper_zh.text import cer
-from whisper_zh.transcribe import Segment, TranscribeOptions, Word
+from whisper_zh.serve.types import Segment, TranscribeOptions, Word
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,7 +142,7 @@ def test_find_ct2_model_none_without_export(tmp_path):
 def test_cli_export(tiny_whisper, tmp_path):
     out = tmp_path / "cli-ct2"
     proc = subprocess.run(
-        [sys.executable, "-m", "whisper_zh", "export", str(tiny_whisper), "--ct2",
+        [sys.executable, "-m", "whisper_zh", "export", str(tiny_whisper),
          "--quantization", "int8", "--output-dir", str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )
@@ -356,7 +358,7 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv
 def test_hotwords_fix_a_name_without_hurting_other_clips(base_ct2, zh_cv_mini):
     """whisper-base writes the film title 精武陈真 as 金武纯真; with it as hotwords it gets
     it right, and the other clips do not get worse."""
-    from whisper_zh.transcribe import Transcriber
+    from whisper_zh.serve.engine import Transcriber
 
     with open(zh_cv_mini / "test.tsv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))

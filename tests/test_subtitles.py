@@ -13,12 +13,9 @@ import pytest
 import srt
 import webvtt
 
-from whisper_zh.subtitles import (CHINESE_STYLE, FORMATS, LATIN_STYLE, MIN_GAP_S, SEGMENT_STYLE, SUFFIXES,
-                                  SubtitleStyle, bilingual_cues, default_style, format_of, format_timestamp, make_cues,
-                                  text_width, to_bilingual_srt, to_json, to_karaoke_vtt, to_srt, to_txt, to_vtt,
-                                  write_all, write_subtitles)
+from whisper_zh.serve.subtitles import (CHINESE_STYLE, FORMATS, LATIN_STYLE, MIN_GAP_S, SEGMENT_STYLE, SUFFIXES, SubtitleStyle, bilingual_cues, default_style, format_of, format_timestamp, make_cues, text_width, to_bilingual_srt, to_json, to_karaoke_vtt, to_srt, to_txt, to_vtt, write_all, write_subtitles)
 from whisper_zh.text import convert_script
-from whisper_zh.transcribe import Segment, Word
+from whisper_zh.serve.types import Segment, Word
 
 SEGMENTS = [
     Segment(0.0, 2.5, "你好，世界"),
@@ -302,8 +299,9 @@ def real(whisper_base, zh_cv_mini, tmp_path_factory):
     import numpy as np
     from faster_whisper import WhisperModel
 
-    from whisper_zh.export import export_ct2
-    from whisper_zh.media import SAMPLE_RATE, load_audio
+    from whisper_zh.serve.models import export_ct2
+    from whisper_zh.audio import SAMPLE_RATE
+    from whisper_zh.media import load_audio
 
     clips = zh_cv_mini.parent / "zh-multi-dev" / "clips"
     ct2 = export_ct2(str(whisper_base), str(tmp_path_factory.mktemp("ct2") / "base-int8"), "int8")

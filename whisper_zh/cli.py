@@ -333,7 +333,7 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
     result = job.run(audio, progress=_progress_line)
     print(file=sys.stderr)
     if result.no_speech:
-        logger.warning("%s: %s", source, NO_SPEECH)
+        print(f"{source}: {NO_SPEECH}", file=sys.stderr)
     else:
         logger.info("%.1f s of audio in %.1f s (%.1fx real time)", result.duration_s, result.elapsed_s,
                     result.duration_s / max(result.elapsed_s, 1e-9))
@@ -348,7 +348,7 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
     if args.segments:
         for s in result.segments:
             print(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}] {s.text}")
-    else:
+    elif not result.no_speech:
         print(result.text)
     return 0
 

@@ -35,7 +35,7 @@ from typing import Optional, Union
 import numpy as np
 
 from whisper_zh.audio import CHUNK_LENGTH, SAMPLE_RATE
-from whisper_zh.errors import AudioDecodeError, MediaLimitError
+from whisper_zh.errors import AudioDecodeError, InputNotFoundError, MediaLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float
     if not isinstance(source, (bytes, bytearray)):
         path = os.fspath(source)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no such file: {path}")
+            raise InputNotFoundError(f"no such file: {path}")
         if os.path.getsize(path) == 0:
             raise AudioDecodeError(f"empty file: {path}")
     elif len(source) == 0:
@@ -258,6 +258,15 @@ def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float
     if audio.size == 0:
         raise AudioDecodeError("the input has no audio samples")
     return audio
+
+
+def frame_energy_db(audio: np.ndarray, sr: int = SAMPLE_RATE, frame_s: float = 0.02) -> np.ndarray:
+    """RMS level of consecutive ``frame_s`` frames in dBFS (0 = full scale); shape
+    ``(ceil(n_samples / frame),)``. Digital silence gives -120 rather than -inf."""
+    frame = max(1, int(round(frame_s * sr)))
+    padded = np.pad(audio.astype(np.float32), (0, (-len(audio)) % frame))
+    rms = np.sqrt(np.mean(padded.reshape(-1, frame) ** 2, axis=1))
+    return 20.0 * np.log10(np.maximum(rms, 1e-6))
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
@@ -317,7 +326,7 @@ def load_media(path: Union[str, os.PathLike], *, max_duration_s: Optional[float]
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
+        raise InputNotFoundError(f"no such file: {path}")
     size = os.path.getsize(path)
     if max_bytes is not None and size > max_bytes:
         raise MediaLimitError(

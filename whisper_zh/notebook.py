@@ -20,6 +20,7 @@ import sys
 from typing import Optional
 
 from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import ConfigError, InputNotFoundError
 from whisper_zh.train.config import TrainConfig
 from whisper_zh.train.publish import (  # noqa: F401  (the notebook's API)
     CURVES_NAME,
@@ -97,7 +98,7 @@ def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
         tarballs = sorted(glob.glob(os.path.join(work_dir, "cv-corpus-*.tar.gz")))
         found = (folders or tarballs or [None])[-1]
         if found is None:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"no Common Voice release in {work_dir}: download the zh-CN release "
                 "(cv-corpus-*-zh-CN.tar.gz) from https://datacollective.mozillafoundation.org "
                 "into that folder, or set DATASET to its path")
@@ -192,7 +193,7 @@ def hub_login(required: bool) -> Optional[str]:
         try:
             token = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
         except Exception as err:  # a headless run cannot prompt
-            raise RuntimeError("no Hub token: set the Colab secret HF_TOKEN or the HF_TOKEN environment "
+            raise ConfigError("no Hub token: set the Colab secret HF_TOKEN or the HF_TOKEN environment "
                                "variable, or run `hf auth login`") from err
     os.environ["HF_TOKEN"] = token
     try:
@@ -200,7 +201,7 @@ def hub_login(required: bool) -> Optional[str]:
     except Exception as err:
         del os.environ["HF_TOKEN"]
         # `from None`: the original error may quote the request, and with it the token.
-        raise RuntimeError(f"could not check the token with the Hub ({type(err).__name__}): "
+        raise ConfigError(f"could not check the token with the Hub ({type(err).__name__}): "
                            "check HF_TOKEN and the connection") from None
     print(f"logged in to the Hub as {name}")
     return name

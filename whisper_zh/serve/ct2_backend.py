@@ -1,4 +1,4 @@
-"""CTranslate2 backend: run an exported model (``whisper-zh export --ct2``) with faster-whisper.
+"""CTranslate2 backend: run an exported model (``whisper-zh export``) with faster-whisper.
 
 On the 2-core CPU of a free Space, CTranslate2 int8 decodes many times faster than
 transformers float32 (bench/transcribe.py). The engine (:mod:`whisper_zh.serve.engine`)
@@ -31,6 +31,7 @@ import numpy as np
 
 from whisper_zh.audio import N_SAMPLES as WINDOW_SAMPLES
 from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import ModelNotFoundError
 from whisper_zh.serve.segmentation import (
     SpeechMap,
     missed_speech,
@@ -73,8 +74,8 @@ def load_ct2(model_dir: str, device: str = "cpu", compute_type: str = "int8"):
         A ``faster_whisper.WhisperModel``.
     """
     if not os.path.isfile(os.path.join(model_dir, "model.bin")):
-        raise FileNotFoundError(f"{model_dir} is not a CTranslate2 export (no model.bin); "
-                                f"run `whisper-zh export MODEL --ct2` first")
+        raise ModelNotFoundError(f"{model_dir} is not a CTranslate2 export (no model.bin); "
+                                f"run `whisper-zh export MODEL` first")
     from faster_whisper import WhisperModel
 
     # cpu_threads=0 lets CTranslate2 pick its thread count (measured faster on 2 cores

@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import ConfigError
 from whisper_zh.media import StreamResampler
 from whisper_zh.serve.engine import Transcriber
 from whisper_zh.serve.types import Segment, TranscribeOptions, Word
@@ -129,7 +130,7 @@ class LiveTranscriber:
                  min_chunk_s: float = MIN_CHUNK_S, trim_s: float = TRIM_S, max_buffer_s: float = MAX_BUFFER_S,
                  context_chars: int = CONTEXT_CHARS, keep_up: bool = True):
         if not 0 < trim_s <= max_buffer_s:
-            raise ValueError(f"need 0 < trim_s <= max_buffer_s, got {trim_s} and {max_buffer_s}")
+            raise ConfigError(f"need 0 < trim_s <= max_buffer_s, got {trim_s} and {max_buffer_s}")
         self.transcriber = transcriber
         self.options = options or transcriber.options
         self.min_chunk_s = min_chunk_s

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 
+from whisper_zh.errors import ConfigError, ModelNotFoundError
 from whisper_zh.hub import looks_local
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def _write_tokenizer(model_name_or_path: str, out_dir: str) -> None:
 
     AutoTokenizer.from_pretrained(model_name_or_path).save_pretrained(out_dir)
     if not os.path.isfile(os.path.join(out_dir, "tokenizer.json")):
-        raise RuntimeError(f"{model_name_or_path} has no fast tokenizer: faster-whisper needs tokenizer.json")
+        raise ConfigError(f"{model_name_or_path} has no fast tokenizer: faster-whisper needs tokenizer.json")
 
 
 def _write_preprocessor_config(model_name_or_path: str, out_dir: str) -> None:
@@ -67,9 +68,9 @@ def export_ct2(model_name_or_path: str, output_dir: str | None = None, quantizat
         The output directory (loadable by ``faster_whisper.WhisperModel``).
     """
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
+        raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
     if not os.path.isdir(model_name_or_path) and looks_local(model_name_or_path):
-        raise FileNotFoundError(f"no such model directory: {model_name_or_path}")
+        raise ModelNotFoundError(f"no such model directory: {model_name_or_path}")
     from ctranslate2.converters import TransformersConverter
 
     output_dir = os.path.abspath(output_dir or default_output_dir(model_name_or_path))
@@ -152,7 +153,7 @@ def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
     if os.path.isdir(model_id):
         source = model_id
     elif looks_local(model_id):
-        raise FileNotFoundError(f"no such model directory: {model_id}")
+        raise ModelNotFoundError(f"no such model directory: {model_id}")
     else:
         from huggingface_hub import snapshot_download
 

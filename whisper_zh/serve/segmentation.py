@@ -15,18 +15,10 @@ from typing import Sequence
 import numpy as np
 
 from whisper_zh.audio import CHUNK_LENGTH, SAMPLE_RATE
+from whisper_zh.media import frame_energy_db
 from whisper_zh.serve.types import Segment, Word
 
 CUT_SEARCH_S = 5.0  # a cut before the 30 s mark looks this far back for a pause
-
-
-def frame_energy_db(audio: np.ndarray, sr: int = SAMPLE_RATE, frame_s: float = 0.02) -> np.ndarray:
-    """RMS level of consecutive ``frame_s`` frames in dBFS (0 = full scale); shape
-    ``(ceil(n_samples / frame),)``. Digital silence gives -120 rather than -inf."""
-    frame = max(1, int(round(frame_s * sr)))
-    padded = np.pad(audio.astype(np.float32), (0, (-len(audio)) % frame))
-    rms = np.sqrt(np.mean(padded.reshape(-1, frame) ** 2, axis=1))
-    return 20.0 * np.log10(np.maximum(rms, 1e-6))
 
 
 def is_silent(audio: np.ndarray, threshold_db: float = -45.0, sr: int = SAMPLE_RATE) -> bool:

@@ -204,7 +204,7 @@ def release_dir(source: Source, cache_dir: str, extract_dir: Optional[str] = Non
         return source.location
     if source.kind == "cv-tar":
         return extract_release(source.location, extract_dir or default_extract_dir(cache_dir))
-    raise ValueError(f"{source.location} is not a Common Voice release")
+    raise DataError(f"{source.location} is not a Common Voice release")
 
 
 def list_splits(source: Source, cache_dir: str, extract_dir: Optional[str] = None) -> dict[str, Optional[int]]:

@@ -134,10 +134,7 @@ def training_examples(config: TrainConfig, clips) -> TrainingExamples:
 
 def check_training_examples(config: TrainConfig) -> None:
     """Raise ConfigError for timestamp or prompt options out of range, before any work is done."""
-    try:
-        check_example_options(config.timestamp_fraction, config.timestamp_window_s, config.prompt_fraction)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    check_example_options(config.timestamp_fraction, config.timestamp_window_s, config.prompt_fraction)
 
 
 def make_collator(model, processor) -> SpeechCollator:
