@@ -248,6 +248,54 @@ def test_long_sane_files_decode_in_blocks_as_in_one_go(tmp_path):
         load_media(tmp_path / "s.flac", max_duration_s=40)
 
 
+# -- round two: samples that are not numbers, video frames, slow decodes ----------------
+
+@pytest.mark.parametrize("streams", [1, 4])
+def test_video_streams_are_never_decoded(streams, tmp_path):
+    """Each video stream holds one picture of 128 MB once decoded; ffmpeg probed every
+    stream's picture before the audio was mapped (543 MB and 17 s for four). Only the
+    audio is decoded now, whatever the number of video streams."""
+    path = bombs.mkv_huge_pictures(tmp_path / "pictures.mkv", 1, streams=streams)
+    result = bombs.decode_capped(path, 60, budget=_BUDGET)
+    assert "error" not in result, result
+    assert result["samples"] == 16000 and result["rms"] > 0.05
+    assert result["ffmpeg_peak"] < 80 << 20, result  # one picture alone is 128 MB
+    assert probe_duration(path) == pytest.approx(1, abs=0.1)
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".mka"])
+def test_samples_that_are_not_finite_become_silence(suffix, tmp_path):
+    """A float WAV (libsndfile) and pcm_f32le in Matroska (ffmpeg) with NaN, an infinity
+    and 1e30: what reaches the model is finite and within full scale, the tone intact."""
+    wav = bombs.wav_float_with_nan(tmp_path / "nan.wav", 3, every_s=1)
+    path = wav
+    if suffix == ".mka":
+        path = tmp_path / "nan.mka"
+        bombs._ffmpeg("-i", str(wav), "-c:a", "pcm_f32le", str(path))
+    audio = load_media(path, max_duration_s=60)
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+    assert len(audio) == 3 * 16000
+    assert np.sqrt(np.mean(audio ** 2)) == pytest.approx(0.3 / np.sqrt(2), abs=0.02)
+
+
+def test_every_ffmpeg_run_has_a_deadline(tmp_path, monkeypatch):
+    """An ffmpeg that never finishes (here: one that sleeps) is killed at the deadline,
+    both reading the header and decoding."""
+    slow = tmp_path / "ffmpeg"
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(media, "ffmpeg_exe", lambda: str(slow))
+    (tmp_path / "a.m4a").write_bytes(b"\0" * 1000)  # not for libsndfile: ffmpeg's turn
+    import time
+
+    for call in (lambda: probe_duration(tmp_path / "a.m4a", deadline_s=0.5),
+                 lambda: load_media(tmp_path / "a.m4a", deadline_s=0.5)):
+        started = time.monotonic()
+        with pytest.raises(MediaLimitError, match="longer than 0.5 s and was stopped .set DECODE_DEADLINE_S"):
+            call()
+        assert time.monotonic() - started < 30  # not the 60 s of the sleep
+
+
 # -- links: what a public "127.0.0.1" may make us do --------------------------------------
 
 @pytest.mark.parametrize("address", [
