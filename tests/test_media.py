@@ -52,6 +52,9 @@ def site(tmp_path, clip):
     ("http://172.16.5.4/a.mp3", "private, loopback or link-local"),
     ("http://169.254.169.254/latest/meta-data/", "private, loopback or link-local"),
     ("http://[::ffff:127.0.0.1]/a.mp3", "private, loopback or link-local"),
+    ("http://[::127.0.0.1]/a.mp3", "private, loopback or link-local"),
+    ("http://[::ffff:0:127.0.0.1]/a.mp3", "private, loopback or link-local"),
+    ("http://[fec0::1]/a.mp3", "private, loopback or link-local"),
     ("http://0.0.0.0/", "private, loopback or link-local"),
     ("http://user:pw@127.0.0.1/", "user name or password"),
     ("http:///nohost", "no host"),
@@ -301,6 +304,8 @@ def test_every_ffmpeg_run_has_a_deadline(tmp_path, monkeypatch):
 @pytest.mark.parametrize("address", [
     "100.100.100.200", "100.64.0.1", "100.127.255.254", "192.0.0.9", "192.0.0.100", "224.0.0.251",
     "239.1.2.3", "198.18.0.1", "::ffff:100.64.0.1", "64:ff9b::a00:1", "2002:a00:1::1", "ff02::1", "fe80::1%2",
+    # IPv4-compatible, IPv4-translated and site-local spellings, judged public before
+    "::127.0.0.1", "::169.254.169.254", "::ffff:0:127.0.0.1", "::ffff:0:a9fe:a9fe", "fec0::1", "feff::1",
 ])
 def test_internal_addresses(address):
     assert netguard._is_internal(address)
@@ -399,6 +404,51 @@ def test_slow_server_meets_the_deadline(only_127_0_0_1_is_public, tmp_path):
                 download_audio(f"{base}/slow.mp3", tmp_path / "dl", deadline_s=2)
         finally:
             stop.set()
+
+
+@pytest.fixture
+def silent_host(monkeypatch):
+    """``silent.test`` resolves to 127.0.0.2 ... 127.0.0.11, each listening with a full
+    backlog, so that the kernel drops every new SYN: each connect waits for its timeout,
+    as to a host whose firewall drops packets."""
+    import socket
+
+    servers, fillers, port = [], [], 0
+    for i in range(2, 12):
+        server = socket.socket()
+        server.bind((f"127.0.0.{i}", port))
+        server.listen(0)
+        port = server.getsockname()[1]
+        servers.append(server)
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(server.getsockname())
+            fillers.append(filler)
+    system = netguard._system_getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        if host != "silent.test":
+            return system(host, port, *args, **kwargs)
+        return [info for s in servers for info in system(s.getsockname()[0], port, *args, **kwargs)]
+
+    monkeypatch.setattr(netguard, "_system_getaddrinfo", resolve)
+    monkeypatch.setattr(netguard, "_is_internal", lambda address: False)
+    yield f"http://silent.test:{port}"
+    for sock in servers + fillers:
+        sock.close()
+
+
+def test_connecting_counts_against_the_deadline(silent_host, tmp_path):
+    """Ten silent addresses used to cost ten connect timeouts, each ``min(timeout,
+    deadline)``: 50 s here. (The deadline is 5 s, not less: loading yt-dlp's extractors
+    takes a few seconds of it on a slow machine, before any connection.)"""
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="longer than 5 s|could not be reached"):
+        download_audio(f"{silent_host}/a.mp3", tmp_path / "dl", deadline_s=5)
+    assert time.monotonic() - started < 15  # the deadline and yt-dlp's own start, far below 10 x 5 s
 
 
 def test_pages_refreshing_to_each_other_stop(only_127_0_0_1_is_public, tmp_path):
