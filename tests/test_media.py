@@ -497,3 +497,42 @@ def test_the_operators_cookies_file_is_never_written(site, tmp_path, monkeypatch
     assert (operator.read_bytes(), operator.stat().st_mtime_ns) == before
     copy = tmp_path / "dl" / "cookies.txt"  # what yt-dlp read and rewrote: the request's own
     assert copy.exists() and copy.stat().st_mode & 0o077 == 0
+
+
+def test_a_cookie_line_never_reaches_a_message(site, tmp_path, capfd, caplog, monkeypatch):
+    """A leading-dot domain with include-subdomains FALSE (as some exporters write), in a
+    file that starts with a UTF-8 BOM: http.cookiejar raised an error quoting the whole
+    line, and the BOM was refused. Now the copy agrees with the domain and the download
+    works; any other error from reading the file is shown without its text."""
+    import http.cookiejar
+
+    base, _ = site
+    line = "\t".join([".127.0.0.1", "FALSE", "/", "FALSE", "2000000000", "SID", "secret-value-123"])
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("\ufeff" + _COOKIE_HEADER + line + "\n", encoding="utf-8")
+    assert download_audio(f"{base}/clip.mp3", tmp_path / "dl", allow_private=True, cookies=str(cookies)).exists()
+    assert "\t".join([".127.0.0.1", "TRUE"]) in (tmp_path / "dl" / "cookies.txt").read_text()
+
+    def refuse(self, f, filename, *args):  # what http.cookiejar says of a line it refuses
+        raise http.cookiejar.LoadError(f"invalid Netscape format cookies file {filename!r}: {line!r}")
+
+    monkeypatch.setattr(http.cookiejar.MozillaCookieJar, "_really_load", refuse)
+    with pytest.raises(DownloadError, match="cookies file could not be used") as info:
+        download_audio(f"{base}/clip.mp3", tmp_path / "dl2", allow_private=True, cookies=str(cookies))
+    out, err = capfd.readouterr()
+    assert "secret-value" not in out + err + caplog.text + str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_playlist_of_many_fragments_is_refused_as_such(only_127_0_0_1_is_public, tmp_path):
+    """200 fragments of 0.04 s (8 s) against a 10 s limit: one request a second of the
+    limit is allowed for fragments. The message said "pages redirecting to each other?"."""
+    segment = bytes([0x47, 0x1F, 0xFF, 0x10]) + b"\xff" * 184  # one null MPEG-TS packet
+    playlist = ("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                + "".join(f"#EXTINF:0.04,\nseg{i}.ts\n" for i in range(200)) + "#EXT-X-ENDLIST\n").encode()
+    routes = {"/audio.m3u8": send(playlist, "application/vnd.apple.mpegurl"),
+              **{f"/seg{i}.ts": send(segment, "video/mp2t") for i in range(200)}}
+    with serve_routes(routes) as (base, requested):
+        with pytest.raises(MediaLimitError, match="more pieces .HLS or DASH fragments. than its duration limit"):
+            download_audio(f"{base}/audio.m3u8", tmp_path / "dl", max_duration_s=10)
+    assert len(requested) < 60
