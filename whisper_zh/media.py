@@ -435,4 +435,5 @@ class StreamResampler:
             import soxr
 
             self._stream = soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        return self._stream.resample_chunk(samples, last=last)
+        # the filter rings past full scale next to a clipped edge
+        return np.clip(self._stream.resample_chunk(samples, last=last), -1.0, 1.0)
