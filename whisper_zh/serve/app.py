@@ -41,7 +41,7 @@ from whisper_zh.text import SCRIPTS
 
 PARTIAL_EVERY_S = 2.0  # seconds between partial results shown while transcribing
 # Gradio looks whether a request's client is still there only when its handler yields:
-# while a step of the work runs, the handler yields "no change" this often, so that a
+# while a step of the work runs, the handler yields what is shown again this often, so that a
 # client that left is noticed and its work stopped (after the engine's current model step).
 HEARTBEAT_S = 1.0
 # The Gradio queues: recordings, uploads and links wait in one; live pieces in another.
@@ -258,25 +258,25 @@ def _handler(handlers: Handlers, kind: str):
     stop the work; the event's slot stays taken until the work has stopped."""
     import gradio as gr
 
-    unchanged = tuple(gr.skip() for _ in range(4))
-
     async def handle(source, script, output, hotwords, *rest, progress=gr.Progress()):
         cookies = rest[0] if rest else None
         request = Request(kind, source, script, output, hotwords, getattr(cookies, "name", cookies))
         cancel = threading.Event()
         updates = handlers.run(request, progress=progress, cancel=cancel)
-        step = None
+        step, shown = None, _shown(Update("Working…"))
         try:
             while True:
                 step = asyncio.get_running_loop().run_in_executor(None, next, updates, None)
                 while not step.done():
                     await asyncio.wait({step}, timeout=HEARTBEAT_S)
                     if not step.done():
-                        yield unchanged
+                        # the last outputs again, not gr.skip(): API clients read every output
+                        yield shown
                 update = step.result()
                 if update is None:
                     return
-                yield _shown(update)
+                shown = _shown(update)
+                yield shown
         except WhisperZhError as err:
             raise _shown_error(err) from None
         except MemoryError:
