@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -107,6 +108,43 @@ def wav_zero_data_size(out: Path, seconds: float) -> Path:
     return out
 
 
+def _png(out: Path, width: int, height: int) -> Path:
+    """A blank 16-bit RGBA PNG written row by row: ``width * height * 8`` bytes once
+    decoded, about a thousandth of that on disk, and never whole in this process."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" * (1 + width * 8)  # filter byte + pixels
+    data = b"".join([*(packer.compress(row) for _ in range(height)), packer.flush()])
+    out.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0))
+                    + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return out
+
+
+def mkv_huge_pictures(out: Path, seconds: float, streams: int = 1, side: int = 4096) -> Path:
+    """A tone of ``seconds`` in Matroska with ``streams`` video streams, each one blank
+    ``side`` x ``side`` rgba64 PNG picture: 128 MB per picture (side 4096) once
+    decoded, stream-copied (the picture is decoded once here, by ffmpeg's probe)."""
+    picture = _png(out.with_suffix(".png"), side, side)
+    _ffmpeg("-i", str(picture), "-f", "lavfi", "-i", f"sine=f=440:r=16000:d={seconds}",
+            *[a for _ in range(streams) for a in ("-map", "0")], "-map", "1", "-c:v", "copy", "-c:a", "pcm_s16le",
+            str(out))
+    return out
+
+
+def wav_float_with_nan(out: Path, seconds: float, every_s: float = 0.0) -> Path:
+    """A float WAV of a tone with one NaN sample (``every_s`` 0) or one every ``every_s``
+    seconds, an infinity and a sample at 1e30 after it."""
+    audio = _tone(seconds)
+    audio[len(audio) // 2] = np.nan
+    if every_s:
+        audio[::int(every_s * 16000)] = np.nan
+    audio[len(audio) // 2 + 100] = np.inf
+    audio[len(audio) // 2 + 200] = 1e30
+    sf.write(str(out), audio, 16000, subtype="FLOAT")
+    return out
+
+
 @dataclass(frozen=True)
 class BombClass:
     name: str
@@ -165,7 +203,8 @@ started = time.perf_counter()
 try:
     audio = media.load_media(args["path"], max_duration_s=args["limit"], max_bytes=args["max_bytes"])
     seconds, peak = time.perf_counter() - started, hwm()
-    result = {"samples": int(audio.size), "rms": float(np.sqrt(np.dot(audio, audio) / max(audio.size, 1)))}
+    result = {"samples": int(audio.size), "rms": float(np.sqrt(np.dot(audio, audio) / max(audio.size, 1))),
+              "finite": bool(np.isfinite(audio).all()), "peak_level": float(np.abs(audio).max())}
 except BaseException as err:
     seconds, peak = time.perf_counter() - started, hwm()
     result = {"error": type(err).__name__, "message": str(err)}

@@ -393,7 +393,7 @@ def test_every_way_in_waits_in_one_queue_of_concurrency_limit(clips):
         demo = build_app(settings=settings, transcriber=engine)
         queues = {fn.name: fn.concurrency_id for fn in demo.fns.values()}
         assert {queues[n] for n in ("transcribe_microphone", "transcribe_file", "transcribe_url")} == \
-            {TRANSCRIBE_QUEUE} and queues["live_feed"] == LIVE_QUEUE
+            {TRANSCRIBE_QUEUE} and queues["transcribe_live"] == LIVE_QUEUE
         port = _free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                     **launch_options(settings))
@@ -406,3 +406,118 @@ def test_every_way_in_waits_in_one_queue_of_concurrency_limit(clips):
             demo.close()
         assert all(text == "你好" for _, text, _, _ in results)
         assert engine.most == limit, (limit, engine.most)
+
+
+class SteppedEngine(SlowEngine):
+    """Stands in for the engine: ``steps`` model steps of ``seconds`` each, a progress
+    report after each (as both backends do); counts the steps that ran."""
+
+    def __init__(self, seconds: float, steps: int):
+        super().__init__(seconds)
+        self.steps, self.calls = steps, 0
+
+    def iter_segments(self, audio, options=None, progress=None):
+        import time
+
+        from whisper_zh.serve.types import Segment
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            for step in range(self.steps):
+                time.sleep(self.seconds)
+                self.calls += 1
+                yield Segment(float(step), step + 1.0, "你好")
+                if progress:
+                    progress((step + 1) / self.steps, f"decoded {step + 1}/{self.steps}")
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_cancelling_stops_the_work_within_a_model_step(clips):
+    """Handlers.run, Gradio-free: setting ``cancel`` from another thread ends the work at
+    the engine's next progress report, and frees the work slot for the next request."""
+    import threading
+
+    from whisper_zh.errors import Cancelled
+    from whisper_zh.serve.app import Handlers, Request
+    from whisper_zh.serve.settings import ServeSettings
+
+    engine = SteppedEngine(0.05, steps=200)
+    handlers = Handlers(ServeSettings(model_id="stand-in", concurrency_limit=1), engine)
+    cancel = threading.Event()
+    updates = handlers.run(Request("file", str(clips["wav"])), cancel=cancel)
+    next(updates)  # decoded
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(Cancelled):
+        for _ in updates:
+            pass
+    stopped = engine.calls
+    assert stopped < 50 and engine.running == 0
+    # closing the generator instead (what Gradio does between steps) also frees the slot
+    updates = handlers.run(Request("file", str(clips["wav"])))
+    next(updates)
+    updates.close()
+    engine.steps = 2
+    assert [u.status for u in handlers.run(Request("file", str(clips["wav"])))][-1].startswith("0:0")
+
+
+def test_a_client_that_leaves_stops_its_work(clips):
+    """Gradio notices a client has gone only when the handler yields, then closes the
+    handler: the handler yields every HEARTBEAT_S while a step works, and closing it
+    stops the engine within a step (counted in steps, not seconds)."""
+    import asyncio
+
+    from whisper_zh.serve.app import HEARTBEAT_S, Handlers, _handler
+    from whisper_zh.serve.settings import ServeSettings
+
+    engine = SteppedEngine(0.05, steps=2000)
+    handle = _handler(Handlers(ServeSettings(model_id="stand-in"), engine), "file")
+
+    async def leave():
+        updates = handle(str(clips["wav"]), "simplified", "transcribe", "", progress=None)
+        while engine.calls < 5:
+            await updates.__anext__()  # partial results and heartbeats
+        await updates.aclose()
+        return engine.calls
+
+    stopped = asyncio.run(leave())
+    assert engine.running == 0 and engine.calls - stopped <= 1 + int(HEARTBEAT_S / 0.05)
+
+
+def test_cancel_stops_the_work_and_holds_the_slot_until_then(clips):
+    """Through the server: a job cancelled through the public cancel route stops within
+    about one model step, and cancel-and-resubmit three times never has two jobs
+    working at once with CONCURRENCY_LIMIT=1 (the probe had three)."""
+    import time
+
+    from gradio_client import Client
+
+    from whisper_zh.serve.app import build_app, launch_options
+    from whisper_zh.serve.settings import ServeSettings
+
+    engine = SteppedEngine(0.2, steps=300)  # a minute of work
+    settings = ServeSettings(model_id="stand-in", concurrency_limit=1, max_duration_s=60)
+    demo = build_app(settings=settings, transcriber=engine)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(settings))
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        for _ in range(3):
+            job = client.submit(*_args("transcribe_file", clips["wav"]), api_name="/transcribe_file")
+            deadline = time.monotonic() + 60
+            while engine.running == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert engine.running == 1
+            job.cancel()
+            started = engine.calls
+            deadline = time.monotonic() + 60
+            while engine.running and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert engine.running == 0 and engine.calls - started <= 2
+        assert engine.most == 1
+    finally:
+        demo.close()

@@ -52,6 +52,9 @@ def site(tmp_path, clip):
     ("http://172.16.5.4/a.mp3", "private, loopback or link-local"),
     ("http://169.254.169.254/latest/meta-data/", "private, loopback or link-local"),
     ("http://[::ffff:127.0.0.1]/a.mp3", "private, loopback or link-local"),
+    ("http://[::127.0.0.1]/a.mp3", "private, loopback or link-local"),
+    ("http://[::ffff:0:127.0.0.1]/a.mp3", "private, loopback or link-local"),
+    ("http://[fec0::1]/a.mp3", "private, loopback or link-local"),
     ("http://0.0.0.0/", "private, loopback or link-local"),
     ("http://user:pw@127.0.0.1/", "user name or password"),
     ("http:///nohost", "no host"),
@@ -248,11 +251,61 @@ def test_long_sane_files_decode_in_blocks_as_in_one_go(tmp_path):
         load_media(tmp_path / "s.flac", max_duration_s=40)
 
 
+# -- round two: samples that are not numbers, video frames, slow decodes ----------------
+
+@pytest.mark.parametrize("streams", [1, 4])
+def test_video_streams_are_never_decoded(streams, tmp_path):
+    """Each video stream holds one picture of 128 MB once decoded; ffmpeg probed every
+    stream's picture before the audio was mapped (543 MB and 17 s for four). Only the
+    audio is decoded now, whatever the number of video streams."""
+    path = bombs.mkv_huge_pictures(tmp_path / "pictures.mkv", 1, streams=streams)
+    result = bombs.decode_capped(path, 60, budget=_BUDGET)
+    assert "error" not in result, result
+    assert result["samples"] == 16000 and result["rms"] > 0.05
+    assert result["ffmpeg_peak"] < 80 << 20, result  # one picture alone is 128 MB
+    assert probe_duration(path) == pytest.approx(1, abs=0.1)
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".mka"])
+def test_samples_that_are_not_finite_become_silence(suffix, tmp_path):
+    """A float WAV (libsndfile) and pcm_f32le in Matroska (ffmpeg) with NaN, an infinity
+    and 1e30: what reaches the model is finite and within full scale, the tone intact."""
+    wav = bombs.wav_float_with_nan(tmp_path / "nan.wav", 3, every_s=1)
+    path = wav
+    if suffix == ".mka":
+        path = tmp_path / "nan.mka"
+        bombs._ffmpeg("-i", str(wav), "-c:a", "pcm_f32le", str(path))
+    audio = load_media(path, max_duration_s=60)
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+    assert len(audio) == 3 * 16000
+    assert np.sqrt(np.mean(audio ** 2)) == pytest.approx(0.3 / np.sqrt(2), abs=0.02)
+
+
+def test_every_ffmpeg_run_has_a_deadline(tmp_path, monkeypatch):
+    """An ffmpeg that never finishes (here: one that sleeps) is killed at the deadline,
+    both reading the header and decoding."""
+    slow = tmp_path / "ffmpeg"
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(media, "ffmpeg_exe", lambda: str(slow))
+    (tmp_path / "a.m4a").write_bytes(b"\0" * 1000)  # not for libsndfile: ffmpeg's turn
+    import time
+
+    for call in (lambda: probe_duration(tmp_path / "a.m4a", deadline_s=0.5),
+                 lambda: load_media(tmp_path / "a.m4a", deadline_s=0.5)):
+        started = time.monotonic()
+        with pytest.raises(MediaLimitError, match="longer than 0.5 s and was stopped .set DECODE_DEADLINE_S"):
+            call()
+        assert time.monotonic() - started < 30  # not the 60 s of the sleep
+
+
 # -- links: what a public "127.0.0.1" may make us do --------------------------------------
 
 @pytest.mark.parametrize("address", [
     "100.100.100.200", "100.64.0.1", "100.127.255.254", "192.0.0.9", "192.0.0.100", "224.0.0.251",
     "239.1.2.3", "198.18.0.1", "::ffff:100.64.0.1", "64:ff9b::a00:1", "2002:a00:1::1", "ff02::1", "fe80::1%2",
+    # IPv4-compatible, IPv4-translated and site-local spellings, judged public before
+    "::127.0.0.1", "::169.254.169.254", "::ffff:0:127.0.0.1", "::ffff:0:a9fe:a9fe", "fec0::1", "feff::1",
 ])
 def test_internal_addresses(address):
     assert netguard._is_internal(address)
@@ -353,6 +406,51 @@ def test_slow_server_meets_the_deadline(only_127_0_0_1_is_public, tmp_path):
             stop.set()
 
 
+@pytest.fixture
+def silent_host(monkeypatch):
+    """``silent.test`` resolves to 127.0.0.2 ... 127.0.0.11, each listening with a full
+    backlog, so that the kernel drops every new SYN: each connect waits for its timeout,
+    as to a host whose firewall drops packets."""
+    import socket
+
+    servers, fillers, port = [], [], 0
+    for i in range(2, 12):
+        server = socket.socket()
+        server.bind((f"127.0.0.{i}", port))
+        server.listen(0)
+        port = server.getsockname()[1]
+        servers.append(server)
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(server.getsockname())
+            fillers.append(filler)
+    system = netguard._system_getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        if host != "silent.test":
+            return system(host, port, *args, **kwargs)
+        return [info for s in servers for info in system(s.getsockname()[0], port, *args, **kwargs)]
+
+    monkeypatch.setattr(netguard, "_system_getaddrinfo", resolve)
+    monkeypatch.setattr(netguard, "_is_internal", lambda address: False)
+    yield f"http://silent.test:{port}"
+    for sock in servers + fillers:
+        sock.close()
+
+
+def test_connecting_counts_against_the_deadline(silent_host, tmp_path):
+    """Ten silent addresses used to cost ten connect timeouts, each ``min(timeout,
+    deadline)``: 50 s here. (The deadline is 5 s, not less: loading yt-dlp's extractors
+    takes a few seconds of it on a slow machine, before any connection.)"""
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="longer than 5 s|could not be reached"):
+        download_audio(f"{silent_host}/a.mp3", tmp_path / "dl", deadline_s=5)
+    assert time.monotonic() - started < 15  # the deadline and yt-dlp's own start, far below 10 x 5 s
+
+
 def test_pages_refreshing_to_each_other_stop(only_127_0_0_1_is_public, tmp_path):
     def page(target):
         html = f'<html><head><meta http-equiv="refresh" content="0; url={target}"></head><body>x</body></html>'
@@ -399,3 +497,42 @@ def test_the_operators_cookies_file_is_never_written(site, tmp_path, monkeypatch
     assert (operator.read_bytes(), operator.stat().st_mtime_ns) == before
     copy = tmp_path / "dl" / "cookies.txt"  # what yt-dlp read and rewrote: the request's own
     assert copy.exists() and copy.stat().st_mode & 0o077 == 0
+
+
+def test_a_cookie_line_never_reaches_a_message(site, tmp_path, capfd, caplog, monkeypatch):
+    """A leading-dot domain with include-subdomains FALSE (as some exporters write), in a
+    file that starts with a UTF-8 BOM: http.cookiejar raised an error quoting the whole
+    line, and the BOM was refused. Now the copy agrees with the domain and the download
+    works; any other error from reading the file is shown without its text."""
+    import http.cookiejar
+
+    base, _ = site
+    line = "\t".join([".127.0.0.1", "FALSE", "/", "FALSE", "2000000000", "SID", "secret-value-123"])
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("\ufeff" + _COOKIE_HEADER + line + "\n", encoding="utf-8")
+    assert download_audio(f"{base}/clip.mp3", tmp_path / "dl", allow_private=True, cookies=str(cookies)).exists()
+    assert "\t".join([".127.0.0.1", "TRUE"]) in (tmp_path / "dl" / "cookies.txt").read_text()
+
+    def refuse(self, f, filename, *args):  # what http.cookiejar says of a line it refuses
+        raise http.cookiejar.LoadError(f"invalid Netscape format cookies file {filename!r}: {line!r}")
+
+    monkeypatch.setattr(http.cookiejar.MozillaCookieJar, "_really_load", refuse)
+    with pytest.raises(DownloadError, match="cookies file could not be used") as info:
+        download_audio(f"{base}/clip.mp3", tmp_path / "dl2", allow_private=True, cookies=str(cookies))
+    out, err = capfd.readouterr()
+    assert "secret-value" not in out + err + caplog.text + str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_playlist_of_many_fragments_is_refused_as_such(only_127_0_0_1_is_public, tmp_path):
+    """200 fragments of 0.04 s (8 s) against a 10 s limit: one request a second of the
+    limit is allowed for fragments. The message said "pages redirecting to each other?"."""
+    segment = bytes([0x47, 0x1F, 0xFF, 0x10]) + b"\xff" * 184  # one null MPEG-TS packet
+    playlist = ("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                + "".join(f"#EXTINF:0.04,\nseg{i}.ts\n" for i in range(200)) + "#EXT-X-ENDLIST\n").encode()
+    routes = {"/audio.m3u8": send(playlist, "application/vnd.apple.mpegurl"),
+              **{f"/seg{i}.ts": send(segment, "video/mp2t") for i in range(200)}}
+    with serve_routes(routes) as (base, requested):
+        with pytest.raises(MediaLimitError, match="more pieces .HLS or DASH fragments. than its duration limit"):
+            download_audio(f"{base}/audio.m3u8", tmp_path / "dl", max_duration_s=10)
+    assert len(requested) < 60

@@ -289,3 +289,67 @@ def test_live_tab_handlers(engine, clips):
         finishing.close()
     assert not srt_file.exists()  # the request's folder is gone once Gradio has the files
     assert next(handlers.live_finish(None))[1] == "Nothing was recorded."
+
+
+class _NoEngine:
+    """A live transcriber that is never asked to decode (pieces under MIN_CHUNK_S)."""
+
+    options = TranscribeOptions()
+
+    def iter_segments(self, *args, **kwargs):
+        raise AssertionError("no decode expected")
+
+
+@pytest.mark.parametrize("piece, rate, error, message", [
+    (np.zeros(40000, np.int16), 1, "AudioDecodeError", "1 Hz is not supported"),
+    (np.zeros(100, np.int16), 0, "AudioDecodeError", "0 Hz is not supported"),
+    (np.zeros(100, np.int16), -16000, "AudioDecodeError", "-16000 Hz"),
+    (np.zeros(100, np.int16), 1e9, "AudioDecodeError", "1e\\+09 Hz"),
+    (np.zeros(100, np.int16), 2**31, "AudioDecodeError", "Hz is not supported"),
+    (np.zeros(100, np.int16), float("nan"), "AudioDecodeError", "nan Hz"),
+    (np.zeros(100, np.int16), "16000", "AudioDecodeError", "must be a number"),
+    (np.zeros((2, 48000), np.int16), 48000, "AudioDecodeError", r"shape \(2, 48000\)"),
+    (np.zeros((10, 2, 2), np.float32), 48000, "AudioDecodeError", "shape"),
+    (np.array([object()] * 10), 16000, "AudioDecodeError", "integers or floats"),
+    (np.zeros(600 * 16000, np.int16), 16000, "MediaLimitError", "600.0 s: pieces may be at most 5 s"),
+], ids=["1Hz", "0Hz", "negative", "1e9", "2**31", "nan-rate", "text-rate", "channels-first", "3-D", "objects",
+        "600s"])
+def test_live_pieces_are_checked_before_resampling(piece, rate, error, message):
+    """The probe's pieces: a 1 Hz header took the server from 1.2 to 5.7 GB (upsampled
+    to hours before any limit), others gave raw ValueErrors or were cut silently. Each is
+    refused, by name, before anything is resampled or kept."""
+    import whisper_zh.errors as errors
+
+    live = LiveTranscriber(_NoEngine())
+    with pytest.raises(getattr(errors, error), match=message):
+        live.feed(piece, rate)
+    assert live.audio_s == 0 and live._resampler is None
+
+
+def test_live_pieces_that_are_not_finite_become_silence():
+    """4 s of a tone, then NaN and infinite pieces (57.6 s to decode 6 s in the probe):
+    the buffer the engine reads is finite and within full scale, at 16 and 48 kHz."""
+    for rate in (16000, 48000):
+        live = LiveTranscriber(_NoEngine(), min_chunk_s=60, keep_up=False)
+        t = np.arange(rate // 2) / rate
+        for _ in range(4):
+            live.feed((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate)
+        for value in (np.nan, np.inf, -np.inf, 1e30):
+            live.feed(np.full(rate // 2, value, np.float32), rate)
+        assert np.isfinite(live._audio).all() and np.abs(live._audio).max() <= 1.0
+        assert live.audio_s == pytest.approx(4.0, abs=0.1)
+
+
+def test_the_live_route_shows_why_a_piece_is_refused():
+    """Gradio shows an API client the text of a gr.Error only: the live handler turns the
+    library's errors into one, as the other handlers do."""
+    import gradio as gr
+
+    from whisper_zh.serve.app import Handlers, _live_handler
+    from whisper_zh.serve.settings import ServeSettings
+
+    feed = _live_handler(Handlers(ServeSettings(model_id="stand-in"), _NoEngine()))
+    with pytest.raises(gr.Error, match="1 Hz is not supported"):
+        feed(None, (1, np.zeros(40000, np.int16)), "simplified")
+    state, status, _ = feed(None, (48000, np.zeros(4800, np.int16)), "simplified")
+    assert state.audio_s == pytest.approx(0.1, abs=0.01)

@@ -63,6 +63,14 @@ class UnsafeURLError(DownloadError):
     """A link was refused before any request: wrong scheme, or a host inside our own network."""
 
 
+class Cancelled(WhisperZhError):
+    """The work was stopped because whoever asked for it cancelled it or went away;
+    raised from a progress callback, it ends the engine's work after the current model step."""
+
+    def __init__(self, message: str = "cancelled"):
+        super().__init__(message)
+
+
 class MissingExtraError(WhisperZhError, ImportError):
     """A feature needs packages of an extra that is not installed; the message names the
     ``pip install`` command."""
@@ -70,4 +78,4 @@ class MissingExtraError(WhisperZhError, ImportError):
 
 __all__ = ["WhisperZhError", "ConfigError", "DataError", "InputNotFoundError", "ModelNotFoundError",
            "AudioDecodeError", "MediaLimitError", "NoSpeechError", "DownloadError", "UnsafeURLError",
-           "MissingExtraError"]
+           "MissingExtraError", "Cancelled"]

@@ -73,6 +73,17 @@ _HEADROOM = _PIPE_BYTES // 4 + 1  # samples: one more read always fits, even one
 _UNREAD_SLACK = 1 << 16
 
 
+# Only the first audio stream is decoded. Mapping it is not enough: while probing the
+# input, before any mapping, ffmpeg decodes a frame of *every* stream to learn its
+# parameters, so one 16384x16000 picture in a video stream cost 2 GB and 18 s. Every
+# decoder ffmpeg opens for this input may allocate frames of at most this many pixels,
+# which makes a video stream's pictures fail at once, whatever their size or number;
+# audio decoders ignore it.
+_MAX_PIXELS = 16
+_INPUT_OPTIONS = ("-max_pixels", str(_MAX_PIXELS))
+_AUDIO_ONLY = ("-map", "0:a:0?", "-vn", "-sn", "-dn")
+
+
 class _Samples:
     """Mono float32 samples appended block by block into one array, so that peak
     memory is the result plus one block. Past ``limit`` samples it raises
@@ -120,6 +131,28 @@ def _mono(block: np.ndarray) -> np.ndarray:
     return block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
 
 
+def clean_samples(audio: np.ndarray) -> int:
+    """Make a float waveform safe for the model, in place: NaN and infinities become
+    silence and magnitudes past full scale are clipped to [-1, 1], as a sound card would.
+    One NaN in a float WAV otherwise turns every window it touches into ``))))``
+    at ten times the decoding cost. Block by block, so no mask the size of the input.
+
+    Returns:
+        How many samples were not finite.
+    """
+    bad = 0
+    for start in range(0, len(audio), _BLOCK_SAMPLES):
+        block = audio[start:start + _BLOCK_SAMPLES]
+        finite = np.isfinite(block)
+        if not finite.all():
+            bad += int(block.size - np.count_nonzero(finite))
+            block[~finite] = 0.0
+        np.clip(block, -1.0, 1.0, out=block)
+    if bad:
+        logger.warning("%d samples were not finite numbers (NaN or infinite); they were replaced by silence", bad)
+    return bad
+
+
 def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """A whole waveform from ``sr`` to ``target_sr`` Hz (soxr, high quality)."""
     if sr == target_sr:
@@ -161,15 +194,15 @@ def _decode_soundfile(source: AudioSource, sr: int, limit: Optional[int], messag
         return out.result()
 
 
-def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples) -> np.ndarray:
+def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples, deadline_s: Optional[float] = None) -> np.ndarray:
     """Decode with ffmpeg into ``out`` as its output arrives, one pipe buffer at a time;
     ``-t`` stops ffmpeg itself one block past the limit, and the process is killed as
-    soon as ``out`` refuses."""
+    soon as ``out`` refuses, or once ``deadline_s`` seconds have passed."""
     data = source if isinstance(source, (bytes, bytearray)) else None
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0",
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", *_INPUT_OPTIONS,
         "-i", "pipe:0" if data is not None else os.fspath(source),
-        "-vn", "-ac", "1", "-ar", str(sr), "-f", "f32le",
+        *_AUDIO_ONLY, "-ac", "1", "-ar", str(sr), "-f", "f32le",
     ]
     if out.limit is not None:
         cmd += ["-t", f"{(out.limit + _PIPE_BYTES) / sr:.6f}"]
@@ -181,6 +214,15 @@ def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples) -> np.ndarray:
         helpers.append(threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True))
     for thread in helpers:
         thread.start()
+    expired = threading.Event()
+
+    def expire() -> None:  # killing ffmpeg ends its output, which ends the loop below
+        expired.set()
+        proc.kill()
+
+    timer = None if deadline_s is None else threading.Timer(deadline_s, expire)
+    if timer is not None:
+        timer.start()
     received = 0  # bytes; a float32 sample can arrive split across two reads
     try:
         while True:
@@ -193,6 +235,8 @@ def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples) -> np.ndarray:
             out.grew(received // 4 - out.size)
         returncode = proc.wait()
     finally:
+        if timer is not None:
+            timer.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -200,6 +244,8 @@ def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples) -> np.ndarray:
         for thread in helpers:
             thread.join()
         proc.stderr.close()
+    if expired.is_set() and returncode != 0:
+        raise MediaLimitError(_too_slow(deadline_s))
     if returncode != 0:
         message = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
         raise AudioDecodeError(message[-1] if message else f"ffmpeg exited with {returncode}")
@@ -212,7 +258,8 @@ def _feed(pipe, data: bytes) -> None:
             pipe.write(data)
 
 
-def _decode(source: AudioSource, sr: int, max_duration_s: Optional[float]) -> np.ndarray:
+def _decode(source: AudioSource, sr: int, max_duration_s: Optional[float],
+            deadline_s: Optional[float] = None) -> np.ndarray:
     limit = None if max_duration_s is None else int(max_duration_s * sr) + sr // 10  # rounding slack
     message = "" if max_duration_s is None else _too_long(None, max_duration_s)
     audio = None
@@ -225,7 +272,7 @@ def _decode(source: AudioSource, sr: int, max_duration_s: Optional[float]) -> np
     # outside the except block, so that the failed attempt's buffers are already freed
     if audio is None:
         try:
-            audio = _decode_ffmpeg(source, sr, _Samples(limit, 0, message))
+            audio = _decode_ffmpeg(source, sr, _Samples(limit, 0, message), deadline_s)
         except AudioDecodeError as err:
             name = "audio data" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
             raise AudioDecodeError(f"cannot decode {name}: {err}") from None
@@ -245,7 +292,8 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
     return _checked_decode(source, sr, None)
 
 
-def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float]) -> np.ndarray:
+def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float],
+                    deadline_s: Optional[float] = None) -> np.ndarray:
     if not isinstance(source, (bytes, bytearray)):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -254,9 +302,10 @@ def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float
             raise AudioDecodeError(f"empty file: {path}")
     elif len(source) == 0:
         raise AudioDecodeError("empty audio data")
-    audio = _decode(source, sr, max_duration_s)
+    audio = _decode(source, sr, max_duration_s, deadline_s)
     if audio.size == 0:
         raise AudioDecodeError("the input has no audio samples")
+    clean_samples(audio)
     return audio
 
 
@@ -277,11 +326,14 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
-def probe_duration(path: Union[str, os.PathLike]) -> Optional[float]:
+def probe_duration(path: Union[str, os.PathLike], deadline_s: Optional[float] = None) -> Optional[float]:
     """Duration of a media file in seconds from its header, without decoding it.
 
     None when the container does not say (a live stream, a raw pipe) or the file is
     not media; callers then fall back to checking the decoded length.
+
+    Raises:
+        MediaLimitError: ffmpeg took longer than ``deadline_s`` seconds to read the header.
     """
     path = os.fspath(path)
     try:
@@ -293,7 +345,11 @@ def probe_duration(path: Union[str, os.PathLike]) -> Optional[float]:
     except Exception:
         pass
     # ffmpeg with no output prints the header and exits 1 ("At least one output file")
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True)
+    try:
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *_INPUT_OPTIONS, "-i", path],
+                              capture_output=True, timeout=deadline_s)
+    except subprocess.TimeoutExpired:  # run() has killed it
+        raise MediaLimitError(_too_slow(deadline_s)) from None
     match = _DURATION_RE.search(proc.stderr.decode("utf-8", "replace"))
     if not match:
         return None
@@ -310,18 +366,22 @@ def format_duration(seconds: float) -> str:
 
 
 def load_media(path: Union[str, os.PathLike], *, max_duration_s: Optional[float] = None,
-               max_bytes: Optional[int] = None, sr: int = SAMPLE_RATE) -> np.ndarray:
+               max_bytes: Optional[int] = None, deadline_s: Optional[float] = None,
+               sr: int = SAMPLE_RATE) -> np.ndarray:
     """:func:`load_audio` with limits checked *before* decoding, so a 10-hour upload is
     refused in milliseconds instead of filling memory (one hour is 230 MB of float32),
     and again *while* decoding, for the headers that say nothing or lie: decoding stops
     as soon as it passes ``max_duration_s``, so peak memory stays near that of the
-    decoded limit whatever the file expands to.
+    decoded limit whatever the file expands to. ffmpeg's reading of the header and its
+    decoding each stop after ``deadline_s`` seconds. Video streams are never decoded.
 
     Returns:
-        float32 array of shape ``(n_samples,)`` at ``sr`` Hz.
+        float32 array of shape ``(n_samples,)`` at ``sr`` Hz, finite, within [-1, 1]
+        (:func:`clean_samples`).
 
     Raises:
-        MediaLimitError: larger than ``max_bytes`` or longer than ``max_duration_s``.
+        MediaLimitError: larger than ``max_bytes``, longer than ``max_duration_s``, or
+            slower to read than ``deadline_s``.
         AudioDecodeError, FileNotFoundError: as :func:`load_audio`.
     """
     path = os.fspath(path)
@@ -332,10 +392,10 @@ def load_media(path: Union[str, os.PathLike], *, max_duration_s: Optional[float]
         raise MediaLimitError(
             f"the file is {size / 2**20:.0f} MB; the limit is {max_bytes / 2**20:.0f} MB")
     if max_duration_s is not None and size > 0:
-        duration = probe_duration(path)
+        duration = probe_duration(path, deadline_s)
         if duration is not None and duration > max_duration_s:
             raise MediaLimitError(_too_long(duration, max_duration_s))
-    return _checked_decode(path, sr, max_duration_s)
+    return _checked_decode(path, sr, max_duration_s, deadline_s)
 
 
 def _too_long(duration: Optional[float], limit: float) -> str:
@@ -344,6 +404,11 @@ def _too_long(duration: Optional[float], limit: float) -> str:
         return f"the input is longer than the limit of {format_duration(limit)} (set MAX_DURATION_S to change it)"
     return (f"the input is {format_duration(duration)} long; the limit is {format_duration(limit)} "
             f"(set MAX_DURATION_S to change it)")
+
+
+def _too_slow(deadline_s: float) -> str:
+    return (f"reading the input took longer than {deadline_s:g} s and was stopped "
+            "(set DECODE_DEADLINE_S to change the limit)")
 
 
 @dataclass
@@ -362,11 +427,13 @@ class StreamResampler:
             samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max + 1)
         if samples.ndim == 2:
             samples = samples.mean(axis=1)
-        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        samples = np.array(samples, dtype=np.float32)  # a copy: cleaned in place
+        clean_samples(samples)  # before soxr, whose filter would spread a NaN over its neighbours
         if self.sample_rate == SAMPLE_RATE:
             return samples
         if self._stream is None:
             import soxr
 
             self._stream = soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        return self._stream.resample_chunk(samples, last=last)
+        # the filter rings past full scale next to a clipped edge
+        return np.clip(self._stream.resample_chunk(samples, last=last), -1.0, 1.0)

@@ -12,16 +12,18 @@ read here, at the edge, unless given), so a Space is configured in its "Variable
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.errors import AudioDecodeError, WhisperZhError
+from whisper_zh.errors import AudioDecodeError, Cancelled, WhisperZhError
 from whisper_zh.media import format_duration
 from whisper_zh.serve.engine import Transcriber, get_transcriber
 from whisper_zh.serve.jobs import Job, load_input
@@ -38,6 +40,10 @@ from whisper_zh.serve.types import TranscribeOptions, join_text
 from whisper_zh.text import SCRIPTS
 
 PARTIAL_EVERY_S = 2.0  # seconds between partial results shown while transcribing
+# Gradio looks whether a request's client is still there only when its handler yields:
+# while a step of the work runs, the handler yields what is shown again this often, so that a
+# client that left is noticed and its work stopped (after the engine's current model step).
+HEARTBEAT_S = 1.0
 # The Gradio queues: recordings, uploads and links wait in one; live pieces in another.
 TRANSCRIBE_QUEUE, LIVE_QUEUE = "transcribe", "live"
 
@@ -85,6 +91,10 @@ class Handlers:
     def __init__(self, settings: ServeSettings, transcriber: Optional[Transcriber] = None):
         self.settings = settings
         self._transcriber = transcriber
+        # Gradio frees a request's slot when it is cancelled, while the work may still be
+        # in a model step: the work itself holds one of these, so that no more than
+        # CONCURRENCY_LIMIT requests ever work at once
+        self._working = threading.BoundedSemaphore(max(1, settings.concurrency_limit))
 
     @property
     def transcriber(self) -> Transcriber:
@@ -92,15 +102,31 @@ class Handlers:
             self._transcriber = get_transcriber(self.settings.model_id, backend=self.settings.backend)
         return self._transcriber
 
-    def run(self, request: Request, progress=None) -> Iterator[Update]:
+    def run(self, request: Request, progress=None, cancel: Optional[threading.Event] = None) -> Iterator[Update]:
         """Transcribe the request's input, yielding what to show as work advances.
 
         Everything written -- the download, the subtitle files -- lives in one temporary
         directory per request, removed when the generator finishes (Gradio has copied
         the files it serves by then) or is closed. ``request.cookies`` is the visitor's upload:
         deleted then too, since the page promises it serves this request only.
+
+        ``cancel``, once set (from another thread), stops the work at the next progress
+        report: after the engine's current model step, or the download's current read.
+
+        Raises:
+            Cancelled: ``cancel`` was set.
         """
-        report = progress or (lambda fraction, desc=None: None)
+        cancel = cancel or threading.Event()
+
+        def report(fraction: float, desc: Optional[str] = None) -> None:
+            if cancel.is_set():
+                raise Cancelled()
+            if progress is not None:
+                progress(fraction, desc=desc)
+
+        while not self._working.acquire(timeout=0.1):
+            if cancel.is_set():
+                raise Cancelled()
         workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-request-"))
         try:
             started = time.perf_counter()
@@ -152,6 +178,7 @@ class Handlers:
             shutil.rmtree(workdir, ignore_errors=True)
             if request.cookies:
                 Path(request.cookies).unlink(missing_ok=True)
+            self._working.release()
 
     def _source(self, request: Request) -> str:
         """The request's link or file, checked for what a visitor can get wrong."""
@@ -225,23 +252,72 @@ def _stem(request: Request) -> str:
 
 
 def _handler(handlers: Handlers, kind: str):
+    """The Gradio handler of one way in: each step of :meth:`Handlers.run` runs in a
+    worker thread while this coroutine waits, so that Gradio's cancel (which cancels it)
+    and a client that leaves (noticed at a yield, :data:`HEARTBEAT_S`) both reach it and
+    stop the work; the event's slot stays taken until the work has stopped."""
     import gradio as gr
 
-    def handle(source, script, output, hotwords, *rest, progress=gr.Progress()):
+    async def handle(source, script, output, hotwords, *rest, progress=gr.Progress()):
         cookies = rest[0] if rest else None
         request = Request(kind, source, script, output, hotwords, getattr(cookies, "name", cookies))
+        cancel = threading.Event()
+        updates = handlers.run(request, progress=progress, cancel=cancel)
+        step, shown = None, _shown(Update("Working…"))
         try:
-            for update in handlers.run(request, progress=progress):
-                yield _shown(update)
+            while True:
+                step = asyncio.get_running_loop().run_in_executor(None, next, updates, None)
+                while not step.done():
+                    await asyncio.wait({step}, timeout=HEARTBEAT_S)
+                    if not step.done():
+                        # the last outputs again, not gr.skip(): API clients read every output
+                        yield shown
+                update = step.result()
+                if update is None:
+                    return
+                shown = _shown(update)
+                yield shown
         except WhisperZhError as err:
-            message = str(err)
-            raise gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe") from None
+            raise _shown_error(err) from None
         except MemoryError:
             # the request's arrays are unreachable once this frame is left; the app goes on
             raise gr.Error(OUT_OF_MEMORY, title="Cannot transcribe") from None
+        finally:  # done, failed, cancelled, or closed because the client left
+            cancel.set()
+            while step is not None and not step.done():
+                try:
+                    await asyncio.wait({step})
+                except asyncio.CancelledError:  # cancelled again: the work still has to stop first
+                    continue
+            if step is not None and not step.cancelled():
+                step.exception()  # retrieved (this request's Cancelled, or raised above), so asyncio logs nothing
+            updates.close()
 
     handle.__name__ = f"transcribe_{kind}"
     return handle
+
+
+def _live_handler(handlers: Handlers):
+    """:meth:`Handlers.live_feed` with its errors shown as the other handlers' are, so
+    that an API client reads the reason rather than Gradio's generic error."""
+    import gradio as gr
+
+    def transcribe_live(live, chunk, script, hotwords=None):
+        try:
+            return handlers.live_feed(live, chunk, script, hotwords)
+        except WhisperZhError as err:
+            raise _shown_error(err) from None
+        except MemoryError:
+            raise gr.Error(OUT_OF_MEMORY, title="Cannot transcribe") from None
+
+    return transcribe_live
+
+
+def _shown_error(err: WhisperZhError):
+    import gradio as gr
+
+    message = str(err)
+    return gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe")
 
 
 def _shown(update: Update) -> tuple:
@@ -340,7 +416,7 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
         # Live pieces queue apart, so a long upload does not hold a live session back: the
         # engine's lock still runs one model call at a time, and a live decode reads at most
         # 20 s, so a stream costs little memory.
-        live_mic.stream(handlers.live_feed, [live_state, live_mic, script, hotwords], [live_state, status, text],
+        live_mic.stream(_live_handler(handlers), [live_state, live_mic, script, hotwords], [live_state, status, text],
                         time_limit=int(settings.max_duration_s), show_progress="hidden", api_name="transcribe_live",
                         concurrency_id=LIVE_QUEUE, concurrency_limit=settings.concurrency_limit)
         live_mic.stop_recording(handlers.live_finish, [live_state], [live_state, *outputs], api_name=False)

@@ -47,6 +47,7 @@ class _Budget:
     deadline_s: float
     max_bytes: Optional[int]
     max_requests: float = _MAX_PAGE_REQUESTS
+    fragments: bool = False  # the pages are read; what is left is the media's (HLS/DASH fragments)
     deadline: float = field(default_factory=time.monotonic)
     requests: int = 0
     received: int = 0
@@ -61,6 +62,10 @@ class _Budget:
             self._refuse(DownloadError(
                 f"the download took longer than {self.deadline_s:.0f} s and was stopped "
                 "(set DOWNLOAD_DEADLINE_S to change the limit)"))
+        if self.requests > self.max_requests and self.fragments:
+            self._refuse(MediaLimitError(
+                "the stream is cut into more pieces (HLS or DASH fragments) than its duration limit allows, "
+                "one a second (set MAX_DURATION_S to change it); stopped"))
         if self.requests > self.max_requests:
             self._refuse(DownloadError(
                 f"the link needed more than {self.max_requests} requests (pages redirecting to each other?); "
@@ -110,11 +115,19 @@ def _budgeted_youtubedl():
     return _BudgetedYoutubeDL
 
 
-def _private_cookies(cookies: str, out_dir: Path) -> str:
+def _private_cookies(cookies: str, out_dir: Path) -> tuple[str, set[str]]:
     """A checked copy of a Netscape cookies.txt inside this request's directory: yt-dlp
     reads and rewrites the copy, so the operator's ``YTDLP_COOKIES`` is never written,
     and the request's directory takes it away. A malformed file is refused by line
-    number here, before yt-dlp would print the offending line, values and all."""
+    number here, before yt-dlp would print the offending line, values and all.
+
+    Exporters disagree on the include-subdomains flag of a ``.example.com`` domain;
+    http.cookiejar requires it to match the leading dot, and otherwise raises an error
+    that quotes the whole line. The copy sets the flag from the domain, as browsers mean it.
+
+    Returns:
+        The copy's path, and the cookies' values (which no message may show).
+    """
     try:
         size = os.path.getsize(cookies)
     except OSError:
@@ -122,12 +135,13 @@ def _private_cookies(cookies: str, out_dir: Path) -> str:
     if size > _MAX_COOKIES_BYTES:
         raise DownloadError("the cookies file is larger than 1 MB; export only the site's cookies")
     try:
-        lines = Path(cookies).read_text(encoding="utf-8").splitlines()
+        lines = Path(cookies).read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM some editors write
     except UnicodeDecodeError:
         raise DownloadError("the cookies file is not text; a Netscape cookies.txt is expected") from None
     if not lines or not http.cookiejar.NETSCAPE_MAGIC_RGX.match(lines[0]):
         raise DownloadError("the cookies file does not start with '# Netscape HTTP Cookie File'; "
                             "export it in the Netscape (cookies.txt) format")
+    values: set[str] = set()
     for number, line in enumerate(lines, 1):
         entry = line.removeprefix("#HttpOnly_")
         if not entry.strip() or entry.lstrip().startswith(("#", "$")):
@@ -136,10 +150,22 @@ def _private_cookies(cookies: str, out_dir: Path) -> str:
         if len(fields) != 7 or not re.fullmatch(r"(\d+(\.\d+)?)?", fields[4]):
             raise DownloadError(f"line {number} of the cookies file is not a cookies.txt entry "
                                 "(7 tab-separated fields); the file was not used")
+        fields[1] = "TRUE" if fields[0].startswith(".") else "FALSE"
+        lines[number - 1] = line[:len(line) - len(entry)] + "\t".join(fields)
+        values.add(fields[6])
     copy = out_dir / "cookies.txt"
     with open(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    return str(copy)
+    return str(copy), values
+
+
+_COOKIES_UNUSABLE = "the cookies file could not be used; export it again (its lines are not shown: they hold secrets)"
+
+
+def _may_quote_cookies(message: str, secrets: set[str]) -> bool:
+    """True when an error's text holds a cookie value, or comes from reading the file
+    (http.cookiejar quotes the line it refuses)."""
+    return any(secret and secret in message for secret in secrets) or "cookies file" in message.lower()
 
 
 def _explain_ytdlp_error(message: str, url: str) -> str:
@@ -220,8 +246,9 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
     if cookies and not os.path.isfile(cookies):
         raise DownloadError(f"cookies file not found: {cookies}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    secrets: set[str] = set()
     if cookies:
-        cookies = _private_cookies(cookies, out_dir)
+        cookies, secrets = _private_cookies(cookies, out_dir)
     budget = _Budget(deadline_s, max_bytes)
 
     def hook(status: dict) -> None:
@@ -297,6 +324,7 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
                     f"the media is {size / 2**20:.0f} MB; the limit is {max_bytes / 2**20:.0f} MB")
             fragments = math.inf if max_duration_s is None else int(max_duration_s)
             budget.max_requests = budget.requests + _MAX_PAGE_REQUESTS + fragments
+            budget.fragments = True
             info = ydl.process_ie_result(info, download=True)
     except (DownloadError, MediaLimitError):
         raise
@@ -308,7 +336,13 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
         cause = err.exc_info[1] if getattr(err, "exc_info", None) else None
         if isinstance(cause, (DownloadError, MediaLimitError)):
             raise cause from None
+        if _may_quote_cookies(str(err), secrets):
+            raise DownloadError(_COOKIES_UNUSABLE) from None
         raise DownloadError(_explain_ytdlp_error(str(err), url)) from None
+    except Exception as err:  # not yt-dlp's: a bug keeps its traceback, unless that may show a cookie
+        if _may_quote_cookies(str(err), secrets):
+            raise DownloadError(_COOKIES_UNUSABLE) from None
+        raise
     if budget.spent is not None:  # an error yt-dlp reported and went on from
         raise budget.spent
     files = [p for p in out_dir.iterdir()

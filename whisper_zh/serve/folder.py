@@ -252,7 +252,8 @@ def _transcribe_one(job: Job, media: MediaFile, targets: dict[str, Path], limits
             shown += step
 
     try:
-        audio = load_media(media.path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes)
+        audio = load_media(media.path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
+                           deadline_s=limits.decode_deadline_s)
         duration = len(audio) / SAMPLE_RATE
         if weight is None:
             weight = duration

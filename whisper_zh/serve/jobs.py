@@ -67,10 +67,12 @@ def load_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike]
                               max_bytes=limits.max_bytes, allow_private=limits.allow_private_urls,
                               deadline_s=limits.download_deadline_s, progress=progress)
         try:
-            return load_media(path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes)
+            return load_media(path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
+                              deadline_s=limits.decode_deadline_s)
         finally:
             shutil.rmtree(download, ignore_errors=True)
-    return load_media(source, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes)
+    return load_media(source, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
+                      deadline_s=limits.decode_deadline_s)
 
 
 def translation_options(options: TranscribeOptions) -> TranscribeOptions:

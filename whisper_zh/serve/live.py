@@ -44,7 +44,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.errors import ConfigError
+from whisper_zh.errors import AudioDecodeError, ConfigError, MediaLimitError
 from whisper_zh.media import StreamResampler
 from whisper_zh.serve.engine import Transcriber
 from whisper_zh.serve.types import Segment, TranscribeOptions, Word
@@ -70,6 +70,13 @@ _KEEP_UNHEARD_S = 1.0
 # 100 characters raised CER from 0.171 to 0.219 and 30 (on its first 2 minutes) from
 # 0.220 to 0.260: the model copies the prompt's last words into the next sentence.
 CONTEXT_CHARS = 0
+# What a piece may be, checked before it is resampled: a piece's rate is the sender's
+# word, and a WAV whose header says 1 Hz was upsampled 16,000-fold (39 KB -> 4.5 GB).
+# Browsers record at 8 to 48 kHz and Gradio sends a piece every 0.5 s; a piece is at
+# most MAX_PIECE_S, so that one decode still reads about MAX_BUFFER_S.
+MIN_RATE, MAX_RATE = 8_000, 192_000
+MAX_PIECE_S = 5.0
+MAX_CHANNELS = 8
 
 # A Latin word or a number, kept whole (3.14, 1,000, 12:30, don't, e-mail), or any other
 # single character; leading spaces stay with the unit so that joining units restores the text.
@@ -160,9 +167,13 @@ class LiveTranscriber:
             samples: shape ``(n,)`` or ``(n, channels)``; int16 (as browsers and Gradio
                 send it) or float in [-1, 1].
             sample_rate: of ``samples``, in Hz; resampled to 16 kHz when different.
+
+        Raises:
+            AudioDecodeError, MediaLimitError: not a piece of audio (:func:`check_piece`).
         """
         if self._finished:
             raise RuntimeError("this recording is finished; start a new LiveTranscriber")
+        samples, sample_rate = check_piece(samples, sample_rate)
         self._append(self._resample(samples, sample_rate))
         decoded_s = decode_s = 0.0
         wait_s = max(self.min_chunk_s, self._last_decode_s) if self.keep_up else self.min_chunk_s
@@ -308,6 +319,36 @@ class LiveTranscriber:
         self._audio = self._audio[int(round((at - self._offset) * SAMPLE_RATE)):]
         self._offset = at
         self._in_buffer = hypothesis[q:confirmed]
+
+
+def check_piece(samples, sample_rate) -> tuple[np.ndarray, int]:
+    """A live piece as (array, rate) once checked, before any resampling: a rate from
+    :data:`MIN_RATE` to :data:`MAX_RATE` Hz, shape ``(n,)`` or ``(n, channels)`` with at
+    most :data:`MAX_CHANNELS` channels, integer or float samples, at most
+    :data:`MAX_PIECE_S` seconds. Non-finite samples are the resampler's to clean.
+
+    Raises:
+        AudioDecodeError: a rate, shape or sample type that is not a piece of audio.
+        MediaLimitError: a piece longer than :data:`MAX_PIECE_S`.
+    """
+    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
+        raise AudioDecodeError(f"the sample rate must be a number of Hz, not {type(sample_rate).__name__}")
+    if not MIN_RATE <= sample_rate <= MAX_RATE:  # NaN fails this too
+        raise AudioDecodeError(f"a sample rate of {sample_rate:g} Hz is not supported: live audio must be "
+                               f"recorded at {MIN_RATE // 1000} to {MAX_RATE // 1000} kHz")
+    try:
+        samples = np.asarray(samples)
+    except ValueError:  # ragged nested lists
+        raise AudioDecodeError("the live piece is not an array of samples") from None
+    if samples.dtype.kind not in "if":
+        raise AudioDecodeError(f"live samples must be integers or floats, not {samples.dtype}")
+    if samples.ndim not in (1, 2) or (samples.ndim == 2 and not 0 < samples.shape[1] <= MAX_CHANNELS):
+        raise AudioDecodeError(f"a live piece of shape {samples.shape}: expected (samples,) or (samples, channels) "
+                               f"with at most {MAX_CHANNELS} channels")
+    if len(samples) > MAX_PIECE_S * sample_rate:
+        raise MediaLimitError(f"a live piece of {len(samples) / sample_rate:.1f} s: pieces may be at most "
+                              f"{MAX_PIECE_S:g} s long")
+    return samples, sample_rate
 
 
 def _units(segment: Segment, offset: float, language: str) -> list[_Unit]:

@@ -46,6 +46,12 @@ _NOT_PUBLIC = (ipaddress.ip_network("192.0.0.0/24"), ipaddress.ip_network("224.0
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
+# The upper 96 bits of the other IPv6 forms that end in an IPv4 address, which some
+# stacks still route to it: IPv4-compatible (::a.b.c.d, ::/96) and IPv4-translated
+# (::ffff:0:a.b.c.d, ::ffff:0:0/96). Python calls ``::127.0.0.1`` global.
+_IPV4_PREFIXES = (0, 0xFFFF0000)
+
+
 def _is_internal(address: str) -> bool:
     """True unless ``address`` is globally reachable: loopback, private, link-local,
     carrier-grade NAT (100.64.0.0/10, where 100.100.100.200 is a cloud metadata
@@ -53,8 +59,10 @@ def _is_internal(address: str) -> bool:
     inside."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:  # fec0::/10: deprecated, yet still routed inside some networks
+            return True
         carried = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if carried is None and any(ip in net for net in _NAT64):
+        if carried is None and (any(ip in net for net in _NAT64) or int(ip) >> 32 in _IPV4_PREFIXES):
             carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if carried is not None and _is_internal(str(carried)):
             return True
@@ -125,9 +133,11 @@ def _guarded_getaddrinfo(host, port, *args, **kwargs):
 
 
 def _deadline_bound(recv):
-    """``recv``/``recv_into`` of a socket, bounded by this thread's download deadline: a
-    server that sends one byte every few seconds satisfies every per-read timeout, so
-    each read may wait at most what is left of the deadline, and none starts after it."""
+    """``connect``/``recv``/``recv_into`` of a socket, bounded by this thread's download
+    deadline: a server that sends one byte every few seconds satisfies every per-read
+    timeout, and a host name with many silent addresses gets one connect timeout per
+    address, so each call may wait at most what is left of the deadline, and none starts
+    after it."""
 
     @functools.wraps(recv)
     def bounded(self, *args, **kwargs):
@@ -149,7 +159,7 @@ def _install_guards() -> None:
     if socket.getaddrinfo is not _guarded_getaddrinfo:
         socket.getaddrinfo = _guarded_getaddrinfo
     for cls in (socket.socket, ssl.SSLSocket):
-        for name in ("recv", "recv_into"):
+        for name in ("connect", "recv", "recv_into"):
             method = cls.__dict__.get(name) or getattr(cls, name)
             if not getattr(method, "deadline_bound", False):
                 setattr(cls, name, _deadline_bound(method))
@@ -162,8 +172,9 @@ def guarded_thread(public_only: bool = True, deadline: Optional[float] = None):
     -- must resolve to public addresses; otherwise the connection fails before a single
     packet is sent. yt-dlp and urllib3 both connect through ``socket.getaddrinfo``, so
     the check sits there, gated per thread so that nothing else in the process is
-    affected. Every socket read of this thread also ends by ``deadline``
-    (``time.monotonic()``), whatever the server's pace."""
+    affected. Every socket connect and read of this thread also ends by ``deadline``
+    (``time.monotonic()``), whatever the server's pace and however many addresses the
+    host has."""
     _install_guards()
     previous = getattr(_guard, "active", False), getattr(_guard, "deadline", None)
     _guard.active, _guard.refused, _guard.deadline = public_only, None, deadline

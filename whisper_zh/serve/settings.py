@@ -28,12 +28,16 @@ class Limits:
         max_duration_s: longest input accepted, seconds (None: no limit).
         max_bytes: largest upload or download, bytes (None: no limit).
         download_deadline_s: the longest one link's download may take, seconds.
+        decode_deadline_s: the longest ffmpeg may take to read one input's header, and
+            again to decode it, seconds (None: no limit).
         allow_private_urls: links may reach loopback and private addresses.
     """
 
     max_duration_s: Optional[float] = 3600.0
     max_bytes: Optional[int] = 500 * 2**20
     download_deadline_s: float = 300.0
+    # an hour of AAC decodes in about 20 s on 2 CPU cores: a wide margin for slow machines
+    decode_deadline_s: Optional[float] = 300.0
     allow_private_urls: bool = False
 
 
@@ -64,12 +68,13 @@ class ServeSettings:
     cookies: Optional[str] = None  # YTDLP_COOKIES: the operator's cookies.txt for YouTube
     allow_private_urls: bool = False  # ALLOW_PRIVATE_URLS: links may reach private addresses
     download_deadline_s: float = Limits.download_deadline_s  # DOWNLOAD_DEADLINE_S: wall-clock limit of one download
+    decode_deadline_s: float = Limits.decode_deadline_s  # DECODE_DEADLINE_S: wall-clock limit of one decode
 
     ENVIRONMENT = {  # field -> variable
         "model_id": "MODEL_ID", "backend": "BACKEND", "max_duration_s": "MAX_DURATION_S",
         "max_upload_mb": "MAX_UPLOAD_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
         "batch_size": "BATCH_SIZE", "cookies": "YTDLP_COOKIES", "allow_private_urls": "ALLOW_PRIVATE_URLS",
-        "download_deadline_s": "DOWNLOAD_DEADLINE_S",
+        "download_deadline_s": "DOWNLOAD_DEADLINE_S", "decode_deadline_s": "DECODE_DEADLINE_S",
     }
 
     @classmethod
@@ -103,4 +108,5 @@ class ServeSettings:
     def limits(self) -> Limits:
         """The limits every request of this server holds."""
         return Limits(max_duration_s=self.max_duration_s, max_bytes=self.max_bytes,
-                      download_deadline_s=self.download_deadline_s, allow_private_urls=self.allow_private_urls)
+                      download_deadline_s=self.download_deadline_s, decode_deadline_s=self.decode_deadline_s,
+                      allow_private_urls=self.allow_private_urls)
