@@ -68,6 +68,14 @@ class MissingExtraError(WhisperZhError, ImportError):
     ``pip install`` command."""
 
 
+class QueueFullError(WhisperZhError, RuntimeError):
+    """A server has as many requests waiting as its operator allows; try again later."""
+
+
+class RequestCancelled(WhisperZhError):
+    """The one who asked went away (closed the page, dropped the connection): the work stops."""
+
+
 __all__ = ["WhisperZhError", "ConfigError", "DataError", "InputNotFoundError", "ModelNotFoundError",
            "AudioDecodeError", "MediaLimitError", "NoSpeechError", "DownloadError", "UnsafeURLError",
-           "MissingExtraError"]
+           "MissingExtraError", "QueueFullError", "RequestCancelled"]

@@ -23,6 +23,7 @@ from typing import Iterator, Optional
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import AudioDecodeError, WhisperZhError
 from whisper_zh.media import format_duration
+from whisper_zh.serve import api
 from whisper_zh.serve.engine import Transcriber, get_transcriber
 from whisper_zh.serve.jobs import Job, load_input
 from whisper_zh.serve.live import LiveTranscriber
@@ -224,15 +225,17 @@ def _stem(request: Request) -> str:
     return "transcript"
 
 
-def _handler(handlers: Handlers, kind: str):
+def _handler(handlers: Handlers, kind: str, slots: api.Slots):
     import gradio as gr
 
     def handle(source, script, output, hotwords, *rest, progress=gr.Progress()):
         cookies = rest[0] if rest else None
         request = Request(kind, source, script, output, hotwords, getattr(cookies, "name", cookies))
         try:
-            for update in handlers.run(request, progress=progress):
-                yield _shown(update)
+            # the slots the API's calls take too: one line, one concurrency limit for both
+            with slots.hold(on_wait=lambda ahead: progress(0.0, desc=f"waiting: {ahead} ahead")):
+                for update in handlers.run(request, progress=progress):
+                    yield _shown(update)
         except WhisperZhError as err:
             message = str(err)
             raise gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe") from None
@@ -241,7 +244,17 @@ def _handler(handlers: Handlers, kind: str):
             raise gr.Error(OUT_OF_MEMORY, title="Cannot transcribe") from None
 
     handle.__name__ = f"transcribe_{kind}"
+    # what an MCP client reads about the tool (MCP_SERVER)
+    handle.__doc__ = (f"Transcribe Chinese speech ({_SOURCES[kind]}) into text, timed segments and "
+                      "SRT/VTT/TXT/JSON files, or translate it to English.\n\n"
+                      f"Args:\n    source: {_SOURCES[kind]}\n    script: the characters: simplified, traditional, "
+                      "taiwan, hongkong or original\n    output: transcribe (Chinese), translate (English) or "
+                      "bilingual\n    hotwords: names and terms to get right, separated by spaces (may be empty)\n")
     return handle
+
+
+_SOURCES = {"microphone": "a recording, as an audio file", "file": "an audio or video file",
+            "url": "a link to a video page, e.g. YouTube"}
 
 
 def _shown(update: Update) -> tuple:
@@ -281,6 +294,13 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
     handlers = Handlers(settings, transcriber)
     if preload:
         handlers.transcriber  # noqa: B018 -- loads the model once, before the first request
+
+    def page_waiting() -> int:
+        """Visitors in Gradio's line for the page's transcriptions (a Gradio internal: 0 if it moves)."""
+        line = getattr(getattr(demo, "_queue", None), "event_queue_per_concurrency_id", {}).get(TRANSCRIBE_QUEUE)
+        return len(getattr(line, "queue", ()))
+
+    slots = api.Slots(settings.concurrency_limit, settings.max_queue, others_waiting=page_waiting)
 
     with gr.Blocks(title="whisper-zh: Chinese speech to text", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(DESCRIPTION, elem_id="title")
@@ -329,13 +349,13 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
         # transcribe share one, so that CONCURRENCY_LIMIT bounds them together (each holds
         # a whole recording in memory)
         queued = dict(concurrency_id=TRANSCRIBE_QUEUE, concurrency_limit=settings.concurrency_limit)
-        mic_button.click(_handler(handlers, "microphone"), [mic, *choices], outputs,
+        mic_button.click(_handler(handlers, "microphone", slots), [mic, *choices], outputs,
                          api_name="transcribe_microphone", **queued)
-        file_button.click(_handler(handlers, "file"), [upload, *choices], outputs, api_name="transcribe_file",
+        file_button.click(_handler(handlers, "file", slots), [upload, *choices], outputs, api_name="transcribe_file",
                           **queued)
-        url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name="transcribe_url",
-                         **queued)
-        url.submit(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name=False, **queued)
+        url_button.click(_handler(handlers, "url", slots), [url, *choices, cookies], outputs,
+                         api_name="transcribe_url", **queued)
+        url.submit(_handler(handlers, "url", slots), [url, *choices, cookies], outputs, api_name=False, **queued)
         # Every piece the browser sends is an event; LiveTranscriber decides when to decode.
         # Live pieces queue apart, so a long upload does not hold a live session back: the
         # engine's lock still runs one model call at a time, and a live decode reads at most
@@ -346,14 +366,17 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
         live_mic.stop_recording(handlers.live_finish, [live_state], [live_state, *outputs], api_name=False)
 
     demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)
+    api.attach(demo, api.Service(settings, lambda: handlers.transcriber, slots))
     return demo
 
 
 def launch_options(settings: Optional[ServeSettings] = None) -> dict:
     """``demo.launch`` arguments the app needs: the upload size cap (enforced by the
-    server, 413 beyond it), the theme and CSS. Other arguments may be added
-    (``share=True`` in Colab)."""
+    server, 413 beyond it), the theme and CSS, the OpenAI audio API's routes beside the
+    page's (:mod:`whisper_zh.serve.api`) and Gradio's MCP server when ``MCP_SERVER`` is
+    on. Other arguments may be added (``share=True`` in Colab)."""
     import gradio as gr
 
     settings = settings or ServeSettings.from_env()
-    return dict(max_file_size=f"{settings.max_upload_mb:g}mb", css=CSS, theme=gr.themes.Soft())
+    return dict(max_file_size=f"{settings.max_upload_mb:g}mb", css=CSS, theme=gr.themes.Soft(),
+                app_kwargs={"routes": api.routes()}, mcp_server=settings.mcp_server)
