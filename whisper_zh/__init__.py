@@ -12,7 +12,8 @@ The package follows the data's two journeys:
   the Hub) -> ``pipeline`` (:func:`train`);
 * ``whisper_zh.serve`` -- ``settings`` -> ``types`` -> ``netguard`` -> ``download`` ->
   ``segmentation`` -> ``models`` -> the two backends -> ``engine`` -> ``subtitles`` ->
-  ``jobs`` (one flow from input to files) -> ``folder`` / ``live`` -> ``app``;
+  ``jobs`` (one flow from input to files) -> ``folder`` / ``live`` / ``api`` (the OpenAI
+  audio API) -> ``app``;
 
 on a few modules both use (``errors``, ``audio``, ``text``, ``hub``, ``media``,
 ``distributed``, ``logs``), with ``cli`` and ``notebook`` at the edges. Each layer imports

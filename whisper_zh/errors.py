@@ -76,6 +76,10 @@ class MissingExtraError(WhisperZhError, ImportError):
     ``pip install`` command."""
 
 
+class QueueFullError(WhisperZhError, RuntimeError):
+    """A server has as many requests waiting as its operator allows; try again later."""
+
+
 __all__ = ["WhisperZhError", "ConfigError", "DataError", "InputNotFoundError", "ModelNotFoundError",
            "AudioDecodeError", "MediaLimitError", "NoSpeechError", "DownloadError", "UnsafeURLError",
-           "MissingExtraError", "Cancelled"]
+           "MissingExtraError", "Cancelled", "QueueFullError"]

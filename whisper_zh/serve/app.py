@@ -25,8 +25,9 @@ from typing import Iterator, Optional
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import AudioDecodeError, Cancelled, WhisperZhError
 from whisper_zh.media import format_duration
+from whisper_zh.serve import api
 from whisper_zh.serve.engine import Transcriber, get_transcriber
-from whisper_zh.serve.jobs import Job, load_input
+from whisper_zh.serve.jobs import Job, Slots, load_input
 from whisper_zh.serve.live import LiveTranscriber
 from whisper_zh.serve.netguard import is_url
 from whisper_zh.serve.settings import ServeSettings
@@ -88,13 +89,14 @@ class Update:
 class Handlers:
     """The app's work, free of Gradio so it can be called and tested directly."""
 
-    def __init__(self, settings: ServeSettings, transcriber: Optional[Transcriber] = None):
+    def __init__(self, settings: ServeSettings, transcriber: Optional[Transcriber] = None,
+                 slots: Optional[Slots] = None):
         self.settings = settings
         self._transcriber = transcriber
-        # Gradio frees a request's slot when it is cancelled, while the work may still be
-        # in a model step: the work itself holds one of these, so that no more than
-        # CONCURRENCY_LIMIT requests ever work at once
-        self._working = threading.BoundedSemaphore(max(1, settings.concurrency_limit))
+        # The work itself holds a slot, not only Gradio's event: Gradio frees its slot when a
+        # request is cancelled while the work may still be in a model step, and the API's
+        # calls take these same slots, so no more than CONCURRENCY_LIMIT jobs ever work at once
+        self.slots = slots or Slots(settings.concurrency_limit, settings.max_queue)
 
     @property
     def transcriber(self) -> Transcriber:
@@ -124,9 +126,15 @@ class Handlers:
             if progress is not None:
                 progress(fraction, desc=desc)
 
-        while not self._working.acquire(timeout=0.1):
-            if cancel.is_set():
-                raise Cancelled()
+        try:
+            with self.slots.hold(cancelled=cancel.is_set,
+                                 on_wait=lambda ahead: report(0.0, desc=f"waiting: {ahead} ahead")):
+                yield from self._work(request, report)
+        finally:
+            if request.cookies:
+                Path(request.cookies).unlink(missing_ok=True)
+
+    def _work(self, request: Request, report) -> Iterator[Update]:
         workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-request-"))
         try:
             started = time.perf_counter()
@@ -176,9 +184,6 @@ class Handlers:
             yield Update(status, result.text, _rows(segments), [str(files[f]) for f in formats])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-            if request.cookies:
-                Path(request.cookies).unlink(missing_ok=True)
-            self._working.release()
 
     def _source(self, request: Request) -> str:
         """The request's link or file, checked for what a visitor can get wrong."""
@@ -294,6 +299,12 @@ def _handler(handlers: Handlers, kind: str):
             updates.close()
 
     handle.__name__ = f"transcribe_{kind}"
+    # what an MCP client reads about the tool (MCP_SERVER)
+    handle.__doc__ = (f"Transcribe Chinese speech ({_SOURCES[kind]}) into text, timed segments and "
+                      "SRT/VTT/TXT/JSON files, or translate it to English.\n\n"
+                      f"Args:\n    source: {_SOURCES[kind]}\n    script: the characters: simplified, traditional, "
+                      "taiwan, hongkong or original\n    output: transcribe (Chinese), translate (English) or "
+                      "bilingual\n    hotwords: names and terms to get right, separated by spaces (may be empty)\n")
     return handle
 
 
@@ -318,6 +329,10 @@ def _shown_error(err: WhisperZhError):
 
     message = str(err)
     return gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe")
+
+
+_SOURCES = {"microphone": "a recording, as an audio file", "file": "an audio or video file",
+            "url": "a link to a video page, e.g. YouTube"}
 
 
 def _shown(update: Update) -> tuple:
@@ -354,7 +369,14 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
     settings = settings or ServeSettings.from_env()
     if model_id:
         settings = replace(settings, model_id=model_id)
-    handlers = Handlers(settings, transcriber)
+
+    def page_waiting() -> int:
+        """Visitors in Gradio's line for the page's transcriptions (a Gradio internal: 0 if it moves)."""
+        line = getattr(getattr(demo, "_queue", None), "event_queue_per_concurrency_id", {}).get(TRANSCRIBE_QUEUE)
+        return len(getattr(line, "queue", ()))
+
+    handlers = Handlers(settings, transcriber,
+                        Slots(settings.concurrency_limit, settings.max_queue, others_waiting=page_waiting))
     if preload:
         handlers.transcriber  # noqa: B018 -- loads the model once, before the first request
 
@@ -409,8 +431,8 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
                          api_name="transcribe_microphone", **queued)
         file_button.click(_handler(handlers, "file"), [upload, *choices], outputs, api_name="transcribe_file",
                           **queued)
-        url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name="transcribe_url",
-                         **queued)
+        url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs,
+                         api_name="transcribe_url", **queued)
         url.submit(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name=False, **queued)
         # Every piece the browser sends is an event; LiveTranscriber decides when to decode.
         # Live pieces queue apart, so a long upload does not hold a live session back: the
@@ -422,14 +444,17 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
         live_mic.stop_recording(handlers.live_finish, [live_state], [live_state, *outputs], api_name=False)
 
     demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)
+    api.attach(demo, api.Service(settings, lambda: handlers.transcriber, handlers.slots))
     return demo
 
 
 def launch_options(settings: Optional[ServeSettings] = None) -> dict:
     """``demo.launch`` arguments the app needs: the upload size cap (enforced by the
-    server, 413 beyond it), the theme and CSS. Other arguments may be added
-    (``share=True`` in Colab)."""
+    server, 413 beyond it), the theme and CSS, the OpenAI audio API's routes beside the
+    page's (:mod:`whisper_zh.serve.api`) and Gradio's MCP server when ``MCP_SERVER`` is
+    on. Other arguments may be added (``share=True`` in Colab)."""
     import gradio as gr
 
     settings = settings or ServeSettings.from_env()
-    return dict(max_file_size=f"{settings.max_upload_mb:g}mb", css=CSS, theme=gr.themes.Soft())
+    return dict(max_file_size=f"{settings.max_upload_mb:g}mb", css=CSS, theme=gr.themes.Soft(),
+                app_kwargs={"routes": api.routes()}, mcp_server=settings.mcp_server)

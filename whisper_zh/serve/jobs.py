@@ -10,6 +10,8 @@ microphone -- goes through :class:`Job`, so each rule is decided here once:
   hotwords: they name the people and terms the speech holds, which the translation
   should spell the same way; its script is the model's own (a script conversion is for
   Chinese characters).
+* **One line of work**: :class:`Slots` bounds the jobs running at once and the requests
+  waiting, whichever way they came in (the page, the API).
 * **Silence** is a result without segments, not an error: its files are written, empty
   and valid, so a script finds every output it asked for and a resumed folder job skips
   the file; each entry point then *says* "no speech found" (:attr:`JobResult.no_speech`).
@@ -17,17 +19,21 @@ microphone -- goes through :class:`Job`, so each rule is decided here once:
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import Cancelled, ConfigError, QueueFullError
 from whisper_zh.media import load_media
 from whisper_zh.serve.download import download_audio
 from whisper_zh.serve.engine import Transcriber
@@ -49,6 +55,7 @@ from whisper_zh.serve.types import (
 logger = logging.getLogger(__name__)
 
 NO_SPEECH = "no speech found"
+WAIT_POLL_S = 0.25  # how often a waiting call looks for a free slot or a gone client
 
 
 def load_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike], limits: Limits = Limits(), *,
@@ -167,3 +174,69 @@ class Job:
         result.files = write_atomically(result.segments, targets, style=self.style,
                                         translation=result.translation)
         return result.files
+
+
+class Slots:
+    """The server's transcription slots, shared by every way in (the page's jobs, the
+    API's calls): ``limit`` held at once, up to ``max_waiting`` in line, served first come
+    first served. ``others_waiting`` counts requests waiting elsewhere for the same slots
+    (the page's Gradio queue), so that the line is one line.
+
+        >>> slots = Slots(limit=1, max_waiting=32)
+        >>> with slots.hold(cancelled=flag.is_set):   # waits its turn; QueueFullError if the line is full
+        ...     job.run(audio)
+    """
+
+    def __init__(self, limit: int = 1, max_waiting: int = 32, others_waiting: Callable[[], int] = lambda: 0):
+        if limit < 1:
+            raise ConfigError(f"the concurrency limit must be at least 1, not {limit}")
+        self.limit, self.max_waiting, self.others_waiting = limit, max_waiting, others_waiting
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._line: collections.deque = collections.deque()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        """Requests in this line now (not counting ``others_waiting``)."""
+        return len(self._line)
+
+    @contextmanager
+    def hold(self, cancelled: Callable[[], bool] = lambda: False,
+             on_wait: Optional[Callable[[int], None]] = None) -> Iterator[None]:
+        """One slot for the ``with`` block, after those who came before.
+
+        Args:
+            cancelled: polled while waiting; True gives up (:class:`Cancelled`).
+            on_wait: called with the number ahead, once, when the request has to wait.
+
+        Raises:
+            QueueFullError: ``max_waiting`` requests wait already.
+            Cancelled: ``cancelled()`` became true while waiting.
+        """
+        ticket = object()
+        with self._cond:
+            if self._busy >= self.limit or self._line:
+                if len(self._line) + self.others_waiting() >= self.max_waiting:
+                    raise QueueFullError(f"{self.max_waiting} requests are waiting already; try again in a while")
+                if on_wait is not None:
+                    on_wait(len(self._line) + self._busy)
+            self._line.append(ticket)
+            try:
+                while self._line[0] is not ticket or self._busy >= self.limit:
+                    if cancelled():
+                        raise Cancelled("the request was cancelled while it waited")
+                    self._cond.wait(WAIT_POLL_S)
+            finally:
+                self._line.remove(ticket)
+                self._cond.notify_all()  # the next in line may go now, or look again
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()

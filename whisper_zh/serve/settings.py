@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from whisper_zh.errors import ConfigError
@@ -69,12 +69,17 @@ class ServeSettings:
     allow_private_urls: bool = False  # ALLOW_PRIVATE_URLS: links may reach private addresses
     download_deadline_s: float = Limits.download_deadline_s  # DOWNLOAD_DEADLINE_S: wall-clock limit of one download
     decode_deadline_s: float = Limits.decode_deadline_s  # DECODE_DEADLINE_S: wall-clock limit of one decode
+    # API_KEY: the bearer token the OpenAI-style API asks for (None: the API is open, as
+    # the page is); kept out of repr so that no log or traceback shows it
+    api_key: Optional[str] = field(default=None, repr=False)
+    mcp_server: bool = False  # MCP_SERVER: serve the page's transcription as MCP tools (gradio[mcp])
 
     ENVIRONMENT = {  # field -> variable
         "model_id": "MODEL_ID", "backend": "BACKEND", "max_duration_s": "MAX_DURATION_S",
         "max_upload_mb": "MAX_UPLOAD_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
         "batch_size": "BATCH_SIZE", "cookies": "YTDLP_COOKIES", "allow_private_urls": "ALLOW_PRIVATE_URLS",
         "download_deadline_s": "DOWNLOAD_DEADLINE_S", "decode_deadline_s": "DECODE_DEADLINE_S",
+        "api_key": "API_KEY", "mcp_server": "MCP_SERVER",
     }
 
     @classmethod
