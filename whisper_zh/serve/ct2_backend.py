@@ -170,9 +170,10 @@ def lane_plan(n_chunks: int, batch_size: int) -> list[tuple[int, list[int]]]:
 
     When the chunks take more than one step, the lanes start in a ramp (1, 2, 4, 8 ...
     chunks in the first steps, each new lane starting where the next lanes' chunks begin)
-    so that the first text comes after one chunk rather than a full batch; every lane
-    ends at the same step (lane lengths differ by at most one among lanes starting
-    together). Otherwise all lanes start at once, one chunk each.
+    so that the first text comes after one chunk rather than a full batch (8 minutes,
+    18 chunks, 8 lanes: steps of 1, 2, 4, 8 and 3 chunks instead of 8, 8 and 2); the
+    lanes end within a step of each other. Otherwise all lanes start at once, one chunk
+    each.
     """
     lanes = min(max(batch_size, 1), n_chunks)
     if n_chunks <= lanes:
@@ -423,14 +424,14 @@ class CT2Backend:
         for step in decode_chunks(self.model, audio, chunks, options, speech=speech,
                                   condition_on_previous_text=windows is None, lock=self.lock):
             finished.update(step)
+            if progress:  # before the step's segments: a caller sees how much is done when they come
+                progress((next_out + len(finished)) / total, f"decoded {next_out + len(finished)}/{total} chunks")
             # time order: a chunk's segments wait until every chunk before it is out
             while next_out in finished:
                 result = finished.pop(next_out)
                 uncovered += result.uncovered if result is not None else []
                 yield from self._segments(chunks[next_out], result, pauses, duration)
                 next_out += 1
-            if progress:
-                progress((next_out + len(finished)) / total, f"decoded {next_out + len(finished)}/{total} chunks")
         return None if speech is None else coverage_of(uncovered, speech)
 
     def _segments(self, chunk: tuple[float, float], result: Optional[ChunkResult],

@@ -104,12 +104,12 @@ class TransformersBackend:
                     completion = complete(missed, lambda spans: self._decode(audio, spans, generate_kwargs, batch_size),
                                           _spans, speech)
                     found, uncovered = completion.found, uncovered + completion.uncovered
+            if progress:  # before the batch's segments: a caller sees how much is done when they come
+                done = first + len(batch)
+                progress(done / total, f"decoded {done}/{total} windows")
             for window, segments in zip(batch, decoded):
                 refills = [r for span, r in found if window[0] <= (span[0] + span[1]) / 2 < window[1]]
                 yield from in_time_order([segments, *refills])
-            if progress:
-                done = first + len(batch)
-                progress(done / total, f"decoded {done}/{total} windows")
         return None if speech is None else coverage_of(uncovered, speech)
 
     def _decode(self, audio: np.ndarray, spans: Sequence[tuple[float, float]], generate_kwargs: dict,
