@@ -1,12 +1,16 @@
 """Long-form transcription speed and accuracy: whisper-zh against what users would
 otherwise run, in one run on one machine.
 
-Two recordings are built by joining real clips with 0.3 s pauses, so that every
-output segment can be assigned to the clip it came from (by its middle):
+Recordings are built by joining real clips with 0.3 s pauses, so that every output
+segment can be assigned to the clip it came from (by its middle):
 
 * ``multi``: all 67 clips of zh-multi-dev (~50 voices from 18 sources: read,
   spontaneous, accented, podcast; 6.7 min) -- the set defaults are chosen on;
-* ``cv``: the first ``--minutes`` of zh-cv-mini (one speaker; test, dev, train order).
+* ``cv``: the first ``--minutes`` of zh-cv-mini (one speaker; test, dev, train order);
+* ``runs``: issue 19's failure class, four recordings (``runs-1`` ...) where a run of
+  short clips from other sources of zh-multi-dev (a voice command, a read sentence, a
+  long spontaneous one) follows a minute or so of zh-cv-mini's read speech, in several
+  orders and at several positions in a 30 s chunk, then more read speech.
 
 Each is transcribed by:
 
@@ -21,11 +25,15 @@ Each is transcribed by:
 Each system is loaded, warmed up on 5 s of audio, then timed on the recording (model
 loading and audio decoding excluded): wall time, × real time, time to the first segment
 (a generator's first item), CER over the whole recording (after
-:func:`whisper_zh.text.normalize`) and *sentences lost*: clips that got no text at all.
+:func:`whisper_zh.text.normalize`), *sentences lost*: clips that got no text at all
+(segments assigned by their middle), and *clips lost*: clips that no output segment
+overlaps by at least 0.3 s.
 
     python bench/transcribe.py                          # both recordings, whisper-base, CPU
     python bench/transcribe.py --minutes 1 --only engine   # quick run
     python bench/transcribe.py --model openai/whisper-small --device cuda
+    python bench/transcribe.py --recordings runs --only "engine, ct2 int8 (defaults" \
+        "transformers" "sequential (defaults"          # issue 19's check (~5 min on 2 cores)
 
 Prints markdown tables and writes ``bench/results/transcribe-<device>.json``.
 """
@@ -62,6 +70,20 @@ CV_DATA = Path(first_existing(DATA_CANDIDATES) or DATA_CANDIDATES[0])
 DEFAULT_MODEL = Path(PROCESSOR_CANDIDATES[0])  # the offline whisper-base, weights included
 GAP_S = 0.3
 WARMUP_S = 5.0
+MIN_OVERLAP_S = 0.3  # a clip no segment overlaps by this much is lost
+
+# Issue 19's failure class: (seconds of zh-cv-mini read speech before the run, the run's
+# zh-multi-dev clips in order). The lead lengths put the run at different places in a
+# 30 s chunk; the runs mix a short command, short read or synthetic sentences and long
+# spontaneous speech, in several orders.
+RUNS = [
+    (55.0, ["zhmd_a3_SSB02990372.mp3", "zhmd_valle_zh-1.mp3", "zhmd_frpod_S1.mp3"]),
+    (62.0, ["zhmd_higgs_zh_man_sichuan.mp3", "zhmd_parrots_tushuguan.mp3", "zhmd_srlib_chinese.mp3"]),
+    (48.0, ["zhmd_baidu_16k.mp3", "zhmd_kimi_asr_example.mp3", "zhmd_cosy_zero_shot_prompt.mp3"]),
+    (70.0, ["zhmd_funasr_sample.mp3", "zhmd_bb_000004.mp3", "zhmd_stepx_vad_prompt.mp3",
+            "zhmd_a3_SSB00330433.mp3"]),
+]
+TAIL_S = 20.0  # read speech after the run
 
 # zh-cv-mini's references read numbers out as characters ("一三零七"); zero-shot Whisper
 # writes them as digits or characters depending on context. The second CER column maps
@@ -99,6 +121,54 @@ def build_recording(name: str, data_dir: Path, splits: Sequence[str], minutes: f
     if minutes is not None and samples < minutes * 60 * SAMPLE_RATE:
         raise SystemExit(f"{data_dir} holds only {samples / SAMPLE_RATE / 60:.1f} minutes; ask for fewer")
     return Recording(name, np.concatenate(parts), sentences, spans)
+
+
+def _rows(data_dir: Path, splits: Sequence[str]) -> list[dict]:
+    rows = []
+    for split in splits:
+        with open(data_dir / f"{split}.tsv", encoding="utf-8") as f:
+            rows += list(csv.DictReader(f, delimiter="\t"))
+    return rows
+
+
+def build_runs(cv_dir: Path, multi_dir: Path, gap_s: float = GAP_S) -> list[Recording]:
+    """The ``runs`` recordings (:data:`RUNS`): read speech of one voice, a run of short
+    clips from other sources, read speech again. Each takes the next zh-cv-mini clips."""
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    cv = iter(_rows(cv_dir, ("test", "dev", "train")))
+    multi = {row["path"]: row for row in _rows(multi_dir, ("dev", "test"))}
+    recordings = []
+    for n, (lead_s, run) in enumerate(RUNS, 1):
+        parts, sentences, spans, samples = [], [], [], 0
+
+        def add(audio, sentence):
+            nonlocal samples
+            parts.extend([audio, gap])
+            sentences.append(sentence)
+            spans.append((samples, samples + len(audio)))
+            samples += len(audio) + len(gap)
+
+        for seconds in (lead_s, None, TAIL_S):
+            if seconds is None:
+                for path in run:
+                    add(load_audio(multi_dir / "clips" / path), multi[path]["sentence"])
+                continue
+            target = samples + seconds * SAMPLE_RATE
+            while samples < target:
+                row = next(cv)
+                add(load_audio(cv_dir / "clips" / row["path"]), row["sentence"])
+        recordings.append(Recording(f"runs-{n}", np.concatenate(parts), sentences, spans))
+    return recordings
+
+
+def clips_lost(recording: Recording, segments: Sequence[tuple[float, float, str]]) -> list[int]:
+    """The clips no segment with text overlaps by at least :data:`MIN_OVERLAP_S`."""
+    lost = []
+    for i, (a, b) in enumerate(recording.spans):
+        start, end = a / SAMPLE_RATE, b / SAMPLE_RATE
+        if not any(min(end, e) - max(start, s) >= MIN_OVERLAP_S for s, e, text in segments if normalize(text)):
+            lost.append(i)
+    return lost
 
 
 def per_clip_text(recording: Recording, segments: Sequence[tuple[float, float, str]]) -> list[str]:
@@ -173,7 +243,7 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
             from whisper_zh.serve.engine import Transcriber
 
             transcriber = Transcriber(str(model_dir), backend=backend, device=device)
-            options = TranscribeOptions(max_duration_s=None, **overrides)
+            options = TranscribeOptions(**overrides)
             return lambda audio: ((s.start, s.end, s.text) for s in transcriber.iter_segments(audio, options))
         return load
 
@@ -229,6 +299,7 @@ def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = 
     text = "".join(clips)
     reference = "".join(recording.sentences)
     lost = [i for i, t in enumerate(clips) if not normalize(t)]
+    missing = clips_lost(recording, segments)
     return {
         "recording": recording.name,
         "wall_s": round(wall, 2),
@@ -239,6 +310,8 @@ def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = 
         "cer_digits_as_characters": round(cer([reference], [text.translate(_DIGITS)]), 4),
         "sentences_lost": len(lost),
         "lost": [recording.sentences[i] for i in lost],
+        "clips_lost": len(missing),
+        "clips_lost_text": [recording.sentences[i] for i in missing],
         # other processes on the machine slow everything down: say how busy it was
         "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "text_head": text[:80],
@@ -253,6 +326,8 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
         recordings.append(build_recording("multi", Path(args.multi_data), ("dev", "test"), None))
     if "cv" in args.recordings:
         recordings.append(build_recording("cv", Path(args.data), ("test", "dev", "train"), minutes))
+    if "runs" in args.recordings:
+        recordings += build_runs(Path(args.data), Path(args.multi_data))
     for r in recordings:
         print(f"recording {r.name}: {r.seconds / 60:.2f} min, {len(r.sentences)} clips", file=sys.stderr)
     result = {
@@ -278,10 +353,12 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
                     # its segments are whole VAD chunks of up to 30 s, many clips each: which
                     # clips came back empty cannot be told from them
                     row["sentences_lost"], row["lost"] = None, []
+                    row["clips_lost"], row["clips_lost_text"] = None, []
                 result["rows"].append(row)
                 save(result)
                 print(f"{name} on {recording.name}: {row['wall_s']} s, {row['x_realtime']}x real time, "
-                      f"CER {row['cer']:.3f}, lost {row['sentences_lost']}", file=sys.stderr, flush=True)
+                      f"CER {row['cer']:.3f}, lost {row['sentences_lost']}, clips lost {row['clips_lost']} "
+                      f"{row['clips_lost_text']}", file=sys.stderr, flush=True)
             del transcribe
     return result
 
@@ -295,14 +372,15 @@ def markdown(result: dict) -> str:
             "", f"**{name}**: {info['audio_s'] / 60:.1f} min, {info['clips']} clips joined with {GAP_S} s pauses",
             "",
             "| system | wall s | first segment s | × real time | CER | CER, digits as characters "
-            "| sentences lost | load avg |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| sentences lost | clips lost | load avg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in (r for r in result["rows"] if r["recording"] == name):
             first = f"{row['first_segment_s']:.1f}" if row["first_segment_s"] is not None else "–"
             lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {first} | {row['x_realtime']:.1f} "
                          f"| {row['cer']:.3f} | {row['cer_digits_as_characters']:.3f} "
                          f"| {'–' if row['sentences_lost'] is None else row['sentences_lost']} "
+                         f"| {'–' if row.get('clips_lost') is None else row['clips_lost']} "
                          f"| {row['loadavg_1min'][0]:.1f}–{row['loadavg_1min'][1]:.1f} |")
     lines += ["", f"load avg: the machine's 1-minute load average before–after the row; above "
               f"{m['cpu_count']} means other processes were competing for the {m['cpu_count']} cores."]
@@ -314,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help="transformers Whisper directory or Hub id (default: the offline whisper-base)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--recordings", nargs="+", default=["multi", "cv"], choices=["multi", "cv"])
+    parser.add_argument("--recordings", nargs="+", default=["multi", "cv"], choices=["multi", "cv", "runs"])
     parser.add_argument("--minutes", default="10", help="length of the zh-cv-mini recording, or 'all' clips")
     parser.add_argument("--data", default=str(CV_DATA), help="zh-cv-mini (Common Voice layout)")
     parser.add_argument("--multi-data", default=str(MULTI_DATA), help="zh-multi-dev (Common Voice layout)")

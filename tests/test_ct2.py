@@ -169,12 +169,13 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
     results = _decode_all(model, audio, chunks, TranscribeOptions(batch_size=2, temperatures=(0.0, 0.4, 0.8),
                                                                   no_speech_threshold=None))
     assert len(results) == 4
-    assert [len(prompts) for prompts, _ in recorder.calls] == [2, 2, 2, 2, 2, 2]
+    # two lanes started in a ramp (lane_plan): chunk 0, then chunks 1 and 3, then chunk 2
+    assert [len(prompts) for prompts, _ in recorder.calls] == [1, 1, 1, 2, 2, 2, 1, 1, 1]
     temperatures = [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls]
-    assert temperatures == [0.0, 0.4, 0.8] * 2
+    assert temperatures == [0.0, 0.4, 0.8] * 3
     assert all(kwargs["num_hypotheses"] == 5 and kwargs["beam_size"] == 1 for _, kwargs in recorder.calls[1:3])
-    first_step_prompts = recorder.calls[0][0]
-    assert all(prompts == first_step_prompts for prompts, _ in recorder.calls)  # reset: no previous text
+    bare = recorder.calls[0][0][0]
+    assert all(p == bare for prompts, _ in recorder.calls for p in prompts)  # reset: no previous text
     kept = [r for r in results if r is not None]
     assert all(isinstance(r, ChunkResult) and r.temperature == 0.8 for r in kept)
     assert all(0.0 <= w.start <= w.end <= 12.0 for r in kept for w in r.words)
@@ -184,15 +185,16 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
     _decode_all(model, audio, chunks, TranscribeOptions(batch_size=2, compression_ratio_threshold=None,
                                                         logprob_threshold=None, no_speech_threshold=None),
                 word_timestamps=False)
-    assert [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls] == [0.0, 0.0]
+    assert [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls] == [0.0, 0.0, 0.0]
     assert _decode_all(model, audio, [], TranscribeOptions(batch_size=2)) == []
 
 
 @pytest.mark.slow
 def test_decode_chunks_conditions_each_lane_on_its_previous_chunk(base_ct2, zh_cv_mini):
-    """Six clips, one chunk each, three lanes: the second generate call decodes clips 1,
-    3 and 5 together, each prompted with the end of the text of clip 0, 2 and 4 (as many
-    tokens each: CTranslate2 needs <|startoftranscript|> at one position)."""
+    """Six clips, one chunk each, three lanes started in a ramp: chunk 0; then 1 and 3;
+    then 2, 4 and 5. Each chunk is prompted with the end of the text of the chunk before
+    it in its lane, a lane's first chunk with the latest text decoded before it; as many
+    tokens each (CTranslate2 needs <|startoftranscript|> at one position)."""
     clips = _clips(zh_cv_mini, 6)
     audio = _joined(clips, gap_s=0.5)
     chunks, start = [], 0.0
@@ -205,21 +207,22 @@ def test_decode_chunks_conditions_each_lane_on_its_previous_chunk(base_ct2, zh_c
     sot, sot_prev = tokenizer.token_to_id("<|startoftranscript|>"), tokenizer.token_to_id("<|startofprev|>")
 
     steps = list(decode_chunks(model, audio, chunks, TranscribeOptions(batch_size=3)))
-    assert [sorted(i for i, _ in step) for step in steps] == [[0, 2, 4], [1, 3, 5]]  # one step at a time
+    assert [sorted(i for i, _ in step) for step in steps] == [[0], [1, 3], [2, 4, 5]]  # one step at a time
     results = [r for _, r in sorted(pair for step in steps for pair in step)]
     assert all(r is not None for r in results)
     assert cer([ref for _, ref in clips], [r.text for r in results]) < 0.5
     for (chunk_start, chunk_end), r in zip(chunks, results):
         assert r.words and all(chunk_start - 0.05 <= w.start <= w.end <= chunk_end + 0.05 for w in r.words)
-    (first, _), (second, _) = recorder.calls[:2]  # no fallback for clean speech at beam 1
-    assert len(first) == len(second) == 3
-    assert all(p[0] == sot for p in first)
-    positions = {p.index(sot) for p in second}
-    assert len(positions) == 1 and all(p[0] == sot_prev for p in second)
-    keep = positions.pop() - 1
-    assert keep == min(len(results[i].tokens) for i in (0, 2, 4)) > 0
-    for prompt, previous in zip(second, (0, 2, 4)):
-        assert prompt[1:1 + keep] == results[previous].tokens[-keep:]
+    first, second, third = (prompts for prompts, _ in recorder.calls[:3])  # no fallback for clean speech at beam 1
+    assert [len(first), len(second), len(third)] == [1, 2, 3]
+    assert first[0][0] == sot
+    for prompts, contexts in ((second, (0, 0)), (third, (1, 3, 3))):
+        positions = {p.index(sot) for p in prompts}
+        assert len(positions) == 1 and all(p[0] == sot_prev for p in prompts)
+        keep = positions.pop() - 1
+        assert keep == min(len(results[i].tokens) for i in contexts) > 0
+        for prompt, previous in zip(prompts, contexts):
+            assert prompt[1:1 + keep] == results[previous].tokens[-keep:]
 
     # one lane: each chunk after the first is prompted with the whole text before it
     recorder.calls.clear()
@@ -366,8 +369,8 @@ def test_hotwords_fix_a_name_without_hurting_other_clips(base_ct2, zh_cv_mini):
     others = [r for r in rows if r is not target][:10]
     clips = [load_audio(zh_cv_mini / "clips" / r["path"]) for r in [target, *others]]
     engine = Transcriber(str(base_ct2), backend="ct2", device="cpu")
-    plain = engine.transcribe_clips(clips)
-    hot = engine.transcribe_clips(clips, TranscribeOptions(hotwords="精武 陈真"))
+    plain = engine.decode_clips(clips)
+    hot = engine.decode_clips(clips, TranscribeOptions(hotwords="精武 陈真"))
     assert "陈真" not in plain[0] and "精武" in hot[0] and "陈真" in hot[0], (plain[0], hot[0])
     references = [r["sentence"] for r in others]
     assert cer(references, hot[1:]) <= cer(references, plain[1:]) + 0.02

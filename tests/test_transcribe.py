@@ -164,14 +164,16 @@ def test_max_duration(tiny_engine, generate_calls, tmp_path):
     assert load_input(path, tmp_path, Limits(max_duration_s=62)).shape == (61 * SR,)
 
 
-def test_explicit_windows(tiny_engine, generate_calls):
+def test_decode_clips_decodes_each_clip_on_its_own(tiny_engine, generate_calls):
+    """Clips are batched in one generate call, one window each (no VAD, no completeness
+    pass: nothing but the clips is decoded), one text per clip."""
     audio = noise(50.0)
-    segments = list(tiny_engine.iter_segments(audio, replace_options(batch_size=8),
-                                              windows=[(0, 10 * SR), (10 * SR, 35 * SR), (35 * SR, 50 * SR)]))
+    clips = [audio[:10 * SR], audio[10 * SR:35 * SR], audio[35 * SR:]]
+    texts = tiny_engine.decode_clips(clips, replace_options(batch_size=8))
     assert generate_calls == [(3, 80, 3000)]
-    assert all(0 <= s.start <= s.end <= 50.0 for s in segments)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     with pytest.raises(ValueError, match="longer than 30 s"):
-        list(tiny_engine.iter_segments(audio, windows=[(0, 31 * SR)]))
+        tiny_engine.decode_clips([noise(31.0)])
 
 
 def test_backend_choice(tiny_whisper, tmp_path, monkeypatch):
@@ -305,12 +307,7 @@ def test_three_minutes_joined(base_engine, zh_cv_mini):
     joined_cer = cer(["".join(references)], [result.text])
     # the same clips one by one: one window each, decoded in batches
     bounds = [round(t * SR) for t in starts] + [len(audio)]
-    clip_windows = list(zip(bounds, bounds[1:]))
-    per_clip = [""] * len(rows)
-    for segment in base_engine.iter_segments(audio, greedy, windows=clip_windows):
-        middle = (segment.start + segment.end) / 2 * SR  # start is rounded to the millisecond
-        index = max(i for i, (s, _) in enumerate(clip_windows) if s <= middle)
-        per_clip[index] += segment.text
+    per_clip = base_engine.decode_clips([audio[a:b] for a, b in zip(bounds, bounds[1:])], greedy)
     per_clip_cer = cer(references, per_clip)
     print(f"\nwhisper-base CER: joined {joined_cer:.3f}, per clip {per_clip_cer:.3f} "
           f"({len(rows)} clips, {len(audio) / SR:.0f} s, {result.speed:.2f}x real time)")

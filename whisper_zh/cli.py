@@ -310,7 +310,7 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
     from whisper_zh.audio import SAMPLE_RATE
     from whisper_zh.media import format_duration
     from whisper_zh.serve.engine import Transcriber
-    from whisper_zh.serve.jobs import NO_SPEECH, Job, load_input
+    from whisper_zh.serve.jobs import NO_SPEECH, Job, load_input, uncovered_lines
     from whisper_zh.serve.netguard import is_url
     from whisper_zh.serve.subtitles import (
         DEFAULT_FORMATS,
@@ -332,6 +332,8 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
     job = Job(engine, options, tuple(dict.fromkeys([*formats, *targets])) or ("txt",), style=style)
     result = job.run(audio, progress=_progress_line)
     print(file=sys.stderr)
+    for line in uncovered_lines(result.coverage):
+        print(f"{source}: {line}", file=sys.stderr)
     if result.no_speech:
         print(f"{source}: {NO_SPEECH}", file=sys.stderr)
     else:

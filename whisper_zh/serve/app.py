@@ -27,7 +27,7 @@ from whisper_zh.errors import AudioDecodeError, Cancelled, WhisperZhError
 from whisper_zh.media import format_duration
 from whisper_zh.serve import api
 from whisper_zh.serve.engine import Transcriber, get_transcriber
-from whisper_zh.serve.jobs import Job, Slots, load_input
+from whisper_zh.serve.jobs import Job, Slots, load_input, uncovered_lines
 from whisper_zh.serve.live import LiveTranscriber
 from whisper_zh.serve.netguard import is_url
 from whisper_zh.serve.settings import ServeSettings
@@ -181,6 +181,7 @@ class Handlers:
             elapsed = time.perf_counter() - started
             status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
                       f"transcribed in {elapsed:.1f} s ({self.transcriber.backend.name}, {self.transcriber.device}).")
+            status = " ".join([status, *(f"{line}." for line in uncovered_lines(result.coverage))])
             yield Update(status, result.text, _rows(segments), [str(files[f]) for f in formats])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -24,8 +24,8 @@ import logging
 import math
 import os
 import threading
-from dataclasses import dataclass, replace
-from typing import ContextManager, Iterator, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import ContextManager, Generator, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -34,12 +34,18 @@ from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import ModelNotFoundError
 from whisper_zh.serve.segmentation import (
     SpeechMap,
+    complete,
+    is_silent,
+    coverage_of,
+    in_time_order,
     missed_speech,
     speech_chunks,
     split_words,
+    word_spans,
 )
 from whisper_zh.serve.types import (
     DEFAULT_BEAM_SIZE,
+    Coverage,
     ProgressCallback,
     Segment,
     TranscribeOptions,
@@ -98,6 +104,9 @@ class ChunkResult:
         temperature: the temperature it had to be decoded at (the last one tried).
         words: the timed words (times in seconds from the start of the recording) when
             they were aligned, else None.
+        refills: what the completeness pass found in speech this chunk's text skipped,
+            one result per re-decoded span, each to be placed whole.
+        uncovered: spans of the chunk's speech still without text after the pass.
     """
 
     tokens: list[int]
@@ -107,6 +116,8 @@ class ChunkResult:
     compression_ratio: float
     temperature: float
     words: Optional[list[Word]] = None
+    refills: list["ChunkResult"] = field(default_factory=list)
+    uncovered: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _generate(model, tokenizer, encoder_output, prompts: list[list[int]], *, temperature: float,
@@ -153,6 +164,38 @@ def _needs_fallback(result: ChunkResult, options: TranscribeOptions) -> bool:
     return _is_loop(result, options) or unsure
 
 
+def lane_plan(n_chunks: int, batch_size: int) -> list[tuple[int, list[int]]]:
+    """How :func:`decode_chunks` deals ``n_chunks`` chunks into at most ``batch_size``
+    lanes: ``[(first step, [chunk indices]), ...]``, each lane consecutive chunks.
+
+    When the chunks take more than one step, the lanes start in a ramp (1, 2, 4, 8 ...
+    chunks in the first steps, each new lane starting where the next lanes' chunks begin)
+    so that the first text comes after one chunk rather than a full batch (8 minutes,
+    18 chunks, 8 lanes: steps of 1, 2, 4, 8 and 3 chunks instead of 8, 8 and 2); the
+    lanes end within a step of each other. Otherwise all lanes start at once, one chunk
+    each.
+    """
+    lanes = min(max(batch_size, 1), n_chunks)
+    if n_chunks <= lanes:
+        return [(0, [i]) for i in range(n_chunks)]
+    starts = [0 if j == 0 else j.bit_length() for j in range(lanes)]  # 0, 1, 2, 2, 3, 3, 3, 3, 4 ...
+    steps = -(-(n_chunks + sum(starts)) // lanes)  # the fewest steps that hold every chunk
+    lengths = [max(0, steps - r) for r in starts]
+    for j in range(len(lengths) - 1, -1, -1):  # too many places: the latest lanes give one back
+        if sum(lengths) == n_chunks:
+            break
+        lengths[j] -= 1
+    while sum(lengths) > n_chunks:  # a ramp longer than the input: drop the emptiest lanes
+        j = max(j for j, length in enumerate(lengths) if length > 0)
+        lengths[j] -= 1
+    plan, first = [], 0
+    for start, length in zip(starts, lengths):
+        if length > 0:
+            plan.append((start, list(range(first, first + length))))
+            first += length
+    return plan
+
+
 def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]],
                   options: TranscribeOptions = TranscribeOptions(), *, speech: Optional[SpeechMap] = None,
                   condition_on_previous_text: bool = True, word_timestamps: bool = True,
@@ -160,14 +203,16 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
     """Decode the chunks of a recording ``options.batch_size`` at a time, each conditioned
     on the text of the chunk before it; yield each step's results as soon as it is done.
 
-    The chunks are dealt in order into ``min(batch_size, len(chunks))`` lanes of
-    consecutive chunks (lane lengths differ by at most one). Step ``t`` encodes and
-    decodes chunk ``t`` of every lane in one batch, each with the tokens of the chunk
-    before it in its lane as the prompt. CTranslate2 needs <|startoftranscript|> at the
-    same position in every prompt of a batch, so every prompt keeps the last ``k`` tokens
-    of its lane's text, ``k`` being the shortest among the batch (at most 223, half the
-    decoder's context, as in openai/whisper, less the prompt/hotwords of ``options``,
-    which lead every prompt).
+    The chunks are dealt in order into lanes of consecutive chunks (:func:`lane_plan`:
+    at most ``batch_size``, started in a ramp so the first text comes early). Each step
+    encodes and decodes the next chunk of every running lane in one batch, each with the
+    tokens of the chunk before it in its lane as the prompt; a lane's first chunk is
+    prompted with the text of the latest chunk decoded before it, if any (same voice and
+    style, so the script and punctuation carry over). CTranslate2 needs
+    <|startoftranscript|> at the same position in every prompt of a batch, so every
+    prompt keeps the last ``k`` tokens of its text, ``k`` being the shortest among the
+    batch (at most 223, half the decoder's context, as in openai/whisper, less the
+    prompt/hotwords of ``options``, which lead every prompt).
 
     A chunk whose text looks like a loop (compression ratio above the threshold) or is
     unsure (mean log-probability below the threshold) is decoded again at the next
@@ -175,8 +220,10 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
     the non-looping candidate with the best log-probability is kept. A chunk that the
     no-speech rule calls silent comes back as None. A lane's next chunk is not
     conditioned on a silent chunk or on one decoded above 0.5. With ``speech`` (and word
-    timestamps), speech that a chunk's text skipped (:func:`missed_speech`) is decoded
-    again on its own, all of a step's such spans in one batch, and its words merged in.
+    timestamps), speech that a chunk's text skipped (:func:`missed_speech`) goes through
+    the completeness pass (:func:`complete`), all of a step's spans decoded together in
+    each round: what it finds comes back whole in the chunk's ``refills``, what it
+    cannot in ``uncovered``.
 
     Args:
         model: a ``faster_whisper.WhisperModel``.
@@ -201,34 +248,63 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
     tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=options.task,
                           language=options.language)
     decoder = _SpanDecoder(model, tokenizer, audio, options, get_suppressed_tokens(tokenizer, [-1]), word_timestamps)
-    lanes = [lane.tolist() for lane in np.array_split(np.arange(len(chunks)),
-                                                      min(max(options.batch_size, 1), len(chunks)))]
-    previous: list[list[int]] = [[] for _ in lanes]
+    plan = lane_plan(len(chunks), options.batch_size)
+    texts: dict[int, list[int]] = {}  # chunk index -> the tokens the chunk after it may be prompted with
     fixed = _prompt_tokens(tokenizer, options)[: model.max_length // 2 - 1]
     max_previous = model.max_length // 2 - 1 - len(fixed)
-    for step in range(len(lanes[0])):
-        active = [j for j, lane in enumerate(lanes) if step < len(lane)]
-        indices = [lanes[j][step] for j in active]
-        keep = min(min(len(previous[j]) for j in active), max_previous) if condition_on_previous_text else 0
-        prompts = [_with_prompt(tokenizer, fixed + (previous[j][len(previous[j]) - keep:] if keep else []))
-                   for j in active]
+
+    def context(index: int) -> list[int]:
+        if not condition_on_previous_text:
+            return []
+        if index - 1 in texts:
+            return texts[index - 1]
+        earlier = [i for i in texts if i < index]  # a lane's first chunk: the latest text before it
+        return texts[max(earlier)] if earlier else []
+
+    for step in range(max(first + len(lane) for first, lane in plan)):
+        indices = [lane[step - first] for first, lane in plan if first <= step < first + len(lane)]
+        previous = [context(i) for i in indices]
+        keep = min(min(len(p) for p in previous), max_previous)
+        prompts = [_with_prompt(tokenizer, fixed + (p[len(p) - keep:] if keep else [])) for p in previous]
         with lock:
             chosen = decoder.decode([chunks[i] for i in indices], prompts)
             if speech is not None and word_timestamps:
-                missed = [(b, span) for b, r in enumerate(chosen) if r.tokens and not _is_silence(r, options)
-                          for span in missed_speech(r.words, chunks[indices[b]], speech)]
+                # a chunk the decoder called silent is checked too: the VAD heard speech in it
+                missed = [span for b, r in enumerate(chosen)
+                          for span in missed_speech(_words_of(r, options), chunks[indices[b]], speech)]
                 if missed:
-                    found = decoder.decode([span for _, span in missed],
-                                           [_with_prompt(tokenizer, fixed)] * len(missed))
-                    for (b, _), extra in zip(missed, found):
-                        if extra.tokens and not _is_silence(extra, options):
-                            chosen[b] = _merged(chosen[b], extra)
+                    bare = _with_prompt(tokenizer, fixed)
+                    completion = complete(
+                        missed, lambda spans: decoder.decode(spans, [bare] * len(spans)),
+                        lambda r: word_spans(_words_of(r, options)), speech)
+                    for b in range(len(chosen)):
+                        chunk = chunks[indices[b]]
+                        chosen[b].refills = [_within(r, span) for span, r in completion.found
+                                             if chunk[0] <= (span[0] + span[1]) / 2 < chunk[1]]
+                        chosen[b].uncovered = [span for span in completion.uncovered
+                                               if chunk[0] <= (span[0] + span[1]) / 2 < chunk[1]]
         done = []
-        for j, i, r in zip(active, indices, chosen):
+        for i, r in zip(indices, chosen):
             silent = not r.tokens or _is_silence(r, options)
-            done.append((i, None if silent else r))
-            previous[j] = [] if silent or r.temperature > PROMPT_RESET_TEMPERATURE else r.tokens
+            if silent and (r.refills or r.uncovered):
+                done.append((i, replace(r, tokens=[], text="", words=[])))  # only what the pass found
+            else:
+                done.append((i, None if silent else r))
+            texts[i] = [] if silent or r.temperature > PROMPT_RESET_TEMPERATURE else r.tokens
         yield done
+
+
+def _words_of(result: ChunkResult, options: TranscribeOptions) -> list[Word]:
+    """A result's timed words, none when it is silent by the no-speech rule."""
+    return [] if not result.tokens or _is_silence(result, options) else list(result.words or [])
+
+
+def _within(result: ChunkResult, span: tuple[float, float]) -> ChunkResult:
+    """A re-decoded span's result with its words' times held inside the span (the
+    alignment of a short span can run past its end)."""
+    words = [replace(w, start=min(max(w.start, span[0]), span[1]), end=min(max(w.end, span[0]), span[1]))
+             for w in result.words or []]
+    return replace(result, words=words)
 
 
 class _SpanDecoder:
@@ -293,13 +369,6 @@ class _SpanDecoder:
         return chosen
 
 
-def _merged(result: ChunkResult, extra: ChunkResult) -> ChunkResult:
-    """A chunk's result with the words of a span it skipped put in their place by time;
-    the tokens (the next chunk's prompt) stay the chunk's own."""
-    words = sorted([*(result.words or []), *(extra.words or [])], key=lambda w: (w.end, w.start))
-    return replace(result, words=words, text="".join(w.word for w in words))
-
-
 def _prompt_tokens(tokenizer, options: TranscribeOptions) -> list[int]:
     """The text that leads every window's prompt: the user's prompt, then the hotwords
     (faster-whisper's spelling: a leading space, as in its ``get_prompt``)."""
@@ -331,14 +400,18 @@ class CT2Backend:
 
     def iter_segments(self, audio: np.ndarray, options: TranscribeOptions,
                       progress: Optional[ProgressCallback] = None,
-                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
+                      windows: Optional[Sequence[tuple[int, int]]] = None
+                      ) -> Generator[Segment, None, Optional[Coverage]]:
         """See :meth:`whisper_zh.serve.types.Backend.iter_segments`. With ``windows`` (clips
         joined into ``audio``) each is decoded on its own, without the previous text."""
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         duration = audio.shape[0] / SAMPLE_RATE
         if windows is None:
             speech = speech_chunks(audio, options.window_s)
-            chunks, pauses = speech.chunks, speech.pauses
+            # the energy gate both backends share: a chunk that never gets loud is not decoded
+            chunks = [c for c in speech.chunks if not is_silent(audio[int(c[0] * SAMPLE_RATE):int(c[1] * SAMPLE_RATE)],
+                                                                options.silence_threshold_db)]
+            pauses = speech.pauses
         else:
             speech, chunks, pauses = None, [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in windows], []
         total = len(chunks)
@@ -346,30 +419,41 @@ class CT2Backend:
             progress(0.0, f"transcribing {total} chunk{'s' * (total != 1)} of speech, "
                           f"{min(max(options.batch_size, 1), max(total, 1))} at a time")
         finished: dict[int, Optional[ChunkResult]] = {}
+        uncovered: list[tuple[float, float]] = []
         next_out = 0
         for step in decode_chunks(self.model, audio, chunks, options, speech=speech,
                                   condition_on_previous_text=windows is None, lock=self.lock):
             finished.update(step)
+            if progress:  # before the step's segments: a caller sees how much is done when they come
+                progress((next_out + len(finished)) / total, f"decoded {next_out + len(finished)}/{total} chunks")
             # time order: a chunk's segments wait until every chunk before it is out
             while next_out in finished:
-                yield from self._segments(chunks[next_out], finished.pop(next_out), pauses, duration)
+                result = finished.pop(next_out)
+                uncovered += result.uncovered if result is not None else []
+                yield from self._segments(chunks[next_out], result, pauses, duration)
                 next_out += 1
-            if progress:
-                progress((next_out + len(finished)) / total, f"decoded {next_out + len(finished)}/{total} chunks")
+        return None if speech is None else coverage_of(uncovered, speech)
 
     def _segments(self, chunk: tuple[float, float], result: Optional[ChunkResult],
                   pauses: list[tuple[float, float]], duration: float) -> Iterator[Segment]:
         if result is None:
             return
         words = result.words or []
-        phrases = split_words(words, pauses) if words else [Segment(start=chunk[0], end=chunk[1], text=result.text)]
-        for phrase in phrases:
+        if words:
+            own = split_words(words, pauses)
+        else:
+            own = [Segment(start=chunk[0], end=chunk[1], text=result.text)] if result.text.strip() else []
+        # what the completeness pass found comes as whole segments of its own, in time order
+        found = [[replace(p, no_speech_prob=r.no_speech_prob) for p in split_words(r.words, pauses)]
+                 for r in result.refills if r.words]
+        own = [replace(p, no_speech_prob=result.no_speech_prob) for p in own]
+        for phrase in in_time_order([own, *found]):
             text = phrase.text.strip()
             if not text:
                 continue
             start = min(max(phrase.start, 0.0), duration)
             end = min(max(phrase.end, start), duration)
-            yield Segment(start=round(start, 3), end=round(end, 3), text=text, no_speech_prob=result.no_speech_prob,
+            yield Segment(start=round(start, 3), end=round(end, 3), text=text, no_speech_prob=phrase.no_speech_prob,
                           words=tuple(_clamped(w, start, end) for w in phrase.words))
 
 

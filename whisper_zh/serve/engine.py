@@ -19,14 +19,14 @@ import re
 import threading
 import time
 from dataclasses import replace
-from typing import Iterator, Optional, Sequence, Union
+from typing import Generator, Optional, Sequence, Union
 
 import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import ConfigError, NoSpeechError
 from whisper_zh.hub import DEFAULT_MODEL
-from whisper_zh.media import load_media
+from whisper_zh.media import clean_samples, load_media
 from whisper_zh.serve.ct2_backend import CT2Backend
 from whisper_zh.serve.models import resolve_ct2_model
 from whisper_zh.serve.segmentation import is_silent
@@ -34,8 +34,10 @@ from whisper_zh.serve.transformers_backend import TransformersBackend
 from whisper_zh.serve.types import (
     BACKENDS,
     Backend,
+    Coverage,
     ProgressCallback,
     Segment,
+    SegmentStream,
     TranscribeOptions,
     Transcript,
     join_text,
@@ -107,6 +109,10 @@ class Transcriber:
                 single fields, e.g. ``script="traditional"``.
             progress: called with (fraction, message) after each model step.
 
+        Returns:
+            The segments, and the :class:`~whisper_zh.serve.types.Coverage`: how much of
+            the detected speech got text, and the spans that did not.
+
         Raises:
             NoSpeechError: nothing but silence or noise was found.
         """
@@ -114,53 +120,78 @@ class Transcriber:
         if not isinstance(audio, np.ndarray):
             audio = load_media(audio)
         started = time.perf_counter()
-        segments = list(self.iter_segments(audio, options, progress=progress))
+        stream = self.iter_segments(audio, options, progress=progress)
+        segments = list(stream)
         if not segments:
             raise NoSpeechError()
         return Transcript(segments=segments, duration=len(audio) / SAMPLE_RATE, language=options.language,
-                          elapsed_s=time.perf_counter() - started, backend=self.backend.name)
+                          elapsed_s=time.perf_counter() - started, backend=self.backend.name,
+                          coverage=stream.coverage)
 
     def iter_segments(self, audio: np.ndarray, options: Optional[TranscribeOptions] = None, *,
-                      progress: Optional[ProgressCallback] = None,
-                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
-        """Yield segments in time order, each as soon as it is decoded.
+                      progress: Optional[ProgressCallback] = None) -> SegmentStream:
+        """Segments in time order, each as soon as it is decoded; once the stream is
+        exhausted, its ``coverage`` tells how much of the detected speech got text (speech
+        the first pass skipped is decoded again on both backends; what still has no text
+        is listed there, not dropped silently).
 
         Args:
             audio: float32 waveform, shape ``(n_samples,)``, 16 kHz mono.
-            windows: ``[(start_sample, end_sample), ...]``, each at most 30 s, to decode
-                instead of the backend's own cuts (e.g. the boundaries of clips joined
-                into ``audio``: each is then transcribed on its own, in batches).
+        """
+        return SegmentStream(self._segments(audio, options or self.options, progress))
+
+    def decode_clips(self, clips: Sequence[np.ndarray], options: Optional[TranscribeOptions] = None, *,
+                     progress: Optional[ProgressCallback] = None) -> list[str]:
+        """The text of each of many short clips (each at most ``options.window_s``): what
+        evaluation needs.
+
+        Each clip is one utterance decoded on its own, ``options.batch_size`` at a time
+        (they are joined into one waveform only to batch them): never prompted with
+        another clip's text, without VAD, and without the completeness pass, so that a
+        score measures the model on each clip as it is. ``prompt``/``hotwords``, the beam,
+        the temperatures and thresholds, the silence gate and the script apply as in
+        :meth:`transcribe`.
+
+        Raises:
+            ConfigError: a clip is longer than ``options.window_s``.
         """
         options = options or self.options
-        if is_silent(audio, options.silence_threshold_db):
-            return
-        if windows is not None:
-            too_long = [w for w in windows if w[1] - w[0] > options.window_s * SAMPLE_RATE]
-            if too_long:
-                raise ConfigError(f"windows longer than {options.window_s:g} s: {too_long[:3]}")
-        for segment in self.backend.iter_segments(audio, options, progress, windows):
-            text = convert_script(segment.text.strip(), options.script)
-            if not text or (options.drop_hallucinations and _is_hallucination(text)):
-                continue
-            words = tuple(replace(w, word=convert_script(w.word, options.script)) for w in segment.words)
-            yield replace(segment, text=text, words=words)
-
-    def transcribe_clips(self, clips: Sequence[np.ndarray], options: Optional[TranscribeOptions] = None, *,
-                         progress: Optional[ProgressCallback] = None) -> list[str]:
-        """The text of each of many short clips (each at most ``options.window_s``),
-        decoded independently, ``options.batch_size`` at a time: what evaluation needs."""
-        options = options or self.options
+        too_long = [i for i, c in enumerate(clips) if len(c) > options.window_s * SAMPLE_RATE]
+        if too_long:
+            raise ConfigError(f"clips longer than {options.window_s:g} s: {too_long[:3]}")
         bounds = np.cumsum([0] + [len(c) for c in clips])
         windows = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         texts: list[list[str]] = [[] for _ in clips]
         starts = [int(a) for a in bounds[:-1]]
-        for segment in self.iter_segments(np.concatenate(clips) if clips else np.zeros(0, np.float32), options,
-                                          progress=progress, windows=windows):
+        audio = np.concatenate(clips) if clips else np.zeros(0, np.float32)
+        for segment in self._segments(audio, options, progress, windows):
             # a segment belongs to the clip its middle falls in (its start is rounded to the
             # millisecond, and can fall a few samples before its clip's)
             clip = bisect.bisect_right(starts, (segment.start + segment.end) / 2 * SAMPLE_RATE) - 1
             texts[max(clip, 0)].append(segment.text)
         return [join_text(t, options.language) for t in texts]
+
+    def _segments(self, audio: np.ndarray, options: TranscribeOptions, progress: Optional[ProgressCallback],
+                  windows: Optional[Sequence[tuple[int, int]]] = None) -> Generator[Segment, None,
+                                                                                    Optional[Coverage]]:
+        """The backend's segments in the requested script, credits Whisper invents dropped;
+        returns the backend's coverage. A waveform given as is may hold NaN or infinities
+        (a float WAV, a buggy client): they are made silence, in place, before the model
+        reads them, where one NaN turns every window it touches into ``))))``."""
+        clean_samples(audio)
+        if is_silent(audio, options.silence_threshold_db):
+            return Coverage(speech_s=0.0) if windows is None else None
+        segments = self.backend.iter_segments(audio, options, progress, windows)
+        while True:
+            try:
+                segment = next(segments)
+            except StopIteration as stop:
+                return stop.value
+            text = convert_script(segment.text.strip(), options.script)
+            if not text or (options.drop_hallucinations and _is_hallucination(text)):
+                continue
+            words = tuple(replace(w, word=convert_script(w.word, options.script)) for w in segment.words)
+            yield replace(segment, text=text, words=words)
 
 
 def _is_hallucination(text: str) -> bool:

@@ -15,6 +15,9 @@ microphone -- goes through :class:`Job`, so each rule is decided here once:
 * **Silence** is a result without segments, not an error: its files are written, empty
   and valid, so a script finds every output it asked for and a resumed folder job skips
   the file; each entry point then *says* "no speech found" (:attr:`JobResult.no_speech`).
+* **Speech without text** is said, not dropped: :attr:`JobResult.coverage` lists the spans
+  where the VAD heard speech that even the completeness pass could not transcribe, and
+  each entry point shows them (:func:`uncovered_lines`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import Cancelled, ConfigError, QueueFullError
-from whisper_zh.media import load_media
+from whisper_zh.media import format_duration, load_media
 from whisper_zh.serve.download import download_audio
 from whisper_zh.serve.engine import Transcriber
 from whisper_zh.serve.netguard import is_url
@@ -46,6 +49,7 @@ from whisper_zh.serve.subtitles import (
     write_atomically,
 )
 from whisper_zh.serve.types import (
+    Coverage,
     ProgressCallback,
     Segment,
     TranscribeOptions,
@@ -56,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 NO_SPEECH = "no speech found"
 WAIT_POLL_S = 0.25  # how often a waiting call looks for a free slot or a gone client
+NO_TEXT = "speech detected, no text"
 
 
 def load_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike], limits: Limits = Limits(), *,
@@ -82,6 +87,13 @@ def load_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike]
                       deadline_s=limits.decode_deadline_s)
 
 
+def uncovered_lines(coverage: Optional[Coverage]) -> list[str]:
+    """One line per span of speech left without text: "11:46–11:59: speech detected, no text"."""
+    if coverage is None:
+        return []
+    return [f"{format_duration(start)}–{format_duration(end)}: {NO_TEXT}" for start, end in coverage.uncovered]
+
+
 def translation_options(options: TranscribeOptions) -> TranscribeOptions:
     """The English pass of bilingual output (see the module docstring)."""
     return replace(options, task="translate", script="original")
@@ -98,6 +110,8 @@ class JobResult:
         elapsed_s: wall time of decoding (both passes).
         language: the language of ``segments``' text.
         files: {format: path} of the files written, once :meth:`Job.write` ran.
+        coverage: the share of detected speech with text and the spans left without
+            (None when the engine could not tell).
     """
 
     segments: list[Segment]
@@ -106,6 +120,7 @@ class JobResult:
     elapsed_s: float
     language: str = "zh"
     files: dict[str, Path] = field(default_factory=dict)
+    coverage: Optional[Coverage] = None
 
     @property
     def no_speech(self) -> bool:
@@ -136,6 +151,7 @@ class Job:
         self.language = "en" if self.options.task == "translate" else self.options.language
         self.style = style  # None: each format's own default for the text it holds
         self._segments: list[Segment] = []
+        self._coverage: Optional[Coverage] = None
         self._started = 0.0
 
     @property
@@ -144,10 +160,12 @@ class Job:
 
     def iter_segments(self, audio: np.ndarray, progress: Optional[ProgressCallback] = None) -> Iterator[Segment]:
         """The first pass: each segment as soon as it is decoded."""
-        self._segments, self._started = [], time.perf_counter()
-        for segment in self.engine.iter_segments(audio, self.options, progress=progress):
+        self._segments, self._started, self._coverage = [], time.perf_counter(), None
+        stream = self.engine.iter_segments(audio, self.options, progress=progress)
+        for segment in stream:
             self._segments.append(segment)
             yield segment
+        self._coverage = getattr(stream, "coverage", None)
 
     def finish(self, audio: np.ndarray, progress: Optional[ProgressCallback] = None) -> JobResult:
         """After :meth:`iter_segments`: the English pass when bilingual output was asked
@@ -159,7 +177,7 @@ class Job:
                 translation = list(self.engine.iter_segments(audio, translation_options(self.options),
                                                               progress=progress))
         return JobResult(self._segments, translation, len(audio) / SAMPLE_RATE,
-                         time.perf_counter() - self._started, self.language)
+                         time.perf_counter() - self._started, self.language, coverage=self._coverage)
 
     def run(self, audio: np.ndarray, progress: Optional[ProgressCallback] = None) -> JobResult:
         """Both passes at once."""

@@ -3,20 +3,21 @@
 Two ways to cut, one per backend: energy windows cut in pauses (:func:`plan_windows`,
 the transformers backend's, with timestamps), and Silero VAD speech grouped into chunks
 of at most 30 s (:func:`speech_chunks`, the ct2 backend's lanes). Both backends then
-check what the decoder skipped (:func:`missed_speech`) and recover subtitle-sized
-segments from timed words (:func:`split_words`).
+check what the decoder skipped (:func:`missed_speech`, :func:`uncovered_speech`), decode
+it again until every stretch of speech has text (:func:`complete`: the completeness
+pass), and recover subtitle-sized segments from timed words (:func:`split_words`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
 from whisper_zh.audio import CHUNK_LENGTH, SAMPLE_RATE
 from whisper_zh.media import frame_energy_db
-from whisper_zh.serve.types import Segment, Word
+from whisper_zh.serve.types import Coverage, Segment, Word
 
 CUT_SEARCH_S = 5.0  # a cut before the 30 s mark looks this far back for a pause
 
@@ -134,6 +135,27 @@ def speech_chunks(audio: np.ndarray, chunk_s: float) -> SpeechMap:
     return SpeechMap(chunks, pieces)
 
 
+def word_spans(words: Sequence[Word]) -> list[tuple[float, float]]:
+    """The stretch of audio each word can stand for: a character is at most
+    ``MAX_WORD_S`` long, so a word starts no earlier than that before its end."""
+    return [(max(word.start, word.end - MAX_WORD_S), word.end) for word in words]
+
+
+def uncovered_speech(covered: Sequence[tuple[float, float]], span: tuple[float, float], speech: SpeechMap,
+                     min_missed_s: float = MIN_MISSED_S) -> list[tuple[float, float]]:
+    """The gaps of ``span`` between the ``covered`` stretches (words, segments) where the
+    VAD heard at least ``min_missed_s`` of speech, in time order."""
+    gaps, reached = [], span[0]
+    for start, end in sorted(covered):
+        if start > reached:
+            gaps.append((reached, start))
+        reached = max(reached, end)
+    gaps.append((reached, span[1]))
+    # only the span's own speech pieces: a long recording has thousands
+    inside = SpeechMap([span], [p for p in speech.speech if p[1] > span[0] and p[0] < span[1]])
+    return [(start, end) for start, end in gaps if start < end and inside.speech_within(start, end) >= min_missed_s]
+
+
 def missed_speech(words: Sequence[Word], chunk: tuple[float, float], speech: SpeechMap,
                   min_missed_s: float = MIN_MISSED_S) -> list[tuple[float, float]]:
     """The spans of a chunk where the VAD heard at least ``min_missed_s`` of speech but
@@ -145,14 +167,103 @@ def missed_speech(words: Sequence[Word], chunk: tuple[float, float], speech: Spe
     (it absorbs the skipped stretch): a character is at most ``MAX_WORD_S`` long, so a
     word is taken to start no earlier than that before its end.
     """
-    edges = [chunk[0]]
-    for word in words:
-        edges += [max(word.start, word.end - MAX_WORD_S), word.end]
-    edges.append(chunk[1])
-    # only the chunk's own speech pieces: a long recording has thousands
-    inside = SpeechMap([chunk], [p for p in speech.speech if p[1] > chunk[0] and p[0] < chunk[1]])
-    return [(start, end) for start, end in zip(edges[::2], edges[1::2])
-            if inside.speech_within(start, end) >= min_missed_s]
+    return uncovered_speech(word_spans(words), chunk, speech, min_missed_s)
+
+
+def split_at_pause(span: tuple[float, float], speech: SpeechMap) -> list[tuple[float, float]]:
+    """``span`` cut in the middle of its longest pause between speech pieces (two spans),
+    or ``[]`` when it holds no pause to cut at."""
+    inside = [p for p in speech.pauses if p[0] > span[0] and p[1] < span[1]]
+    if not inside:
+        return []
+    start, end = max(inside, key=lambda p: p[1] - p[0])
+    cut = (start + end) / 2
+    return [(span[0], cut), (cut, span[1])]
+
+
+# The completeness pass decodes skipped speech again at most this many times in a row
+# (each round's leftovers, cut in pauses when a round wrote nothing, go to the next).
+MAX_REFILL_ROUNDS = 4
+
+
+R = TypeVar("R")
+
+
+@dataclass
+class Completion:
+    """What the completeness pass (:func:`complete`) found.
+
+    Attributes:
+        found: ``(span, result)`` for each re-decoded span whose result has text, in the
+            order decoded (sort by time to place them).
+        uncovered: spans of at least ``min_missed_s`` of speech still without text.
+    """
+
+    found: list
+    uncovered: list[tuple[float, float]]
+
+
+def complete(missed: Sequence[tuple[float, float]], decode: Callable[[list[tuple[float, float]]], list[R]],
+             covered: Callable[[R], list[tuple[float, float]]], speech: SpeechMap, *,
+             min_missed_s: float = MIN_MISSED_S, max_rounds: int = MAX_REFILL_ROUNDS) -> Completion:
+    """The completeness pass, for any backend: decode speech the first pass skipped until
+    every stretch of at least ``min_missed_s`` of speech has text, or ``max_rounds``.
+
+    Each round decodes all its spans in one ``decode(spans) -> results`` call (each span
+    on its own, at most 30 s), then looks again with ``covered(result)`` (the stretches its
+    words or segments stand for; empty for no text). Speech a result left without text
+    is the next round's: decoded as it is when the result wrote something (Whisper often
+    writes the first of several utterances and stops), cut at its longest pause
+    (:func:`split_at_pause`) when it wrote nothing, so the pieces get decoded apart.
+    A span with nothing left to cut and no text is given up, and reported.
+
+    Each result stays whole: its text is placed by the caller as its own segments, not
+    mixed into another decode's words.
+    """
+    found, uncovered = [], []
+    todo = list(missed)
+    for _ in range(max_rounds):
+        if not todo:
+            break
+        results = decode(todo)
+        after = []
+        for span, result in zip(todo, results):
+            spans = covered(result)
+            if spans:
+                found.append((span, result))
+            for rest in uncovered_speech(spans, span, speech, min_missed_s):
+                if spans:
+                    after.append(rest)
+                else:  # no progress: decode its parts apart, or give up
+                    halves = split_at_pause(rest, speech)
+                    after += halves
+                    if not halves:
+                        uncovered.append(rest)
+        todo = after
+    uncovered += todo
+    return Completion(found, sorted(uncovered))
+
+
+def coverage_of(uncovered: Sequence[tuple[float, float]], speech: SpeechMap) -> Coverage:
+    """The :class:`~whisper_zh.serve.types.Coverage` of a recording whose ``uncovered``
+    spans got no text."""
+    spans = tuple(sorted((round(a, 3), round(b, 3)) for a, b in uncovered))
+    return Coverage(speech_s=round(sum(b - a for a, b in speech.speech), 3), uncovered=spans,
+                    uncovered_s=round(sum(speech.speech_within(a, b) for a, b in spans), 3))
+
+
+def in_time_order(groups: Sequence[Sequence[Segment]]) -> list[Segment]:
+    """The segments of several decodes of one stretch (a chunk and the spans it skipped)
+    as one list in time order, each decode's segments kept whole: ordered by their end
+    (reliable, where a start after a pause is early), each start moved to no earlier than
+    the previous segment's end."""
+    ordered = sorted((s for group in groups for s in group), key=lambda s: (s.end, s.start))
+    out: list[Segment] = []
+    for segment in ordered:
+        if out and segment.start < out[-1].end:
+            segment = replace(segment, start=min(out[-1].end, segment.end))
+        out.append(segment)
+    return out
 
 
 def split_words(words: Sequence[Word], pauses: list[tuple[float, float]], pause_s: float = PAUSE_S,

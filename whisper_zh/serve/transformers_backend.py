@@ -6,24 +6,39 @@ each cut in a pause); windows are decoded several at a time by one
 applies Whisper's own safeguards per window: temperature fallback on repetition loops
 (compression ratio) or low confidence (average log-probability), and skipping windows
 whose no-speech probability is high. A cheap energy gate in front skips silent windows
-without running the model at all.
+without running the model at all. Speech (Silero VAD) that no segment's timestamps cover
+goes through the completeness pass the ct2 backend uses
+(:func:`whisper_zh.serve.segmentation.complete`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Iterator, Optional, Sequence
+from typing import Generator, Iterator, Optional, Sequence
 
 import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.serve.segmentation import is_silent, plan_windows
+from whisper_zh.serve.segmentation import (
+    SpeechMap,
+    complete,
+    coverage_of,
+    in_time_order,
+    is_silent,
+    plan_windows,
+    speech_chunks,
+    uncovered_speech,
+)
 from whisper_zh.serve.types import (
     DEFAULT_BEAM_SIZE,
+    Coverage,
     ProgressCallback,
     Segment,
     TranscribeOptions,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class TransformersBackend:
@@ -62,31 +77,58 @@ class TransformersBackend:
 
     def iter_segments(self, audio: np.ndarray, options: TranscribeOptions,
                       progress: Optional[ProgressCallback] = None,
-                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
-        import torch
-
+                      windows: Optional[Sequence[tuple[int, int]]] = None
+                      ) -> Generator[Segment, None, Optional[Coverage]]:
+        speech = None
         if windows is None:
             windows = plan_windows(audio, SAMPLE_RATE, options.window_s)
+            speech = _speech_map(audio, options)
         # silent windows cost nothing and cannot hallucinate
         voiced = [w for w in windows if not is_silent(audio[w[0]:w[1]], options.silence_threshold_db)]
         total = len(voiced)
         batch_size = max(1, options.batch_size)
         generate_kwargs = self._generate_kwargs(options)
-        feature_extractor = self.processor.feature_extractor
         if progress:
             progress(0.0, f"transcribing {total} window{'s' * (total != 1)} of up to {options.window_s:.0f} s, "
                           f"{min(batch_size, max(total, 1))} at a time")
+        uncovered: list[tuple[float, float]] = []
         for first in range(0, total, batch_size):
-            batch = voiced[first:first + batch_size]
-            features = feature_extractor([audio[s:e] for s, e in batch], sampling_rate=SAMPLE_RATE,
-                                         return_tensors="pt").input_features
+            batch = [(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in voiced[first:first + batch_size]]
+            decoded = self._decode(audio, batch, generate_kwargs, batch_size)
+            found: list = []
+            if speech is not None:
+                # the completeness pass: speech no segment's time covers is decoded again
+                missed = [span for window, segments in zip(batch, decoded)
+                          for span in uncovered_speech(_spans(segments), window, speech)]
+                if missed:
+                    completion = complete(missed, lambda spans: self._decode(audio, spans, generate_kwargs, batch_size),
+                                          _spans, speech)
+                    found, uncovered = completion.found, uncovered + completion.uncovered
+            if progress:  # before the batch's segments: a caller sees how much is done when they come
+                done = first + len(batch)
+                progress(done / total, f"decoded {done}/{total} windows")
+            for window, segments in zip(batch, decoded):
+                refills = [r for span, r in found if window[0] <= (span[0] + span[1]) / 2 < window[1]]
+                yield from in_time_order([segments, *refills])
+        return None if speech is None else coverage_of(uncovered, speech)
+
+    def _decode(self, audio: np.ndarray, spans: Sequence[tuple[float, float]], generate_kwargs: dict,
+                batch_size: int) -> list[list[Segment]]:
+        """The segments of each span (seconds, each at most 30 s) decoded on its own,
+        ``batch_size`` spans per generate call."""
+        import torch
+
+        out = []
+        feature_extractor = self.processor.feature_extractor
+        for first in range(0, len(spans), batch_size):
+            batch = spans[first:first + batch_size]
+            features = feature_extractor([audio[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in batch],
+                                         sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
             with self.lock, torch.inference_mode():
                 output = self.model.generate(features.to(self.device, self.dtype), **generate_kwargs)
             for (start, end), window_segments in zip(batch, output["segments"]):
-                yield from self._window_segments(window_segments, start / SAMPLE_RATE, end / SAMPLE_RATE)
-            if progress:
-                done = first + len(batch)
-                progress(done / total, f"decoded {done}/{total} windows")
+                out.append([s for s in self._window_segments(window_segments, start, end) if s.text.strip()])
+        return out
 
     def _window_segments(self, raw_segments: list[dict], offset: float, window_end: float) -> Iterator[Segment]:
         """Whisper's per-window segments -> Segments in input time. Segments that start
@@ -99,3 +141,19 @@ class TransformersBackend:
             end = min(offset + float(raw["end"]), window_end)
             text = tokenizer.decode(raw["tokens"], skip_special_tokens=True)
             yield Segment(start=round(start, 3), end=round(max(end, start), 3), text=text)
+
+
+def _spans(segments: Sequence[Segment]) -> list[tuple[float, float]]:
+    """What a window's segments stand for: their timestamps (Whisper's own, per segment)."""
+    return [(s.start, s.end) for s in segments]
+
+
+def _speech_map(audio: np.ndarray, options: TranscribeOptions) -> Optional[SpeechMap]:
+    """The VAD's map for the completeness pass; None without faster-whisper (whose
+    Silero VAD it uses), when the pass is skipped."""
+    try:
+        return speech_chunks(audio, options.window_s)
+    except ImportError:
+        logger.warning("faster-whisper is not installed: speech the decoder skips is not decoded again "
+                       "(pip install 'whisper-zh[ct2]')")
+        return None

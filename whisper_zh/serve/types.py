@@ -8,7 +8,7 @@ every backend yields, :class:`Transcript` what the engine returns.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Generator, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -103,6 +103,55 @@ def join_text(texts, language: str) -> str:
     return ("" if language in CHARACTER_LANGUAGES else " ").join(texts).strip()
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the detected speech got text, after the completeness pass.
+
+    Attributes:
+        speech_s: seconds of speech the VAD found in the input.
+        uncovered: ``(start, end)`` spans, in seconds, holding speech that got no text
+            (each with at least about a second of speech), in time order.
+        uncovered_s: seconds of detected speech inside them.
+    """
+
+    speech_s: float
+    uncovered: tuple[tuple[float, float], ...] = ()
+    uncovered_s: float = 0.0
+
+    @property
+    def share(self) -> float:
+        """The share of detected speech with text, in [0, 1] (1 when none was detected)."""
+        return 1.0 if self.speech_s <= 0 else max(0.0, 1.0 - self.uncovered_s / self.speech_s)
+
+
+class SegmentStream:
+    """An iterator of segments that knows, once exhausted, the input's :class:`Coverage`
+    (``None`` until then, or when the backend could not tell: no VAD installed, clips).
+
+    It wraps a generator that *returns* the coverage (``return coverage`` ends it);
+    :meth:`close` stops the decoding early.
+    """
+
+    def __init__(self, segments: Iterator[Segment]):
+        self._segments = segments
+        self.coverage: Optional[Coverage] = None
+
+    def __iter__(self) -> "SegmentStream":
+        return self
+
+    def __next__(self) -> Segment:
+        try:
+            return next(self._segments)
+        except StopIteration as stop:
+            self.coverage = stop.value
+            raise
+
+    def close(self) -> None:
+        close = getattr(self._segments, "close", None)
+        if close:
+            close()
+
+
 @dataclass
 class Transcript:
     """The result of :meth:`Transcriber.transcribe`."""
@@ -112,6 +161,7 @@ class Transcript:
     language: str = "zh"
     elapsed_s: float = 0.0  # wall time spent transcribing (decoding excluded)
     backend: str = "transformers"
+    coverage: Optional[Coverage] = None  # detected speech with and without text
 
     @property
     def text(self) -> str:
@@ -134,9 +184,16 @@ class Backend(Protocol):
 
     def iter_segments(self, audio: np.ndarray, options: TranscribeOptions,
                       progress: Optional[ProgressCallback] = None,
-                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
+                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Generator[Segment, None,
+                                                                                      Optional[Coverage]]:
         """Yield the segments of ``audio`` (float32, 16 kHz mono) in time order, each as
         soon as it and everything before it is decoded, calling ``progress`` after each
-        model step. ``windows`` (sample spans of at most ``options.window_s``) replace the
-        backend's own cutting; each is then decoded on its own (clips joined for batching).
-        The text is as the model wrote it: the engine converts scripts and filters."""
+        model step; speech the first pass skipped is decoded again (the completeness pass,
+        :func:`whisper_zh.serve.segmentation.complete`) and the generator returns the
+        :class:`Coverage`. The text is as the model wrote it: the engine converts scripts
+        and filters.
+
+        ``windows`` (sample spans of at most ``options.window_s``) are clips joined into
+        ``audio`` (:meth:`whisper_zh.serve.engine.Transcriber.decode_clips`): each is then
+        decoded on its own, without the previous text and without the completeness pass,
+        and the generator returns ``None``."""

@@ -78,7 +78,7 @@ def evaluate(transcriber: Transcriber, dataset, options: Optional[TranscribeOpti
     with tqdm(total=len(dataset), unit="clip", desc="evaluating", disable=not show_progress) as bar:
         for first in range(0, len(dataset), CLIPS_PER_CALL):
             rows = dataset[first:first + CLIPS_PER_CALL]
-            hypotheses += transcriber.transcribe_clips([decode_clip(a) for a in rows["audio"]], options)
+            hypotheses += transcriber.decode_clips([decode_clip(a) for a in rows["audio"]], options)
             references += rows["sentence"]
             paths += rows["path"]
             audio_seconds += float(sum(rows["duration"]))
