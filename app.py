@@ -6,9 +6,21 @@ default openai/whisper-small), BACKEND, MAX_DURATION_S, MAX_UPLOAD_MB, CONCURREN
 MAX_QUEUE, BATCH_SIZE, YTDLP_COOKIES, ALLOW_PRIVATE_URLS, DOWNLOAD_DEADLINE_S (see the README).
 """
 
+import os
+import sys
+
+from whisper_zh.errors import WhisperZhError
 from whisper_zh.serve.app import build_app, launch_options
 
-demo = build_app()
+try:
+    demo = build_app()
+except WhisperZhError as err:
+    # e.g. a mistyped MODEL_ID or an unreachable Hub: the message says what to do, and the
+    # chained library tracebacks add nothing for the Space's owner (WHISPER_ZH_DEBUG=1 shows them)
+    if os.environ.get("WHISPER_ZH_DEBUG"):
+        raise
+    print(f"app.py: error: {err}", file=sys.stderr)
+    sys.exit(err.exit_code)
 
 if __name__ == "__main__":
     demo.launch(**launch_options())

@@ -54,9 +54,11 @@ _HALLUCINATIONS = re.compile(
 
 
 def default_device() -> str:
-    import torch
+    """"cuda" when a GPU is usable, else "cpu". CTranslate2 (part of every install) answers:
+    asking torch would import it (over a second) on the CPU path, which never uses it."""
+    import ctranslate2
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
 class Transcriber:
