@@ -161,9 +161,10 @@ def can_convert() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
 
 
-def download_model(model_id: str, **kwargs) -> str:
+def download_model(model_id: str, *, name: str | None = None, **kwargs) -> str:
     """``huggingface_hub.snapshot_download``, its failures turned into one
-    :class:`ModelNotFoundError` line naming the model, what failed and what to do."""
+    :class:`ModelNotFoundError` line naming the model (``name``, default the repo id),
+    what failed and what to do."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -172,25 +173,26 @@ def download_model(model_id: str, **kwargs) -> str:
         RepositoryNotFoundError,
     )
 
+    name = name or repr(model_id)
     elsewhere = "or give a local model folder instead (--model / MODEL_ID)"
     try:
         return snapshot_download(model_id, **kwargs)
     except RepositoryNotFoundError as err:
-        raise ModelNotFoundError(f"model {model_id!r} is not on the Hugging Face Hub (or is private or gated): "
+        raise ModelNotFoundError(f"model {name} is not on the Hugging Face Hub (or is private or gated): "
                                  f"check the id (e.g. openai/whisper-small), log in for a private one, "
                                  f"{elsewhere}") from err
     except LocalEntryNotFoundError as err:
         # what snapshot_download raises when the Hub cannot be reached (or HF_HUB_OFFLINE
         # is set) and nothing of the repo is in the local cache
-        raise ModelNotFoundError(f"model {model_id!r} could not be downloaded: the Hugging Face Hub is "
+        raise ModelNotFoundError(f"model {name} could not be downloaded: the Hugging Face Hub is "
                                  f"unreachable and the model is not in the local cache; check the network "
                                  f"(and HF_ENDPOINT, HF_HUB_OFFLINE), {elsewhere}") from err
     except HFValidationError as err:
-        raise ModelNotFoundError(f"{model_id!r} is neither a model folder nor a Hub id (org/name): "
+        raise ModelNotFoundError(f"{name} is neither a model folder nor a Hub id (org/name): "
                                  f"check the spelling, {elsewhere}") from err
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else "an error"
-        raise ModelNotFoundError(f"model {model_id!r} could not be downloaded: the Hugging Face Hub answered "
+        raise ModelNotFoundError(f"model {name} could not be downloaded: the Hugging Face Hub answered "
                                  f"{status}; try again later, {elsewhere}") from err
 
 
@@ -224,7 +226,8 @@ def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
         raise ModelNotFoundError(f"no such model directory: {model_id}")
     elif model_id.lower() in OFFICIAL_CT2:
         repo = OFFICIAL_CT2[model_id.lower()]
-        found = find_ct2_model(download_model(repo, allow_patterns=list(CT2_FILES)))
+        found = find_ct2_model(download_model(repo, name=f"{model_id!r} (its CTranslate2 conversion {repo})",
+                                              allow_patterns=list(CT2_FILES)))
         if not found:
             raise ModelNotFoundError(f"{repo}, the CTranslate2 conversion of {model_id}, has no model.bin")
         logger.info("%s: using its published CTranslate2 conversion %s (%.1f s)", model_id, repo,
