@@ -332,3 +332,27 @@ def test_app_install_runs_the_app(app_venv, tmp_path, whisper_base, zh_cv_mini):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_training_commands_name_the_train_extra(monkeypatch, capsys):
+    import importlib.util
+
+    from whisper_zh.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    for command in ("prepare", "train", "evaluate"):
+        assert main([command, "--dataset", "nowhere"]) == 1
+        line = capsys.readouterr().err.strip()
+        assert line == (f'whisper-zh {command}: error: whisper-zh {command} (datasets) needs the [train] extra, '
+                        f'which is not installed: pip install "whisper-zh[train]"')
+
+
+@pytest.mark.slow
+def test_app_install_names_the_train_extra(app_venv, tmp_path):
+    env = _env(tmp_path)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([str(app_venv / "bin" / "whisper-zh"), "train", "--dataset", "nowhere"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert 'pip install "whisper-zh[train]"' in proc.stderr

@@ -69,7 +69,8 @@ class Transcriber:
         backend: "transformers", "ct2" or "auto" (the default). On a
             CPU auto means ct2 for every model: its own CTranslate2 export (a local
             ``ct2/`` folder, or only the ``ct2/`` folder of a Hub repo is downloaded),
-            else a one-time int8 conversion cached for the next start
+            the published conversion of OpenAI's models, else a one-time int8
+            conversion cached for the next start (the ``[transformers]`` extra)
             (:func:`whisper_zh.serve.models.resolve_ct2_model`). On a GPU auto means transformers.
         device: "cuda" or "cpu" (default: cuda when available).
         options: default :class:`TranscribeOptions` for :meth:`transcribe`.
