@@ -7,9 +7,21 @@ MAX_QUEUE, BATCH_SIZE, YTDLP_COOKIES, ALLOW_PRIVATE_URLS, DOWNLOAD_DEADLINE_S, A
 (see the README). The same port serves the OpenAI audio API (``/v1/audio/transcriptions``).
 """
 
+import os
+import sys
+
+from whisper_zh.errors import WhisperZhError
 from whisper_zh.serve.app import build_app, launch_options
 
-demo = build_app()
+try:
+    demo = build_app()
+except WhisperZhError as err:
+    # e.g. a mistyped MODEL_ID or an unreachable Hub: the message says what to do, and the
+    # chained library tracebacks add nothing for the Space's owner (WHISPER_ZH_DEBUG=1 shows them)
+    if os.environ.get("WHISPER_ZH_DEBUG"):
+        raise
+    print(f"app.py: error: {err}", file=sys.stderr)
+    sys.exit(err.exit_code)
 
 if __name__ == "__main__":
     demo.launch(**launch_options())

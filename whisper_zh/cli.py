@@ -390,6 +390,22 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 }
 
 
+# Commands that run the training stack: in a serving install ([app]) they stop with the
+# command that installs it, before any import fails deep inside.
+TRAINING_COMMANDS = ("prepare", "train", "evaluate")
+TRAINING_STACK = ("torch", "transformers", "datasets", "accelerate")
+
+
+def _check_training_stack(command: str) -> None:
+    import importlib.util
+
+    from whisper_zh.errors import MissingExtraError
+
+    missing = [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError.of("train", f"whisper-zh {command} ({', '.join(missing)})")
+
+
 def _usage() -> str:
     lines = ["usage: whisper-zh COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -413,6 +429,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging()
     command, _ = COMMANDS[argv[0]]
     try:
+        if argv[0] in TRAINING_COMMANDS:
+            _check_training_stack(argv[0])
         return int(command(argv[1:]) or 0)
     except KeyboardInterrupt:
         print(f"whisper-zh {argv[0]}: interrupted", file=sys.stderr)

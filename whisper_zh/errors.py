@@ -75,6 +75,11 @@ class MissingExtraError(WhisperZhError, ImportError):
     """A feature needs packages of an extra that is not installed; the message names the
     ``pip install`` command."""
 
+    @classmethod
+    def of(cls, extra: str, feature: str) -> "MissingExtraError":
+        """``feature needs the [extra] extra: pip install "whisper-zh[extra]"``."""
+        return cls(f'{feature} needs the [{extra}] extra, which is not installed: pip install "whisper-zh[{extra}]"')
+
 
 class QueueFullError(WhisperZhError, RuntimeError):
     """A server has as many requests waiting as its operator allows; try again later."""

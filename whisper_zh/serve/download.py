@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from whisper_zh.errors import DownloadError, MediaLimitError, UnsafeURLError
+from whisper_zh.errors import DownloadError, MediaLimitError, MissingExtraError, UnsafeURLError
 from whisper_zh.media import _too_long
 from whisper_zh.serve.netguard import _guard, check_url, guarded_thread
 from whisper_zh.serve.settings import Limits
@@ -301,7 +301,10 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
         "hls_prefer_native": True,
         "ffmpeg_location": str(out_dir / "no-ffmpeg"),
     }
-    import yt_dlp
+    try:
+        import yt_dlp
+    except ImportError as err:
+        raise MissingExtraError.of("app", "downloading links (yt-dlp)") from err
 
     try:
         with guarded_thread(not allow_private, budget.deadline), _budgeted_youtubedl()(options, budget) as ydl:

@@ -56,9 +56,11 @@ _HALLUCINATIONS = re.compile(
 
 
 def default_device() -> str:
-    import torch
+    """"cuda" when a GPU is usable, else "cpu". CTranslate2 (part of every install) answers:
+    asking torch would import it (over a second) on the CPU path, which never uses it."""
+    import ctranslate2
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
 class Transcriber:
@@ -69,7 +71,8 @@ class Transcriber:
         backend: "transformers", "ct2" or "auto" (the default). On a
             CPU auto means ct2 for every model: its own CTranslate2 export (a local
             ``ct2/`` folder, or only the ``ct2/`` folder of a Hub repo is downloaded),
-            else a one-time int8 conversion cached for the next start
+            the published conversion of OpenAI's models, else a one-time int8
+            conversion cached for the next start (the ``[transformers]`` extra)
             (:func:`whisper_zh.serve.models.resolve_ct2_model`). On a GPU auto means transformers.
         device: "cuda" or "cpu" (default: cuda when available).
         options: default :class:`TranscribeOptions` for :meth:`transcribe`.

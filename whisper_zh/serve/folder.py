@@ -21,7 +21,8 @@ recorded with its reason and the rest go on.
 Under ``accelerate launch`` or ``torchrun`` the pending files are split between the
 processes with accelerate's ``PartialState.split_between_processes``, the main process
 loads (and downloads) the model first, and the per-file results are gathered with
-``gather_object`` for one summary -- the same primitives training scales with.
+``gather_object`` for one summary -- the same primitives training scales with. Without
+accelerate (the serving install) a folder job is one process.
 """
 
 from __future__ import annotations
@@ -301,7 +302,6 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
         InputNotFoundError: an input does not exist or a pattern matches nothing.
         ConfigError: an unknown format.
     """
-    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -317,7 +317,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
     if pending and not isinstance(transcriber, Transcriber):
         with state.main_process_first():
             # each process on its own GPU (accelerate's device: cuda:<local rank>)
-            gpu = str(state.device) if state.device.type == "cuda" else None
+            gpu = str(state.device) if state.device is not None and state.device.type == "cuda" else None
             transcriber = Transcriber(transcriber, backend=backend, device=device or gpu, options=options)
     options = options or (transcriber.options if isinstance(transcriber, Transcriber) else TranscribeOptions())
     job = Job(transcriber, options, formats, style=style) if pending else None
@@ -334,7 +334,11 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
                 logger.debug("%s: %s in %.1f s", m.path, result.status, result.elapsed_s)
                 results.append(result)
     state.wait_for_everyone()
-    gathered = gather_object(results) if state.num_processes > 1 else results
+    gathered = results
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object  # several processes: accelerate launched them
+
+        gathered = gather_object(results)
     by_source = {**skipped, **{r.source: r for r in gathered}}
     return FolderSummary(files=[by_source[str(m.path)] for m in media], elapsed_s=time.perf_counter() - started,
                          num_processes=state.num_processes, is_main_process=state.is_main_process)

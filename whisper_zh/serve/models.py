@@ -2,19 +2,22 @@
 
 :func:`export_ct2` converts a transformers Whisper to CTranslate2 (the training
 pipeline publishes one as ``ct2/``); :func:`resolve_ct2_model` finds the copy that
-belongs to any model id or folder, converting and caching one when there is none.
+belongs to any model id or folder: OpenAI's own models have published conversions
+(:data:`OFFICIAL_CT2`), a pushed model ships ``ct2/``, and any other is converted once
+and cached (that alone needs torch and transformers: the ``[transformers]`` extra).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 import time
 
-from whisper_zh.errors import ConfigError, ModelNotFoundError
+from whisper_zh.errors import ConfigError, MissingExtraError, ModelNotFoundError
 from whisper_zh.hub import looks_local
 
 logger = logging.getLogger(__name__)
@@ -22,6 +25,22 @@ logger = logging.getLogger(__name__)
 # CTranslate2 weight types a user may ask for. int8 is the CPU default: ~4x smaller
 # than float32 and the fastest on x86/ARM CPUs; float16 is for GPUs.
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16", "bfloat16", "float32")
+
+# The CTranslate2 conversions of OpenAI's Whisper models that faster-whisper itself loads
+# (``faster_whisper.utils._MODELS``): served as published, so the default model needs
+# neither torch nor a conversion. float16 weights, cast to int8 on load on a CPU.
+OFFICIAL_CT2 = {
+    "openai/whisper-tiny": "Systran/faster-whisper-tiny",
+    "openai/whisper-base": "Systran/faster-whisper-base",
+    "openai/whisper-small": "Systran/faster-whisper-small",
+    "openai/whisper-medium": "Systran/faster-whisper-medium",
+    "openai/whisper-large-v2": "Systran/faster-whisper-large-v2",
+    "openai/whisper-large-v3": "Systran/faster-whisper-large-v3",
+    "openai/whisper-large-v3-turbo": "mobiuslabsgmbh/faster-whisper-large-v3-turbo",
+}
+# The files of such a repo a model needs (``faster_whisper.utils.download_model``'s list):
+# the repos hold other copies and formats that would multiply the download.
+CT2_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
 
 
 def default_output_dir(model_name_or_path: str) -> str:
@@ -71,6 +90,8 @@ def export_ct2(model_name_or_path: str, output_dir: str | None = None, quantizat
         raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
     if not os.path.isdir(model_name_or_path) and looks_local(model_name_or_path):
         raise ModelNotFoundError(f"no such model directory: {model_name_or_path}")
+    if not can_convert():
+        raise MissingExtraError.of("transformers", f"converting {model_name_or_path} to CTranslate2")
     from ctranslate2.converters import TransformersConverter
 
     output_dir = os.path.abspath(output_dir or default_output_dir(model_name_or_path))
@@ -135,37 +156,97 @@ def _conversion_key(model_dir: str) -> str:
     return f"{name}-{digest}"
 
 
+def can_convert() -> bool:
+    """Whether a transformers Whisper can be converted here (torch and transformers installed)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+
+
+def download_model(model_id: str, *, name: str | None = None, **kwargs) -> str:
+    """``huggingface_hub.snapshot_download``, its failures turned into one
+    :class:`ModelNotFoundError` line naming the model (``name``, default the repo id),
+    what failed and what to do."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    name = name or repr(model_id)
+    elsewhere = "or give a local model folder instead (--model / MODEL_ID)"
+    try:
+        return snapshot_download(model_id, **kwargs)
+    except RepositoryNotFoundError as err:
+        raise ModelNotFoundError(f"model {name} is not on the Hugging Face Hub (or is private or gated): "
+                                 f"check the id (e.g. openai/whisper-small), log in for a private one, "
+                                 f"{elsewhere}") from err
+    except LocalEntryNotFoundError as err:
+        # what snapshot_download raises when the Hub cannot be reached (or HF_HUB_OFFLINE
+        # is set) and nothing of the repo is in the local cache
+        raise ModelNotFoundError(f"model {name} could not be downloaded: the Hugging Face Hub is "
+                                 f"unreachable and the model is not in the local cache; check the network "
+                                 f"(and HF_ENDPOINT, HF_HUB_OFFLINE), {elsewhere}") from err
+    except HFValidationError as err:
+        raise ModelNotFoundError(f"{name} is neither a model folder nor a Hub id (org/name): "
+                                 f"check the spelling, {elsewhere}") from err
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "an error"
+        raise ModelNotFoundError(f"model {name} could not be downloaded: the Hugging Face Hub answered "
+                                 f"{status}; try again later, {elsewhere}") from err
+
+
 def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
     """The CTranslate2 model for any Whisper, found, downloaded or converted once.
 
-    In order: a local folder's own export (``DIR/ct2`` or ``DIR`` itself); a Hub repo's
-    ``ct2/`` folder (only that folder is downloaded: what ``whisper-zh train`` pushes);
-    a conversion made earlier and cached in :func:`ct2_cache_dir`; else the model is
-    converted now (``quantization``, int8: the fastest on a CPU) and cached, so the next
-    start skips it. Logs which of these happened and how long it took.
+    In order: a local folder's own export (``DIR/ct2`` or ``DIR`` itself); for OpenAI's
+    models (:data:`OFFICIAL_CT2`), their published conversion (only :data:`CT2_FILES`
+    are downloaded); a Hub repo's ``ct2/`` folder (only that folder is downloaded: what
+    ``whisper-zh train`` pushes); a conversion made earlier and cached in
+    :func:`ct2_cache_dir`; else the model is converted now (``quantization``, int8: the
+    fastest on a CPU) and cached, so the next start skips it. Logs which of these
+    happened and how long it took.
+
+    Raises:
+        ModelNotFoundError: no such folder, or the Hub does not have the model or
+            cannot be reached (:func:`download_model`).
+        MissingExtraError: the model must be converted and the ``[transformers]`` extra
+            is not installed (checked before its weights are downloaded).
     """
-    from whisper_zh.hub import looks_local
     started = time.perf_counter()
     found = find_ct2_model(model_id)
     if found:
         logger.info("%s: using its CTranslate2 export %s", model_id, found)
         return found
+    must_convert = MissingExtraError.of(
+        "transformers", f"{model_id} has no CTranslate2 copy; converting it (once, then cached)")
     if os.path.isdir(model_id):
         source = model_id
     elif looks_local(model_id):
         raise ModelNotFoundError(f"no such model directory: {model_id}")
+    elif model_id.lower() in OFFICIAL_CT2:
+        repo = OFFICIAL_CT2[model_id.lower()]
+        found = find_ct2_model(download_model(repo, name=f"{model_id!r} (its CTranslate2 conversion {repo})",
+                                              allow_patterns=list(CT2_FILES)))
+        if not found:
+            raise ModelNotFoundError(f"{repo}, the CTranslate2 conversion of {model_id}, has no model.bin")
+        logger.info("%s: using its published CTranslate2 conversion %s (%.1f s)", model_id, repo,
+                    time.perf_counter() - started)
+        return found
     else:
-        from huggingface_hub import snapshot_download
-
-        found = find_ct2_model(snapshot_download(model_id, allow_patterns=["ct2/*"]))
+        found = find_ct2_model(download_model(model_id, allow_patterns=["ct2/*"]))
         if found:
             logger.info("%s: downloaded its CTranslate2 export in %.1f s", model_id, time.perf_counter() - started)
             return found
-        source = snapshot_download(model_id)  # its snapshot folder is named by the commit
+        if not can_convert():
+            raise must_convert
+        source = download_model(model_id)  # its snapshot folder is named by the commit
     out = os.path.join(ct2_cache_dir(), _conversion_key(source), quantization)
     if os.path.isfile(os.path.join(out, "model.bin")):
         logger.info("%s: using the CTranslate2 conversion cached in %s", model_id, out)
         return out
+    if not can_convert():
+        raise must_convert
     logger.info("%s has no CTranslate2 export: converting it to %s once (cached in %s)", model_id,
                 quantization, out)
     export_ct2(source, out, quantization)

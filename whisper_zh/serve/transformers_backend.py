@@ -20,6 +20,7 @@ from typing import Generator, Iterator, Optional, Sequence
 import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import MissingExtraError, ModelNotFoundError
 from whisper_zh.serve.segmentation import (
     SpeechMap,
     complete,
@@ -48,13 +49,22 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model_id: str, device: str):
-        import torch
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+        try:
+            import torch
+            from transformers import WhisperForConditionalGeneration, WhisperProcessor
+        except ImportError as err:
+            raise MissingExtraError.of("transformers", "the transformers backend") from err
 
         self.device = device
         self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        self.processor = WhisperProcessor.from_pretrained(model_id)
-        self.model = WhisperForConditionalGeneration.from_pretrained(model_id, dtype=self.dtype)
+        try:
+            self.processor = WhisperProcessor.from_pretrained(model_id)
+            self.model = WhisperForConditionalGeneration.from_pretrained(model_id, dtype=self.dtype)
+        except OSError as err:
+            # transformers' own message runs over several lines; its first one says what failed
+            raise ModelNotFoundError(f"model {model_id!r} could not be loaded: {str(err).splitlines()[0]} "
+                                     f"(check the id and the network, or give a local model folder: "
+                                     f"--model / MODEL_ID)") from err
         self.model.to(device).eval()
         # generate() keeps per-call state on the model (generation config, caches), so two
         # requests in the same process take turns, one model call at a time
