@@ -69,7 +69,7 @@ from whisper_zh.serve.jobs import WAIT_POLL_S, Job, Slots, load_input, translati
 from whisper_zh.serve.settings import ServeSettings
 from whisper_zh.serve.subtitles import output_paths
 from whisper_zh.serve.types import Segment, TranscribeOptions
-from whisper_zh.text import CHARACTER_LANGUAGES, SCRIPT_NAMES
+from whisper_zh.text import CHARACTER_LANGUAGES, LANGUAGE_NAMES, SCRIPT_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -155,12 +155,6 @@ def _flag(value: Optional[str]) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _language_names() -> dict[str, str]:
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    return LANGUAGES
-
-
 def parse_call(fields: dict[str, list], task: str, settings: ServeSettings) -> Call:
     """The form's fields ({name: [values]}, files as objects with ``filename``) as a
     :class:`Call`; the file itself is read by the caller.
@@ -185,7 +179,7 @@ def parse_call(fields: dict[str, list], task: str, settings: ServeSettings) -> C
         raise ApiError(400, f"timestamp_granularities must be segment and/or word, not {', '.join(wrong)}",
                        param="timestamp_granularities[]")
     language = (one("language") or TranscribeOptions.language).lower()
-    if language not in _language_names():
+    if language not in LANGUAGE_NAMES:
         raise ApiError(400, f"language {language!r} is not one Whisper knows (ISO-639-1, e.g. zh, en)",
                        param="language")
     script = (one("script") or "simplified").lower()
@@ -315,7 +309,7 @@ class _Run:
 
 
 def _language_name(code: str) -> str:
-    return _language_names().get(code, code)
+    return LANGUAGE_NAMES.get(code, code)
 
 
 def _segment_json(i: int, segment: Segment) -> dict:
