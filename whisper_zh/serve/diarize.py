@@ -311,8 +311,9 @@ class Diarization:
 
     Attributes:
         segments: the transcript's segments, labelled, split where the speaker changes.
-        turns: each window's stretch of time and its speaker, merged where consecutive.
-        num_speakers: how many speakers were found (or given).
+        turns: each window's stretch of time and its speaker, merged where consecutive
+            (a cluster no word was given to keeps a lower-case name, e.g. "s3").
+        num_speakers: how many speakers the transcript has.
         elapsed_s: wall time of embedding and clustering.
     """
 
@@ -347,7 +348,6 @@ def diarize(audio: np.ndarray, segments: Sequence[Segment], num_speakers: Option
     labels = cluster(embeddings, num_speakers, threshold=threshold, max_speakers=max_speakers)
     centres = starts + WINDOW_S / 2
 
-    # name speakers in order of first appearance
     order = {label: k for k, label in enumerate(dict.fromkeys(labels[np.argsort(starts, kind="stable")]))}
     names = [speaker_label(order[label]) for label in labels]
 
@@ -368,6 +368,15 @@ def diarize(audio: np.ndarray, segments: Sequence[Segment], num_speakers: Option
         position += count
         out += _split(segment, speakers) if segment.words else [replace(segment, speaker=speakers[0])]
 
+    # speakers named in order of first appearance in the transcript; a cluster that no word
+    # ended up in (a few windows of noise) is no speaker
+    rename: dict[str, str] = {}
+    for segment in out:
+        rename.setdefault(segment.speaker, speaker_label(len(rename)))
+    out = [replace(s, speaker=rename[s.speaker], words=tuple(replace(w, speaker=rename[w.speaker]) for w in s.words))
+           for s in out]
+    names = [rename.get(name, name.lower()) for name in names]
+
     turns: list[Turn] = []
     for k in np.argsort(starts, kind="stable"):
         a = max(float(centres[k]) - STEP_S / 2, 0.0)
@@ -377,7 +386,7 @@ def diarize(audio: np.ndarray, segments: Sequence[Segment], num_speakers: Option
         else:
             turns.append(Turn(a, b, names[k]))
     elapsed = time.perf_counter() - started
-    found = len(set(labels.tolist()))
+    found = len(rename)
     log.info("%d speaker(s) in %.0f s of audio (%d windows, %.2f s)", found, duration, len(starts), elapsed)
     return Diarization(out, turns, found, elapsed)
 
