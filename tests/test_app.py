@@ -91,13 +91,15 @@ def client(app_url):
 
 
 def _args(route: str, source, script: str = "simplified", *cookies, output: str = "transcribe",
-          hotwords: str = "") -> list:
-    """The page's inputs in order: source, characters, output, hotwords (and cookies for links)."""
+          hotwords: str = "", speakers: bool = False) -> list:
+    """The page's inputs in order: source, characters, output, hotwords (and cookies for
+    links), speakers."""
     from gradio_client import handle_file
 
     args = [source, script, output, hotwords, *cookies]
     if route == "transcribe_url" and not cookies:
         args.append(None)
+    args.append(speakers)
     return [handle_file(str(a)) if isinstance(a, Path) else a for a in args]
 
 
@@ -114,7 +116,7 @@ def _error(client, route: str, *args) -> str:
 
 
 def _check_result(result, sentence: str):
-    status, text, segments, files = result
+    status, text, segments, files, _ = result
     assert utterance_cer(sentence, text) < 0.5, (sentence, text)
     assert re.search(r"\d+ segments?, transcribed in", status)
     rows = segments["data"]
@@ -122,10 +124,10 @@ def _check_result(result, sentence: str):
     names = sorted(Path(f).suffix for f in files)
     assert names == [".json", ".srt", ".txt", ".vtt"]
     by_suffix = {Path(f).suffix: Path(f).read_text(encoding="utf-8") for f in files}
-    assert "".join(s["text"] for s in json.loads(by_suffix[".json"])["segments"]) == text
+    assert "\n".join(s["text"] for s in json.loads(by_suffix[".json"])["segments"]) == text
     assert by_suffix[".srt"].startswith("1\n00:00:0") and " --> " in by_suffix[".srt"]
     assert by_suffix[".vtt"].startswith("WEBVTT")
-    assert by_suffix[".txt"].replace("\n", "") == text
+    assert by_suffix[".txt"] == text + "\n"  # the box shows the TXT file
 
 
 @pytest.mark.slow
@@ -137,12 +139,14 @@ def test_api_names(client):
 @pytest.mark.slow
 def test_file_route_audio_and_video(client, clips):
     _check_result(_call(client, "transcribe_file", clips["mp3"], "simplified"), clips["rows"][0]["sentence"])
-    _check_result(_call(client, "transcribe_file", clips["mp4"], "simplified"), clips["rows"][2]["sentence"])
+    video = _call(client, "transcribe_file", clips["mp4"], "simplified")
+    _check_result(video, clips["rows"][2]["sentence"])
+    assert video[-1]  # the player shows the video (its subtitles: test_video_plays_with_its_subtitles)
 
 
 @pytest.mark.slow
 def test_microphone_route_traditional(client, clips):
-    status, text, _, _ = _call(client, "transcribe_microphone", clips["wav"], "traditional")
+    status, text, *_ = _call(client, "transcribe_microphone", clips["wav"], "traditional")
     assert text == to_traditional(text)
     assert utterance_cer(clips["rows"][1]["sentence"], text) < 0.5
 
@@ -178,7 +182,7 @@ def test_bad_inputs_then_the_app_keeps_serving(client, clips):
     assert "limit is 1:00" in _error(client, "transcribe_file", clips["long"], "simplified")
     assert "upload a file first" in _error(client, "transcribe_file", None, "simplified")
     assert "record something first" in _error(client, "transcribe_microphone", None, "simplified")
-    status, text, segments, files = _call(client, "transcribe_microphone", clips["silence"], "simplified")
+    status, text, segments, files, _ = _call(client, "transcribe_microphone", clips["silence"], "simplified")
     assert "No speech found" in status and text == "" and not files
     # after all of that, a good request still works
     _check_result(_call(client, "transcribe_file", clips["mp3"], "simplified"), clips["rows"][0]["sentence"])
@@ -261,6 +265,30 @@ def test_request_files_are_cleaned_up(whisper_base, clips, tmp_path, monkeypatch
     with pytest.raises(UserError):
         list(handlers.run(Request("file", str(clips["text"]))))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_video_plays_with_its_subtitles_and_speakers(whisper_base, clips):
+    """A video upload comes back for the page's player with the cues of the chosen output,
+    the same as the VTT file's; with speakers on, every cue and the text carry a label."""
+    from whisper_zh.serve.app import Handlers, Request
+    from whisper_zh.serve.engine import Transcriber
+    from whisper_zh.serve.settings import ServeSettings
+
+    engine = Transcriber(str(whisper_base), backend="transformers", device="cpu")
+    handlers = Handlers(ServeSettings(model_id=str(whisper_base), max_duration_s=60), transcriber=engine)
+    for last in handlers.run(Request("file", str(clips["mp4"]), script="traditional", diarize=True)):
+        if last.files:  # read before the request's folder goes, when the generator ends
+            vtt = Path(next(f for f in last.files if f.endswith(".vtt"))).read_text(encoding="utf-8")
+    path, cues = last.video
+    assert path == str(clips["mp4"]) and cues
+    assert [c["timestamp"][0] for c in cues] == pytest.approx(
+        [float(t) for t in re.findall(r"^00:00:(\d\d\.\d{3}) -->", vtt, flags=re.M)], abs=1e-3)
+    assert all(c["text"].startswith("S1：") for c in cues)  # one voice
+    assert last.text.startswith("S1：") and "1 speaker" in last.status
+    assert to_traditional(last.text) == last.text
+    audio_only = list(handlers.run(Request("file", str(clips["mp3"]))))[-1]
+    assert audio_only.video is None
 
 
 class _NoModel:

@@ -92,8 +92,8 @@ def test_segment_style_keeps_one_cue_per_segment():
     assert "00:00:05,000 --> 00:00:05,000" in to_srt([Segment(5.0, 4.0, "x")], SEGMENT_STYLE)
 
 
-def test_txt_one_segment_per_line():
-    assert to_txt(SEGMENTS) == "你好，世界\n第二句 换行了\n一小时以后\n"
+def test_txt_one_segment_per_line_and_a_paragraph_after_a_long_pause():
+    assert to_txt(SEGMENTS) == "你好，世界\n第二句 换行了\n\n一小时以后\n"
 
 
 # -- the Chinese layout on hand-made segments ------------------------------------------------
@@ -396,3 +396,56 @@ def test_markup_and_arrows_in_the_text_are_escaped():
     assert "C -> D" in to_srt([segment]) and "-->" not in to_srt([segment]).split("\n", 2)[2]
     captions = webvtt.from_string(to_vtt([segment])).captions
     assert len(captions) == 1 and html.unescape(captions[0].text) == "A<B & C --> D"
+
+
+# -- speakers -------------------------------------------------------------------------------
+
+DIALOG = [
+    Segment(0.0, 2.0, "你好，今天天气怎么样？", speaker="S1", words=_even_words("你好今天天气怎么样", 0.0, 2.0)),
+    Segment(2.0, 3.5, "挺好的。", speaker="S2"),
+    Segment(3.5, 5.0, "我们出去走走吧。", speaker="S2"),
+    Segment(5.2, 6.0, "好啊。", speaker="S1"),
+]
+
+
+def test_speakers_in_every_format():
+    srt = to_srt(DIALOG)
+    cues = [block.split("\n")[2:] for block in srt.strip().split("\n\n")]
+    assert all(re.match(r"S[12]：", lines[0]) for lines in cues)
+    assert [lines[0][:3] for lines in cues] == ["S1：", "S2：", "S1："]  # S2's two segments share a cue
+
+    vtt = to_vtt(DIALOG)
+    assert vtt.count("<v S1>S1：") == 2 and vtt.count("<v S2>S2：") == 1
+    karaoke = to_karaoke_vtt(DIALOG)
+    assert karaoke.count("<v S1>S1：") == 2 and karaoke.count("<v S2>S2：") == 1
+
+    data = json.loads(to_json(DIALOG))
+    assert [s["speaker"] for s in data["segments"]] == ["S1", "S2", "S2", "S1"]
+    assert {w["speaker"] for w in data["segments"][0]["words"]} == {"S1"}
+
+    assert to_txt(DIALOG) == "S1：你好，今天天气怎么样？\n\nS2：挺好的。\n我们出去走走吧。\n\nS1：好啊。\n"
+    english = [Segment(0.0, 2.0, "Hello there.", speaker="S1"), Segment(2.5, 4.0, "Hi.", speaker="S2")]
+    assert to_txt(english) == "S1: Hello there.\n\nS2: Hi.\n"
+    assert to_srt(english).split("\n")[2] == "S1: Hello there."
+
+
+def test_no_speaker_fields_without_speakers():
+    assert "speaker" not in to_json(SEGMENTS) and "<v " not in to_vtt(SEGMENTS)
+
+
+def test_a_cue_never_spans_a_change_of_speaker():
+    # short turns that the layout would otherwise gladly put in one cue
+    turns = [Segment(k * 1.0, k * 1.0 + 0.9, "好的" if k % 2 else "是吗", speaker=f"S{k % 2 + 1}") for k in range(8)]
+    cues = make_cues(turns)
+    assert len(cues) == 8
+    for cue in cues:
+        spoken = [t for t in turns if t.start < cue.end and t.end > cue.start and
+                  min(t.end, cue.end) - max(t.start, cue.start) > 0.2]
+        assert {t.speaker for t in spoken} == {cue.speaker}
+        assert cue.text.startswith(cue.speaker + "：")
+    for style in (CHINESE_STYLE, SEGMENT_STYLE, LATIN_STYLE):
+        assert [c.speaker for c in make_cues(turns, style)] == [t.speaker for t in turns]
+    # the label leaves the first line no wider than a line
+    long = [Segment(0.0, 6.0, "我们今天讨论人工智能，它会不会改变我们每个人的工作方式？", speaker="S12")]
+    for cue in make_cues(long):
+        assert all(text_width(line) <= 16 for line in cue.text.split("\n"))

@@ -262,6 +262,10 @@ def transcribe_parser(settings) -> ArgumentParser:
     dec.add_argument("--prompt", default=None,
                      help="text that leads every window's prompt, e.g. '以下是普通话的句子。' for punctuation")
     dec.add_argument("--hotwords", default=None, help="names and terms to prefer, e.g. '小米 澎湃OS'")
+    dec.add_argument("--diarize", action="store_true",
+                     help='label who speaks (S1, S2 ...) in every format; needs pip install "whisper-zh[diarize]"')
+    dec.add_argument("--num-speakers", type=int, default=None, metavar="N",
+                     help="with --diarize: how many speakers there are (default: counted)")
     dec.add_argument("--batch-size", type=int, default=settings.batch_size or TranscribeOptions.batch_size,
                      help="windows decoded together (default: $BATCH_SIZE or %(default)s)")
     dec.add_argument("--beam-size", type=int, default=None,
@@ -297,7 +301,11 @@ def transcribe_command(argv: Sequence[str]) -> int:
         style = dataclasses.replace(base, max_line_width=args.line_width or base.max_line_width,
                                     max_lines=args.max_lines or base.max_lines,
                                     keep_punctuation=args.keep_punctuation or base.keep_punctuation)
+    if args.num_speakers is not None and args.num_speakers < 1:
+        raise ConfigError(f"--num-speakers must be at least 1, not {args.num_speakers}")
     if len(args.sources) > 1 or is_folder_job(args.sources[0]):
+        if args.diarize or args.num_speakers:
+            raise ConfigError("--diarize works on one input at a time")
         return _transcribe_folders(args, options, formats or DEFAULT_FORMATS, style, limits)
     return _transcribe_one(args, options, formats, style, limits)
 
@@ -316,6 +324,8 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
         DEFAULT_FORMATS,
         format_timestamp,
         output_paths,
+        speaker_prefix,
+        to_txt,
     )
 
     source = args.sources[0]
@@ -329,7 +339,8 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
     engine = Transcriber(args.model, backend=args.backend, device=args.device, options=options)
     logger.info("%s: %s of audio", engine, format_duration(len(audio) / SAMPLE_RATE))
     formats = formats or (DEFAULT_FORMATS if args.output_dir else ())
-    job = Job(engine, options, tuple(dict.fromkeys([*formats, *targets])) or ("txt",), style=style)
+    job = Job(engine, options, tuple(dict.fromkeys([*formats, *targets])) or ("txt",), style=style,
+              diarize=args.diarize, num_speakers=args.num_speakers)
     result = job.run(audio, progress=_progress_line)
     print(file=sys.stderr)
     for line in uncovered_lines(result.coverage):
@@ -349,7 +360,9 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
         logger.info("wrote %s", path)
     if args.segments:
         for s in result.segments:
-            print(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}] {s.text}")
+            print(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}] {speaker_prefix(s.speaker)}{s.text}")
+    elif job.diarize and not result.no_speech:
+        print(to_txt(result.segments), end="")  # who says what: paragraphs led by the speaker
     elif not result.no_speech:
         print(result.text)
     return 0

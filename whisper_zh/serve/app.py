@@ -13,6 +13,7 @@ read here, at the edge, unless given), so a Space is configured in its "Variable
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import os
 import shutil
 import tempfile
@@ -33,11 +34,14 @@ from whisper_zh.serve.netguard import is_url
 from whisper_zh.serve.settings import ServeSettings
 from whisper_zh.serve.subtitles import (
     DEFAULT_FORMATS,
+    bilingual_cues,
     format_timestamp,
+    make_cues,
     output_paths,
+    to_txt,
     write_all,
 )
-from whisper_zh.serve.types import TranscribeOptions, join_text
+from whisper_zh.serve.types import TranscribeOptions
 from whisper_zh.text import SCRIPTS
 
 PARTIAL_EVERY_S = 2.0  # seconds between partial results shown while transcribing
@@ -74,6 +78,7 @@ class Request:
     output: str = "transcribe"  # one of OUTPUTS' values
     hotwords: Optional[str] = None
     cookies: Optional[str] = None  # path of the visitor's cookies.txt (links only)
+    diarize: bool = False  # label who speaks
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,9 @@ class Update:
     text: str = ""
     rows: tuple = ()
     files: Optional[list[str]] = None
+    # an uploaded video and its cues (the chosen output's: {"text", "timestamp": [start, end]}),
+    # for the page's player
+    video: Optional[tuple[str, list]] = None
 
 
 class Handlers:
@@ -154,7 +162,7 @@ class Handlers:
                 batch_size=self.settings.batch_size or TranscribeOptions.batch_size,
                 hotwords=(request.hotwords or "").strip() or None)
             formats = (*FILE_FORMATS, "bilingual") if request.output == "bilingual" else FILE_FORMATS
-            job = Job(self.transcriber, options, formats)
+            job = Job(self.transcriber, options, formats, diarize=request.diarize)
             segments: list = []
             done = [0.0]  # fraction decoded, as the engine last reported it
 
@@ -173,6 +181,9 @@ class Handlers:
             if not segments:
                 yield Update(NO_SPEECH)
                 return
+            if job.diarize:
+                yield Update("Transcribed; telling the speakers apart…", _text(segments, job.language),
+                             _rows(segments))
             if job.bilingual:
                 yield Update("Transcribed; translating to English for the bilingual subtitles…",
                              _text(segments, job.language), _rows(segments))
@@ -182,7 +193,18 @@ class Handlers:
             status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
                       f"transcribed in {elapsed:.1f} s ({self.transcriber.backend.name}, {self.transcriber.device}).")
             status = " ".join([status, *(f"{line}." for line in uncovered_lines(result.coverage))])
-            yield Update(status, result.text, _rows(segments), [str(files[f]) for f in formats])
+            if job.diarize:
+                found = len({s.speaker for s in result.segments})
+                status += f" {found} speaker{'s' * (found != 1)}."
+            video = None
+            if request.kind == "file" and _is_video(source):
+                # the cues of the files, handed over as data: gr.Video writes its own WebVTT
+                # into Gradio's cache, which outlives this request's folder
+                cues = (bilingual_cues(result.segments, result.translation) if job.bilingual
+                        else make_cues(result.segments))
+                video = (source, [{"text": _escaped(c.text), "timestamp": [c.start, c.end]} for c in cues])
+            yield Update(status, _text(result.segments, job.language), _rows(result.segments),
+                         [str(files[f]) for f in formats], video)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -239,14 +261,29 @@ class Handlers:
 
 
 def _text(segments: list, language: str = "zh") -> str:
-    return join_text((s.text for s in segments), language)
+    """The transcript box: the TXT file's text, one segment a line, paragraphs at long pauses
+    and changes of speaker (led by the speaker's label)."""
+    return to_txt(segments).rstrip("\n")
 
 
 def _rows(segments: list) -> tuple:
-    """Table rows: start, end, text; hours shown only for inputs that reach an hour."""
+    """Table rows: start, end, text (led by the speaker's label when known); hours shown
+    only for inputs that reach an hour."""
     hours = bool(segments) and segments[-1].end >= 3600
     return tuple([format_timestamp(s.start, always_include_hours=hours),
-                  format_timestamp(s.end, always_include_hours=hours), s.text] for s in segments)
+                  format_timestamp(s.end, always_include_hours=hours),
+                  f"{s.speaker}：{s.text}" if getattr(s, "speaker", None) else s.text] for s in segments)
+
+
+def _escaped(text: str) -> str:
+    """Cue text as WebVTT needs it (gr.Video writes it as given)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _is_video(path: str) -> bool:
+    """By the file's name: the upload widget keeps it, and a browser plays by type anyway."""
+    kind, _ = mimetypes.guess_type(path)
+    return bool(kind) and kind.startswith("video/")
 
 
 def _stem(request: Request) -> str:
@@ -265,8 +302,11 @@ def _handler(handlers: Handlers, kind: str):
     import gradio as gr
 
     async def handle(source, script, output, hotwords, *rest, progress=gr.Progress()):
-        cookies = rest[0] if rest else None
-        request = Request(kind, source, script, output, hotwords, getattr(cookies, "name", cookies))
+        # rest: (cookies,) for links, then the speakers checkbox
+        *cookies, diarize = rest or (False,)
+        cookies = cookies[0] if cookies else None
+        request = Request(kind, source, script, output, hotwords, getattr(cookies, "name", cookies),
+                          diarize=bool(diarize))
         cancel = threading.Event()
         updates = handlers.run(request, progress=progress, cancel=cancel)
         step, shown = None, _shown(Update("Working…"))
@@ -337,9 +377,14 @@ _SOURCES = {"microphone": "a recording, as an audio file", "file": "an audio or 
 
 
 def _shown(update: Update) -> tuple:
-    """An Update as the page's outputs: status, text, segments table, files."""
-    status, text, rows, files = astuple(update)
-    return status, text, [list(row) for row in rows], files
+    """An Update as the page's outputs: status, text, segments table, files, video player
+    (hidden unless the input was a video)."""
+    import gradio as gr
+
+    status, text, rows, files, video = astuple(update)
+    player = (gr.update(value=video[0], subtitles=video[1], visible=True) if video
+              else gr.update(value=None, visible=False))
+    return status, text, [list(row) for row in rows], files, player
 
 
 CSS = """
@@ -391,6 +436,7 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
                     output = gr.Radio(OUTPUTS, value="transcribe", label="Output")
                 hotwords = gr.Textbox(label="Hotwords (optional)", lines=1, max_lines=1,
                                       placeholder="names and terms to get right, e.g. 小米 澎湃OS")
+                speakers = gr.Checkbox(False, label="Who is speaking (label speakers S1, S2 …)")
                 with gr.Tabs():
                     with gr.Tab("🎙️ Microphone"):
                         mic = gr.Audio(sources=["microphone"], type="filepath", label="Recording")
@@ -417,24 +463,26 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
                     f"and {settings.max_upload_mb:.0f} MB per input")
             with gr.Column(scale=7):
                 status = gr.Markdown(elem_classes="status-line")
+                player = gr.Video(label="Video with subtitles", visible=False, interactive=False)
                 text = gr.Textbox(label="Transcript", lines=8, max_lines=20, buttons=["copy"])
                 files = gr.File(label="Subtitles and text", file_count="multiple", interactive=False)
                 segments = gr.Dataframe(headers=["start", "end", "text"], datatype=["str", "str", "str"],
                                         label="Segments", interactive=False, wrap=True,
                                         column_widths=["15%", "15%", "70%"], max_height=400)
         choices = [script, output, hotwords]
-        outputs = [status, text, segments, files]
+        outputs = [status, text, segments, files, player]
         # Gradio gives every event its own queue unless told otherwise: the four ways to
         # transcribe share one, so that CONCURRENCY_LIMIT bounds them together (each holds
         # a whole recording in memory)
         queued = dict(concurrency_id=TRANSCRIBE_QUEUE, concurrency_limit=settings.concurrency_limit)
-        mic_button.click(_handler(handlers, "microphone"), [mic, *choices], outputs,
+        mic_button.click(_handler(handlers, "microphone"), [mic, *choices, speakers], outputs,
                          api_name="transcribe_microphone", **queued)
-        file_button.click(_handler(handlers, "file"), [upload, *choices], outputs, api_name="transcribe_file",
-                          **queued)
-        url_button.click(_handler(handlers, "url"), [url, *choices, cookies], outputs,
+        file_button.click(_handler(handlers, "file"), [upload, *choices, speakers], outputs,
+                          api_name="transcribe_file", **queued)
+        url_button.click(_handler(handlers, "url"), [url, *choices, cookies, speakers], outputs,
                          api_name="transcribe_url", **queued)
-        url.submit(_handler(handlers, "url"), [url, *choices, cookies], outputs, api_name=False, **queued)
+        url.submit(_handler(handlers, "url"), [url, *choices, cookies, speakers], outputs, api_name=False,
+                   **queued)
         # Every piece the browser sends is an event; LiveTranscriber decides when to decode.
         # Live pieces queue apart, so a long upload does not hold a live session back: the
         # engine's lock still runs one model call at a time, and a live decode reads at most

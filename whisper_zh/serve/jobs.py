@@ -18,6 +18,9 @@ microphone -- goes through :class:`Job`, so each rule is decided here once:
 * **Speech without text** is said, not dropped: :attr:`JobResult.coverage` lists the spans
   where the VAD heard speech that even the completeness pass could not transcribe, and
   each entry point shows them (:func:`uncovered_lines`).
+* **Speakers** (``diarize=True``) are labelled after the first pass, on the whole
+  recording (:mod:`whisper_zh.serve.diarize`): segments shown as they come have none yet;
+  the result's and the files' have them, split where the speaker changes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import Cancelled, ConfigError, QueueFullError
 from whisper_zh.media import format_duration, load_media
+from whisper_zh.serve.diarize import diarize as label_speakers
 from whisper_zh.serve.download import download_audio
 from whisper_zh.serve.engine import Transcriber
 from whisper_zh.serve.netguard import is_url
@@ -134,7 +138,8 @@ class JobResult:
 class Job:
     """One input through the engine to files: ``options`` for decoding, ``formats`` to
     write (:data:`~whisper_zh.serve.subtitles.FORMATS`; "bilingual" adds the English
-    pass), ``style`` for the subtitles' layout (default: each format's own, by the text).
+    pass), ``style`` for the subtitles' layout (default: each format's own, by the text),
+    ``diarize`` to label speakers (``num_speakers``: how many, when known).
 
         >>> job = Job(engine, TranscribeOptions(hotwords="小米"), ("srt", "bilingual"))
         >>> for segment in job.iter_segments(audio):   # the page shows them as they come
@@ -144,8 +149,11 @@ class Job:
     """
 
     def __init__(self, engine: Transcriber, options: Optional[TranscribeOptions] = None,
-                 formats: Sequence[str] = DEFAULT_FORMATS, *, style: Optional[SubtitleStyle] = None):
+                 formats: Sequence[str] = DEFAULT_FORMATS, *, style: Optional[SubtitleStyle] = None,
+                 diarize: bool = False, num_speakers: Optional[int] = None):
         self.engine = engine
+        self.diarize = diarize or num_speakers is not None
+        self.num_speakers = num_speakers
         self.options = options or engine.options
         self.formats = check_formats(formats)
         self.language = "en" if self.options.task == "translate" else self.options.language
@@ -168,8 +176,10 @@ class Job:
         self._coverage = getattr(stream, "coverage", None)
 
     def finish(self, audio: np.ndarray, progress: Optional[ProgressCallback] = None) -> JobResult:
-        """After :meth:`iter_segments`: the English pass when bilingual output was asked
-        for (none for silence), and the result."""
+        """After :meth:`iter_segments`: speakers and the English pass when asked for (none
+        for silence), and the result."""
+        if self.diarize and self._segments:
+            self._segments = label_speakers(audio, self._segments, self.num_speakers).segments
         translation = None
         if self.bilingual:
             translation = []

@@ -24,11 +24,17 @@ number is never split:
 
 Other languages get :data:`LATIN_STYLE` (42 characters a line); :data:`SEGMENT_STYLE`
 keeps one cue per segment on one line, the layout before Chinese rules.
+
+Segments labelled with speakers (:mod:`whisper_zh.serve.diarize`) are laid out one run of
+a speaker at a time, so a cue never spans a change of speaker; each cue starts with its
+speaker's label ("S1：", and a WebVTT voice span ``<v S1>``), JSON has a ``"speaker"`` on
+each segment and word, and TXT starts a paragraph, led by the label, at each change.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import logging
 import os
@@ -137,13 +143,27 @@ class Cue:
     end: float
     lines: tuple[tuple[Piece, ...], ...]
     translation: str = ""  # bilingual: the translated text shown under ``lines``
+    speaker: Optional[str] = None  # who speaks the whole cue, when speakers were labelled
+    chinese: bool = True  # the label's punctuation: "S1：" or "S1: "
+
+    @property
+    def prefix(self) -> str:
+        """What leads the cue's first line: the speaker's label, or nothing."""
+        return speaker_prefix(self.speaker, self.chinese)
 
     @property
     def text(self) -> str:
         shown = ["".join(p.text for p in line[:-1]) + line[-1].final_text for line in self.lines]
+        if shown and self.prefix:
+            shown[0] = self.prefix + shown[0].lstrip()
         if self.translation:
             shown += textwrap.wrap(self.translation, int(LATIN_STYLE.max_line_width))
         return "\n".join(line.strip() for line in shown)
+
+
+def speaker_prefix(speaker: Optional[str], chinese: bool = True) -> str:
+    """'S1' -> 'S1：' (Chinese) or 'S1: '; None -> ''."""
+    return "" if not speaker else f"{speaker}：" if chinese else f"{speaker}: "
 
 
 def format_timestamp(seconds: float, *, always_include_hours: bool = True, decimal_marker: str = ".") -> str:
@@ -478,8 +498,22 @@ def _timed_cues(raw: list[Cue], style: SubtitleStyle) -> list[Cue]:
     return out
 
 
+def _layout_cues(segments: Sequence[TimedText], style: SubtitleStyle) -> list[Cue]:
+    pieces = _pieces(segments, style)
+    layout = _Layout(pieces, style)
+    raw, start = [], 0
+    for end in layout.cue_ends():
+        lines = tuple(tuple(pieces[a:b]) for a, b in layout.lines(start, end))
+        raw.append(Cue(pieces[start].start, pieces[end - 1].end, lines, chinese=style.chinese))
+        start = end
+    return raw
+
+
 def make_cues(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = None) -> list[Cue]:
-    """Lay ``segments`` out as subtitles in ``style`` (default: :func:`default_style`)."""
+    """Lay ``segments`` out as subtitles in ``style`` (default: :func:`default_style`);
+    segments with speakers one run of a speaker at a time, the first line of each cue
+    narrower by the label that leads it (so every line of the run is: the layout has one
+    width)."""
     segments = list(segments)
     style = style or default_style(segments)
     if style.max_line_width is None:
@@ -488,15 +522,16 @@ def make_cues(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = No
             text = " ".join(segment.text.split())
             if text:  # a blank line inside a cue would end it early in both SRT and VTT
                 start, end = float(segment.start), max(float(segment.end), float(segment.start))
-                cues.append(Cue(start, end, ((Piece(text, start, end, 0.0, text, 0.0, 0.0),),)))
+                cues.append(Cue(start, end, ((Piece(text, start, end, 0.0, text, 0.0, 0.0),),),
+                                speaker=getattr(segment, "speaker", None), chinese=style.chinese))
         return cues
-    pieces = _pieces(segments, style)
-    layout = _Layout(pieces, style)
-    raw, start = [], 0
-    for end in layout.cue_ends():
-        lines = tuple(tuple(pieces[a:b]) for a, b in layout.lines(start, end))
-        raw.append(Cue(pieces[start].start, pieces[end - 1].end, lines))
-        start = end
+    raw: list[Cue] = []
+    for speaker, run in itertools.groupby(segments, key=lambda s: getattr(s, "speaker", None)):
+        run_style = style
+        if speaker:
+            narrower = style.max_line_width - text_width(speaker_prefix(speaker, style.chinese), style)
+            run_style = replace(style, max_line_width=max(narrower, 1.0))
+        raw += [replace(cue, speaker=speaker) for cue in _layout_cues(list(run), run_style)]
     return _timed_cues(raw, style)
 
 
@@ -520,9 +555,14 @@ def to_srt(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = None)
     return _srt(make_cues(segments, style))
 
 
+def _voice(cue: Cue) -> str:
+    """WebVTT's voice span for the cue's speaker (players may style or list it)."""
+    return f"<v {_vtt_text(cue.speaker)}>" if cue.speaker else ""
+
+
 def to_vtt(segments: Sequence[TimedText], style: Optional[SubtitleStyle] = None) -> str:
     """WebVTT: the ``WEBVTT`` header, then cues with ``HH:MM:SS.mmm`` times."""
-    blocks = [f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n{_vtt_text(cue.text)}\n"
+    blocks = [f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n{_voice(cue)}{_vtt_text(cue.text)}\n"
               for cue in make_cues(segments, style)]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
@@ -545,13 +585,35 @@ def to_karaoke_vtt(segments: Sequence[TimedText], style: Optional[SubtitleStyle]
                     last = piece.start
                 parts.append(_vtt_text(text))
             shown.append("".join(parts).strip())
+        if shown:
+            shown[0] = _voice(cue) + _vtt_text(cue.prefix) + shown[0]
         blocks.append(f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n" + "\n".join(shown) + "\n")
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def to_txt(segments: Sequence[TimedText]) -> str:
-    """Plain text, one segment per line."""
-    return "".join(f"{text}\n" for text in (" ".join(s.text.split()) for s in segments) if text)
+# a silence this long between segments starts a new paragraph in TXT and the page's text
+PARAGRAPH_PAUSE_S = 2.0
+
+
+def to_txt(segments: Sequence[TimedText], pause_s: float = PARAGRAPH_PAUSE_S) -> str:
+    """Plain text to read: one segment a line (Whisper's segments end at sentence and
+    phrase ends), a blank line between paragraphs -- at a silence of ``pause_s`` or more
+    and at a change of speaker, whose label ("S1：") then leads the paragraph."""
+    paragraphs: list[list[str]] = []
+    previous = None
+    for segment in segments:
+        text = " ".join(segment.text.split())
+        if not text:
+            continue
+        speaker = getattr(segment, "speaker", None)
+        if (previous is None or speaker != getattr(previous, "speaker", None)
+                or float(segment.start) - float(previous.end) >= pause_s):
+            paragraphs.append([])
+            if speaker:
+                text = speaker_prefix(speaker, default_style([segment]).chinese) + text
+        paragraphs[-1].append(text)
+        previous = segment
+    return "\n".join("".join(f"{line}\n" for line in lines) for lines in paragraphs)
 
 
 def _seconds(value) -> Optional[float]:
@@ -561,13 +623,21 @@ def _seconds(value) -> Optional[float]:
 def to_json(segments: Sequence[TimedText]) -> str:
     """``{"segments": [{"start", "end", "text", "no_speech_prob", "words": [{"start", "end",
     "word", "probability"}]}]}``, times in seconds; ``words`` is empty where the backend did
-    not align words. UTF-8 text, not \\u escapes."""
+    not align words. When speakers were labelled, each segment and word also has its
+    ``"speaker"`` (whisperX's field). UTF-8 text, not \\u escapes."""
+    segments = [s for s in segments if s.text.strip()]
+    labelled = any(getattr(s, "speaker", None) for s in segments)
+
+    def speaker(item, default=None) -> dict:
+        return {"speaker": getattr(item, "speaker", None) or default} if labelled else {}
+
     data = {"segments": [
-        {"start": _seconds(s.start), "end": _seconds(s.end), "text": s.text.strip(),
+        {"start": _seconds(s.start), "end": _seconds(s.end), "text": s.text.strip(), **speaker(s),
          "no_speech_prob": getattr(s, "no_speech_prob", None),
          "words": [{"start": _seconds(w.start), "end": _seconds(w.end), "word": w.word,
-                    "probability": getattr(w, "probability", None)} for w in getattr(s, "words", None) or ()]}
-        for s in segments if s.text.strip()]}
+                    "probability": getattr(w, "probability", None), **speaker(w, getattr(s, "speaker", None))}
+                   for w in getattr(s, "words", None) or ()]}
+        for s in segments]}
     return json.dumps(data, ensure_ascii=False, indent=1) + "\n"
 
 

@@ -38,12 +38,14 @@ class Word:
         start, end: seconds from the beginning of the input.
         word: its text as the model wrote it, leading space included for Latin words.
         probability: the model's probability of the word, when known.
+        speaker: who says it ("S1", "S2" ...), when speakers were labelled.
     """
 
     start: float
     end: float
     word: str
     probability: Optional[float] = None
+    speaker: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Segment:
             backend reports it (ct2 does; transformers applies it inside generate).
         words: the segment's timed words, in order, when the backend aligned them
             (empty otherwise); their texts joined give ``text`` in the model's script.
+        speaker: who speaks ("S1", "S2" ...), when speakers were labelled
+            (:mod:`whisper_zh.serve.diarize`); a segment never spans a change of speaker.
     """
 
     start: float
@@ -64,6 +68,7 @@ class Segment:
     text: str
     no_speech_prob: Optional[float] = None
     words: tuple[Word, ...] = ()
+    speaker: Optional[str] = None
 
 
 @dataclass(frozen=True)
