@@ -379,6 +379,6 @@ class TrainResult:
                    if k.rsplit("_", 1)[-1] in ("cer", "wer", "loss")}
         trained = {} if self.parameters is None else {
             "trainable_parameters": self.parameters.trainable, "total_parameters": self.parameters.total,
-            "trainable_share": round(self.parameters.share, 6)}
+            "trainable_share": self.parameters.share}
         return {"global_step": self.global_step, "resumed_from": self.resumed_from,
                 "best_checkpoint": self.best_checkpoint, "eval_cer": self.eval_cer, **metrics, **trained}
