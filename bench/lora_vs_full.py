@@ -43,17 +43,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, cpu_name, first_existing  # noqa: E402
-from transcribe import MULTI_DATA, build_recording, measure, prepare_model_dir, systems  # noqa: E402
+from transcribe import MULTI_DATA, build_recording, measure, prepare_model_dir  # noqa: E402
 
 DEFAULT_TRAIN_DATA = first_existing(DATA_CANDIDATES) or DATA_CANDIDATES[0]
 DEFAULT_MODEL = PROCESSOR_CANDIDATES[0]
-ENGINE = "whisper-zh engine, ct2 int8 (defaults"
 
 
 def score(model_dir: Path, recording) -> dict:
     """The engine's ct2 backend at its defaults on the recording (``model_dir/ct2`` must exist)."""
-    load = next(load for name, load in systems(model_dir, "cpu", with_pipeline=False) if name.startswith(ENGINE))
-    row = measure(load(), recording)
+    from whisper_zh.serve.engine import Transcriber
+
+    # (bench/transcribe.py's own loader still passes the pre-layout TranscribeOptions.max_duration_s)
+    transcriber = Transcriber(str(model_dir), backend="ct2", device="cpu")
+    row = measure(lambda audio: ((s.start, s.end, s.text) for s in transcriber.iter_segments(audio)), recording)
     print(f"  CER {row['cer']:.3f}, {row['sentences_lost']} sentences lost", flush=True)
     return {k: row[k] for k in ("cer", "cer_digits_as_characters", "sentences_lost", "lost", "wall_s",
                                 "loadavg_1min")}
