@@ -67,6 +67,14 @@ ARCHITECTURES = {  # WhisperConfig fields; vocab, mels and special tokens come f
                  decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
     "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                  decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128),
+    "medium": dict(d_model=1024, encoder_layers=24, decoder_layers=24, encoder_attention_heads=16,
+                   decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
+    # 128 mel bins; their tokenizer has one language token more than the processor's (51866 vs
+    # 51865 rows of embeddings: nothing that shows in time or memory)
+    "large-v3": dict(d_model=1280, encoder_layers=32, decoder_layers=32, encoder_attention_heads=20,
+                     decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120, num_mel_bins=128),
+    "large-v3-turbo": dict(d_model=1280, encoder_layers=32, decoder_layers=4, encoder_attention_heads=20,
+                           decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120, num_mel_bins=128),
 }
 
 PROFILES = {
@@ -76,6 +84,12 @@ PROFILES = {
                precision="fp16", batch=16, checkpointing=True, attention="sdpa", compile=False),
     "fast": dict(name="whisper-zh GPU profile (on-device log-mel)",
                  precision="bf16", batch=64, checkpointing=False, attention="sdpa", compile=True),
+    # LoRA (--lora-r 32 and the default target modules) on a T4: what medium, large-v3 and
+    # turbo are trained with there (README "Training")
+    "t4-lora": dict(name="whisper-zh T4 LoRA profile (on-device log-mel)",
+                    precision="fp16", batch=16, checkpointing=True, attention="sdpa", compile=False, lora_r=32),
+    "t4-lora-b8": dict(name="whisper-zh T4 LoRA profile (on-device log-mel)",
+                       precision="fp16", batch=8, checkpointing=True, attention="sdpa", compile=False, lora_r=32),
 }
 
 
@@ -97,6 +111,8 @@ def effective_profile(name: str, args, cuda: bool) -> dict:
 def describe(profile: dict) -> str:
     """``name: precision, batch N, [grad. checkpointing, ]attention[, torch.compile]``."""
     parts = [profile["precision"], f"batch {profile['batch']}"]
+    if profile.get("lora_r"):
+        parts.append(f"LoRA r={profile['lora_r']}")
     if profile["checkpointing"]:
         parts.append("grad. checkpointing")
     parts.append(profile["attention"].upper() if profile["attention"] == "sdpa" else profile["attention"])
@@ -145,7 +161,12 @@ def build_random_model(arch: str, processor_from: str, out_dir: str) -> str:
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    WhisperProcessor.from_pretrained(processor_from).save_pretrained(tmp)
+    processor = WhisperProcessor.from_pretrained(processor_from)
+    if processor.feature_extractor.feature_size != config.num_mel_bins:  # large-v3's 128 bins
+        from transformers import WhisperFeatureExtractor
+
+        processor.feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    processor.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
@@ -218,7 +239,7 @@ def run_profile(name: str, args) -> dict:
         per_device_train_batch_size=batch, precision=profile["precision"],
         gradient_checkpointing=profile["checkpointing"], torch_compile=profile["compile"],
         dataloader_num_workers=args.workers if name == "fast" else None,
-        logging_steps=10 ** 6, report_to="none", resume=False,
+        logging_steps=10 ** 6, report_to="none", resume=False, lora_r=profile.get("lora_r", 0),
     )
     prepared = prepare_data(config, splits=["train"], verbose=False).train
     mean_duration = float(sum(prepared["duration"])) / len(prepared)
@@ -256,7 +277,7 @@ def project_trainer(config, prepared, total_steps: int, timer):
     """The Trainer exactly as :func:`whisper_zh.train.train` builds it (the same training
     examples: timestamped clips joined into windows), on the repeated cache."""
     from whisper_zh.train.examples import mel_filters_of
-    from whisper_zh.train.trainer import (WhisperTrainer, build_training_arguments, load_model_and_processor, make_collator, plan_training, training_examples)
+    from whisper_zh.train.trainer import (WhisperTrainer, apply_lora, build_training_arguments, load_model_and_processor, make_collator, plan_training, training_examples)
 
     needed = total_steps * config.per_device_train_batch_size
     copies = math.ceil(needed / len(training_examples(config, prepared))) + 1  # +1: windows may join at the seams
@@ -265,6 +286,7 @@ def project_trainer(config, prepared, total_steps: int, timer):
     plan = plan_training(config, len(train_set))
     if plan.gradient_checkpointing:
         model.config.use_cache = False
+    model = apply_lora(model, config, plan.gradient_checkpointing)
     args = build_training_arguments(config, plan.schedule, plan.precision, plan.gradient_checkpointing)
     return WhisperTrainer(
         model=model, args=args, train_dataset=train_set,
@@ -375,9 +397,11 @@ def main(argv=None) -> int:
     parser.add_argument("--processor-from", default=first_existing(PROCESSOR_CANDIDATES) or "openai/whisper-small",
                         help="tokenizer/feature extractor/special tokens: a Whisper directory or Hub id")
     parser.add_argument("--model", default=None,
-                        help="small, base, tiny (random weights) or a model directory "
+                        help="small, base, tiny, medium, large-v3, large-v3-turbo (random weights) or a "
+                             "model directory "
                              "(default: small on a GPU, tiny on a CPU)")
-    parser.add_argument("--profiles", default="blog,t4,fast", help="comma-separated: blog, t4, fast")
+    parser.add_argument("--profiles", default="blog,t4,fast",
+                        help="comma-separated: blog, t4, fast, t4-lora, t4-lora-b8")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30 on GPU, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 on GPU, 1 on CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="override every profile's batch")

@@ -4,7 +4,10 @@ A *tiny* Whisper has Whisper's exact interface (the real multilingual tokenizer,
 feature extractor and generation config, 80 mel bins, 30 s windows) with random
 weights and a few hundred thousand parameters, so the whole pipeline runs in
 seconds on a CPU. It decodes nothing meaningful: accuracy is tested with the real
-whisper-base instead.
+whisper-base instead. With ``num_mel_bins=128`` it has the input of large-v3 and
+large-v3-turbo (a 128-bin feature extractor); it keeps the borrowed tokenizer, which for
+whisper-base lacks the one language token (``<|yue|>``) large-v3 added: the shape, not
+the vocabulary, is what such a model tests.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ import os
 
 
 def make_tiny_whisper(out_dir: str, processor_from: str, *, d_model: int = 64, layers: int = 2,
-                      seed: int = 0) -> str:
+                      seed: int = 0, num_mel_bins: int | None = None) -> str:
     """Write a randomly initialised Whisper to ``out_dir``, borrowing the tokenizer,
     feature extractor and generation config of ``processor_from`` (a Whisper Hub id or
-    directory). Returns ``out_dir``; does nothing if it is already complete."""
+    directory). ``num_mel_bins`` (default: the reference's) other than the reference's
+    gets a feature extractor of that many bins (128: large-v3's). Returns ``out_dir``;
+    does nothing if it is already complete."""
     import torch
     from transformers import (
         GenerationConfig,
         WhisperConfig,
+        WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
         WhisperProcessor,
     )
@@ -29,9 +35,17 @@ def make_tiny_whisper(out_dir: str, processor_from: str, *, d_model: int = 64, l
         return out_dir
     processor = WhisperProcessor.from_pretrained(processor_from)
     reference = WhisperConfig.from_pretrained(processor_from)
+    num_mel_bins = num_mel_bins or reference.num_mel_bins
+    if num_mel_bins != processor.feature_extractor.feature_size:
+        extractor = processor.feature_extractor.to_dict()
+        extractor.pop("mel_filters", None)  # computed again for the new size
+        extractor.pop("feature_extractor_type", None)
+        extractor.pop("processor_class", None)
+        processor = WhisperProcessor(WhisperFeatureExtractor(**{**extractor, "feature_size": num_mel_bins}),
+                                     processor.tokenizer)
     config = WhisperConfig(
         vocab_size=reference.vocab_size,
-        num_mel_bins=reference.num_mel_bins,
+        num_mel_bins=num_mel_bins,
         d_model=d_model,
         encoder_layers=layers,
         decoder_layers=layers,

@@ -19,6 +19,7 @@ import zipfile
 from typing import Optional
 
 from whisper_zh.distributed import process_state
+from whisper_zh.errors import ConfigError
 from whisper_zh.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,15 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
 def is_complete_checkpoint(path: str) -> bool:
     """True when the Trainer finished writing ``path``: its ``trainer_state.json`` (written
-    last) parses and names this step, and the weights, optimizer and scheduler files are
-    whole (their headers and central directories read back)."""
+    last) parses and names this step, and the weights (the model's, or a LoRA run's
+    adapter and its ``adapter_config.json``), optimizer and scheduler files are whole
+    (their headers and central directories read back)."""
     from safetensors import safe_open
 
     step = checkpoint_step(path)
@@ -41,6 +47,10 @@ def is_complete_checkpoint(path: str) -> bool:
             if json.load(f).get("global_step") != step:
                 return False
         weights = glob.glob(os.path.join(path, "model*.safetensors"))
+        if is_adapter_checkpoint(path):
+            with open(os.path.join(path, ADAPTER_CONFIG)) as f:
+                json.load(f)
+            weights.append(os.path.join(path, ADAPTER_WEIGHTS))
         if not weights:
             return False
         for w in weights:
@@ -53,6 +63,21 @@ def is_complete_checkpoint(path: str) -> bool:
     except Exception:  # any unreadable file means the checkpoint is not whole
         return False
     return True
+
+
+def is_adapter_checkpoint(path: str) -> bool:
+    """A LoRA run's checkpoint: the Trainer saved the adapter, not the model."""
+    return os.path.isfile(os.path.join(path, ADAPTER_WEIGHTS))
+
+
+def check_resume_kind(checkpoint: Optional[str], lora: bool) -> None:
+    """Raise ConfigError when ``checkpoint`` is of the other kind of run (adapter vs full
+    weights): resuming it would load nothing that fits."""
+    if checkpoint is None or is_adapter_checkpoint(checkpoint) == lora:
+        return
+    found, wanted = ("a full fine-tune", "LoRA") if lora else ("a LoRA adapter", "full fine-tune")
+    raise ConfigError(f"{checkpoint} is {found} checkpoint and this is a {wanted} run (lora_r): "
+                      "use another output_dir (or hub_model_id), or resume=false")
 
 
 def checkpoint_step(path: str) -> Optional[int]:

@@ -20,25 +20,31 @@ import os
 
 from whisper_zh.distributed import process_state
 from whisper_zh.errors import ConfigError, DataError
-from whisper_zh.train.checkpoints import find_resume_point
+from whisper_zh.train.checkpoints import check_resume_kind, find_resume_point
 from whisper_zh.train.config import TrainConfig
 from whisper_zh.train.data import prepare_data
 from whisper_zh.train.examples import mel_filters_of
 from whisper_zh.train.publish import (
     CONFIG_NAME,
     export_final_ct2,
+    merge_adapter,
     plot_history,
     push_final_model,
+    save_adapter,
     save_results,
     write_model_card,
 )
 from whisper_zh.train.trainer import (
+    ParameterCount,
     ThroughputCallback,
     TrainResult,
     WhisperTrainer,
+    apply_lora,
     build_training_arguments,
+    check_lora,
     check_training_examples,
     configure_spec_augment,
+    is_lora_model,
     load_model_and_processor,
     make_collator,
     make_compute_metrics,
@@ -61,6 +67,7 @@ def train(config: TrainConfig) -> TrainResult:
     """
     quiet_whisper_generate()
     check_training_examples(config)
+    check_lora(config)
     # cpu=True on GPU-less machines: accelerate then also sets up torchrun's processes (gloo).
     state = process_state()
     # Preparation writes the cache once; the other processes of a multi-GPU run wait and read it.
@@ -79,9 +86,14 @@ def train(config: TrainConfig) -> TrainResult:
         logger.info("%s", plan.describe(config))
     if plan.gradient_checkpointing:
         model.config.use_cache = False
-    if config.freeze_encoder:
-        model.freeze_encoder()
     configure_spec_augment(model, config)
+    model = apply_lora(model, config, plan.gradient_checkpointing)
+    if config.freeze_encoder:  # after LoRA: the encoder's adapters are frozen too
+        model.freeze_encoder()
+    parameters = ParameterCount.of(model)
+    if state.is_main_process:
+        logger.info("training %d of %d parameters (%.2f%%)%s", parameters.trainable, parameters.total,
+                    100 * parameters.share, f", LoRA rank {config.lora_r}" if config.uses_lora else "")
 
     trainer = WhisperTrainer(
         model=model,
@@ -98,11 +110,17 @@ def train(config: TrainConfig) -> TrainResult:
 
     zero_shot = zero_shot_metrics(trainer, data.test, config) if config.zero_shot_eval else {}
     resumed_from = find_resume_point(config, state)
+    check_resume_kind(resumed_from, config.uses_lora)
     if resumed_from and state.is_main_process:
         logger.info("resuming from %s", resumed_from)
     trainer.train(resume_from_checkpoint=resumed_from)
 
     # With load_best_model_at_end the model in hand is now the checkpoint best on eval CER.
+    if is_lora_model(trainer.model):
+        if trainer.is_world_process_zero():
+            save_adapter(trainer.model, config)
+        # Every process merges (the test split is evaluated by all of them) the same weights.
+        trainer.model = trainer.model_wrapped = merge_adapter(trainer.model, config.output_dir)
     trainer.save_model(config.output_dir)
     test_metrics = {}
     if data.test is not None and len(data.test):
@@ -117,6 +135,7 @@ def train(config: TrainConfig) -> TrainResult:
         log_history=trainer.state.log_history,
         is_main_process=trainer.is_world_process_zero(),
         zero_shot_metrics=zero_shot,
+        parameters=parameters,
     )
     if result.is_main_process:
         processor.save_pretrained(config.output_dir)

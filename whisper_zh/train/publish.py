@@ -36,6 +36,47 @@ CURVES_NAME = "training_curves.png"
 CT2_DIR = "ct2"
 
 
+ADAPTER_DIR = "adapter"
+
+
+def publish_name(model_name_or_path: str) -> str:
+    """How a base model is named in what a run publishes: its Hub id, or only the folder
+    name of a local model (its path is this machine's business)."""
+    return model_name_or_path if is_hub_id(model_name_or_path) else os.path.basename(model_name_or_path.rstrip("/"))
+
+
+def save_adapter(model, config: TrainConfig) -> str:
+    """A LoRA run's adapter (the checkpoint best on eval CER) as ``output_dir/adapter``,
+    loadable with ``PeftModel.from_pretrained(base, ...)``; its config names the base as
+    the card does."""
+    out = os.path.join(config.output_dir, ADAPTER_DIR)
+    model.save_pretrained(out)
+    path = os.path.join(out, "adapter_config.json")
+    with open(path) as f:
+        adapter_config = json.load(f)
+    adapter_config["base_model_name_or_path"] = publish_name(config.model_name_or_path)
+    with open(path, "w") as f:
+        json.dump(adapter_config, f, indent=2, sort_keys=True)
+    # peft's own card names the base by its local path; the model card describes adapter/
+    readme = os.path.join(out, "README.md")
+    if os.path.isfile(readme):
+        os.remove(readme)
+    return out
+
+
+def merge_adapter(model, output_dir: str):
+    """The LoRA adapter folded into the base weights (peft's ``merge_and_unload``): a plain
+    Whisper that ct2/, the card, the Space and ``from_pretrained`` take as any other.
+    Adapter files the Trainer copied to ``output_dir`` while pushing checkpoints are
+    removed: beside a full model, transformers would load them as an adapter."""
+    merged = model.merge_and_unload()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    return merged
+
+
 def export_final_ct2(config: TrainConfig) -> Optional[str]:
     """The final model as CTranslate2 (``output_dir/ct2``), which the app's engine and
     faster-whisper load directly; skipped (with a log line) without ``ctranslate2``."""
@@ -110,8 +151,7 @@ def save_results(result: TrainResult, config: Optional[TrainConfig] = None, data
         counts = {split: s.kept for split, s in (data.stats if data else {}).items()}
         results.update({
             # a Hub id, or only the folder name of a local model: results.json is pushed
-            "base_model": config.model_name_or_path if is_hub_id(config.model_name_or_path)
-            else os.path.basename(config.model_name_or_path.rstrip("/")),
+            "base_model": publish_name(config.model_name_or_path),
             "dataset": open_source(config.dataset, config.dataset_config).release_name,
             "language": config.language,
             "task": config.task,
@@ -122,6 +162,10 @@ def save_results(result: TrainResult, config: Optional[TrainConfig] = None, data
             "test_clips": counts.get(config.test_split),
             "global_batch_size": plan.schedule.global_batch_size if plan else None,
             "learning_rate": config.learning_rate,
+            "lora_r": config.lora_r,
+            "lora_alpha": (config.lora_alpha or 2 * config.lora_r) if config.uses_lora else None,
+            "lora_target_modules": config.lora_modules() if config.uses_lora else None,
+            "freeze_encoder": config.freeze_encoder,
             "timestamp_fraction": config.timestamp_fraction,
             "timestamp_window_s": config.timestamp_window_s,
             "precision": plan.precision if plan else None,
@@ -174,6 +218,7 @@ def write_model_card(config: TrainConfig, results: dict) -> str:
         (f"best eval {m} (`{config.eval_split}`)", percent(results.get("eval_cer"))),
         ("training clips", f"{results.get('train_clips') or 0} (`{config.train_split}`)"),
         ("steps", f"{results['global_step']} of batch {results.get('global_batch_size')}"),
+        ("fine-tuning", fine_tuning(results)),
         ("learning rate", f"{results.get('learning_rate')}"),
         ("timestamp labels", timestamp_labels(results.get("timestamp_fraction"), results.get("timestamp_window_s"))),
         ("precision", f"{results.get('precision')}"),
@@ -205,6 +250,19 @@ print("".join(segment.text for segment in segments))
 """
     else:
         faster_whisper = ""
+    adapter_use = ""
+    if os.path.isfile(os.path.join(config.output_dir, ADAPTER_DIR, "adapter_config.json")):
+        base_id = results.get("base_model") or config.model_name_or_path
+        adapter_use = f"""The LoRA adapter alone (the model above already has it merged), with [PEFT](https://github.com/huggingface/peft):
+
+```python
+from peft import PeftModel
+from transformers import WhisperForConditionalGeneration
+base = WhisperForConditionalGeneration.from_pretrained("{base_id}")
+model = PeftModel.from_pretrained(base, "{repo}", subfolder="{ADAPTER_DIR}")
+```
+
+"""
     body = f"""
 # {name}
 
@@ -236,7 +294,7 @@ print(asr("audio.mp3", return_timestamps=True,
           generate_kwargs={{"language": "{config.language}", "task": "{config.task}"}})["text"])
 ```
 {faster_whisper}
-With [whisper-zh](https://github.com/whisper-zh/whisper-zh) (subtitles included; it uses `{CT2_DIR}/` on a CPU):
+{adapter_use}With [whisper-zh](https://github.com/whisper-zh/whisper-zh) (subtitles included; it uses `{CT2_DIR}/` on a CPU):
 
 ```bash
 whisper-zh transcribe audio.mp3 --model {repo} --srt audio.srt
@@ -246,6 +304,20 @@ whisper-zh transcribe audio.mp3 --model {repo} --srt audio.srt
     path = os.path.join(config.output_dir, "README.md")
     card.save(path)
     return path
+
+
+def fine_tuning(results: dict) -> str:
+    """How the card says what was trained: LoRA (rank, alpha, modules) or every weight,
+    and the share of the parameters that was."""
+    share = ""
+    if results.get("total_parameters"):
+        share = (f": {100 * results['trainable_share']:.2f}% of {results['total_parameters'] / 1e6:.1f} M "
+                 "parameters trained")
+    if results.get("lora_r"):
+        return (f"LoRA, rank {results['lora_r']}, alpha {results.get('lora_alpha')}, on "
+                f"{', '.join(results.get('lora_target_modules') or [])}{share}; merged into the weights "
+                f"(the adapter alone is in `{ADAPTER_DIR}/`)")
+    return ("decoder only" if results.get("freeze_encoder") else "full (every weight)") + share
 
 
 def timestamp_labels(fraction: Optional[float], window_s: Optional[float]) -> str:
@@ -274,5 +346,7 @@ def push_final_model(trainer: WhisperTrainer, config: TrainConfig) -> None:
         folder_path=config.output_dir,
         commit_message=f"whisper-zh: final model after {trainer.state.global_step} steps",
         ignore_patterns=["checkpoint-*", "checkpoint-*/**", "_*", "_*/**", "runs/**", "last-checkpoint/**"],
+        # the adapter files a LoRA run's checkpoint pushes left at the root (see merge_adapter)
+        delete_patterns=["adapter_model.safetensors", "adapter_config.json"] if config.uses_lora else None,
     )
     logger.info("pushed to https://huggingface.co/%s", config.hub_model_id)

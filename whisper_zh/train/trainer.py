@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from whisper_zh.distributed import process_state
-from whisper_zh.errors import ConfigError
+from whisper_zh.errors import ConfigError, MissingExtraError
 from whisper_zh.text import error_rates
 from whisper_zh.train.config import TrainConfig
 from whisper_zh.train.examples import (
@@ -109,6 +109,66 @@ def load_model_and_processor(model_name_or_path: str, language: str = "zh", task
     model.generation_config.forced_decoder_ids = None
     model.config.forced_decoder_ids = None
     return model, processor
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """How many of a model's parameters a run trains (the card and results.json state it)."""
+
+    trainable: int
+    total: int
+
+    @property
+    def share(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    @classmethod
+    def of(cls, model) -> "ParameterCount":
+        params = list(model.parameters())
+        return cls(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+
+
+def check_lora(config: TrainConfig) -> None:
+    """Raise ConfigError for LoRA options that cannot work, before any work is done."""
+    if config.lora_r < 0:
+        raise ConfigError(f"lora_r must be 0 (full fine-tune) or a positive rank, not {config.lora_r}")
+    if not config.uses_lora:
+        return
+    if config.lora_alpha is not None and config.lora_alpha <= 0:
+        raise ConfigError(f"lora_alpha must be positive, not {config.lora_alpha}")
+    if not 0 <= config.lora_dropout < 1:
+        raise ConfigError(f"lora_dropout must be in [0, 1), not {config.lora_dropout}")
+    if not config.lora_modules():
+        raise ConfigError("lora_target_modules names no module")
+
+
+def apply_lora(model, config: TrainConfig, gradient_checkpointing: bool = False):
+    """``model`` wrapped by peft's ``get_peft_model`` with LoRA adapters on
+    ``config.lora_target_modules`` (the base weights frozen); ``model`` itself when
+    ``lora_r`` is 0. The Trainer then saves, resumes and loads the best checkpoint as
+    adapters (its own PEFT support)."""
+    check_lora(config)
+    if not config.uses_lora:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise MissingExtraError("LoRA training (--lora-r) needs peft: pip install peft") from e
+    if gradient_checkpointing:
+        # With every base weight frozen, the checkpointed blocks' inputs would need no
+        # gradient and (reentrant) checkpointing would then skip the adapters' backward.
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha or 2 * config.lora_r,
+                      lora_dropout=config.lora_dropout, target_modules=config.lora_modules(), bias="none")
+    peft_model = get_peft_model(model, lora)
+    missing = set(config.lora_modules()) - {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if missing:  # peft raises only when none matches
+        raise ConfigError(f"lora_target_modules: {', '.join(sorted(missing))} not in the model")
+    return peft_model
+
+
+def is_lora_model(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 
 def configure_spec_augment(model, config: TrainConfig) -> None:
@@ -311,10 +371,14 @@ class TrainResult:
     log_history: list
     is_main_process: bool = True
     zero_shot_metrics: dict = field(default_factory=dict)  # the base model on the test split
+    parameters: Optional[ParameterCount] = None  # trained / all parameters
 
     def summary(self) -> dict:
         """What ``results.json`` and the command line report: steps, checkpoints, CERs."""
         metrics = {k: v for k, v in {**self.zero_shot_metrics, **self.test_metrics}.items()
                    if k.rsplit("_", 1)[-1] in ("cer", "wer", "loss")}
+        trained = {} if self.parameters is None else {
+            "trainable_parameters": self.parameters.trainable, "total_parameters": self.parameters.total,
+            "trainable_share": self.parameters.share}
         return {"global_step": self.global_step, "resumed_from": self.resumed_from,
-                "best_checkpoint": self.best_checkpoint, "eval_cer": self.eval_cer, **metrics}
+                "best_checkpoint": self.best_checkpoint, "eval_cer": self.eval_cer, **metrics, **trained}
