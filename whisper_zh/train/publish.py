@@ -112,7 +112,7 @@ def save_results(result: TrainResult, config: Optional[TrainConfig] = None, data
             # a Hub id, or only the folder name of a local model: results.json is pushed
             "base_model": config.model_name_or_path if is_hub_id(config.model_name_or_path)
             else os.path.basename(config.model_name_or_path.rstrip("/")),
-            "dataset": open_source(config.dataset, config.dataset_config).release_name,
+            "dataset": open_source(config.dataset, config.dataset_config, config.cache_dir).release_name,
             "language": config.language,
             "task": config.task,
             "train_split": config.train_split,
