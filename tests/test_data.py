@@ -363,3 +363,28 @@ def test_same_split_lists_from_another_archive_reuse_the_cache(tmp_path, zh_cv_m
     write_tsv(release / "dev.tsv", rows["dev"][:2])
     _, stats = prepare_split(open_source(str(release)), "dev", cache, labels, PrepareOptions())
     assert stats.prepared_now == 2
+
+
+def test_prepared_from_an_archive_then_trained_from_the_cache_alone(tmp_path, zh_cv_mini, mini_rows, tiny_whisper):
+    import json
+
+    from whisper_zh.train.data import prepare_data
+    from whisper_zh.train.pipeline import train
+
+    rows = {"train": mini_rows["train"][:8], "dev": mini_rows["dev"][:4], "test": mini_rows["test"][:2]}
+    release = make_release(tmp_path / "src", zh_cv_mini, rows)
+    archive = make_archive(tmp_path / "mcv-scripted-zh-CN-v24.0.tar.gz", release.parent, "mcv-scripted-zh-CN-v24.0")
+    config = TrainConfig(dataset=str(archive), model_name_or_path=str(tiny_whisper), cache_dir=str(tmp_path / "cache"),
+                         extract_dir=str(tmp_path / "local"), output_dir=str(tmp_path / "out"), max_steps=2,
+                         save_steps=2, per_device_train_batch_size=4, eval_max_samples=4, generation_max_length=6,
+                         logging_steps=1, ct2_quantization="")
+    prepared = prepare_data(config)
+    assert {s: st.prepared_now for s, st in prepared.stats.items()} == {"train": 8, "dev": 4, "test": 2}
+    # a new runtime: the archive and everything extracted from it are gone
+    archive.unlink()
+    shutil.rmtree(tmp_path / "local")
+    result = train(config)
+    assert result.global_step == 2 and result.eval_cer is not None and result.test_metrics
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["dataset"] == "mcv-scripted-zh-CN-v24.0" and results["train_clips"] == 8
+    assert not (tmp_path / "local").exists()
