@@ -10,8 +10,6 @@ import re
 import sys
 import tomllib
 from importlib.metadata import version
-
-from packaging.version import Version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +40,8 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     if "--check-installed" in argv:
+        from packaging.version import Version  # installed with transformers; a bare venv has none
+
         wrong = {n: version(n) for n, v in declared.items() if Version(version(n)) != Version(v)}
         if wrong:
             print(f"installed above the floor: {wrong}", file=sys.stderr)

@@ -122,8 +122,7 @@ class Source:
             if match:
                 release = match.group(1)
             elif _LOCALE_RE.match(locale):
-                parent = os.path.basename(os.path.dirname(folder.rstrip("/")))
-                release = parent if parent and self.kind == "cv" else (parent or self.name)
+                release = os.path.basename(os.path.dirname(folder.rstrip("/"))) or self.name
             else:
                 return self.name
             return release if not _LOCALE_RE.match(locale) or locale in release else f"{release} {locale}"
