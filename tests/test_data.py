@@ -256,3 +256,135 @@ def test_streaming_a_data_folder_matches_the_downloaded_read(tmp_path, zh_cv_min
     resumed, stats = prepare_split(source, "test", str(tmp_path / "c1"), labels,
                                    PrepareOptions(streaming=True, shard_size=2))
     assert stats.prepared_now == 3 and resumed["sentence"] == streamed["sentence"]
+
+
+# --------------------------------------------------------------------------------------
+# Releases as the Mozilla Data Collective ships them: found by content, whatever the name
+# --------------------------------------------------------------------------------------
+
+
+def make_archive(path, release_root, arcname):
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(release_root, arcname=arcname)
+    return path
+
+
+@pytest.mark.parametrize("top, archive_name, expected", [
+    ("cv-corpus-23.0-2025-09-05", "cv-corpus-23.0-2025-09-05-zh-CN.tar.gz", "cv-corpus-23.0 zh-CN"),
+    ("mcv-scripted-zh-CN-v24.0", "mcv-scripted-zh-CN-v24.0.tar.gz", "mcv-scripted-zh-CN-v24.0"),
+    # the archive named by the download, the release by its folder inside
+    ("cv-corpus-24.0-2025-12-05", "mcv-scripted-zh-CN-v24.0.tar.gz", "cv-corpus-24.0 zh-CN"),
+    ("my-voices", "download", "my-voices zh-CN"),  # unknown names, no extension at all
+])
+def test_a_release_is_found_by_content_and_named(tmp_path, zh_cv_mini, mini_rows, top, archive_name, expected):
+    release = tmp_path / "src" / top / "zh-CN"
+    (release / "clips").mkdir(parents=True)
+    write_tsv(release / "train.tsv", mini_rows["train"][:1])
+    shutil.copy(zh_cv_mini / "clips" / mini_rows["train"][0]["path"], release / "clips")
+    folder = open_source(str(tmp_path / "src"))
+    assert folder.kind == "cv" and folder.location == str(release) and folder.release_name == expected
+    archive = make_archive(tmp_path / archive_name, release.parent, top)
+    source = open_source(str(archive))
+    assert source.kind == "cv-tar" and source.inner == f"{top}/zh-CN" and source.release_name == expected
+    assert list_splits(source, str(tmp_path / "cache")) == {"train": 1}
+
+
+def test_an_archive_without_a_release_is_refused(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no clips here")
+    archive = make_archive(tmp_path / "cv-corpus-23.0-zh-CN.tar.gz", tmp_path / "notes", "notes")
+    with pytest.raises(DataError, match="not a Common Voice archive"):
+        open_source(str(archive))
+    (tmp_path / "plain.tar.gz").write_bytes(b"not a tar at all")
+    with pytest.raises(DataError, match="not a Common Voice archive"):
+        open_source(str(tmp_path / "plain.tar.gz"))
+
+
+def test_from_an_archive_only_the_listed_clips_are_extracted_and_the_cache_outlives_it(
+        tmp_path, zh_cv_mini, mini_rows, labels):
+    rows = {"train": mini_rows["train"][:6], "dev": mini_rows["dev"][:3], "test": mini_rows["test"][:3]}
+    release = make_release(tmp_path / "src", zh_cv_mini, rows)
+    write_tsv(release / "validated.tsv", rows["train"] + rows["dev"] + rows["test"])
+    download = tmp_path / "download"
+    download.mkdir()
+    archive = make_archive(download / "mcv-scripted-zh-CN-v24.0.tar.gz", release.parent, "mcv-scripted-zh-CN-v24.0")
+    cache, local = str(tmp_path / "drive" / "cache"), str(tmp_path / "local")
+    source = open_source(str(archive))
+    opts = PrepareOptions(shard_size=4)
+    dev, stats = prepare_split(source, "dev", cache, labels, opts, extract_dir=local)
+    assert stats.prepared_now == 3 and len(dev) == 3
+    # the TSVs and the three dev clips came out, not the train or test clips
+    extracted = sorted(p.name for p in (tmp_path / "local").rglob("*.mp3"))
+    assert extracted == sorted(r["path"] for r in rows["dev"])
+    assert not list((tmp_path / "local").rglob("*.part"))
+    shards = {p: p.stat().st_mtime_ns for p in (tmp_path / "drive" / "cache" / "prepared").glob("*/shard-*/*")}
+
+    # The archive downloaded again: a new file (new path, new mtime), the same bytes, and the
+    # local disk wiped as by a new Colab runtime. The cache is reused without reading the archive.
+    shutil.rmtree(local)
+    again = tmp_path / "download2" / "mcv-scripted-zh-CN-v24.0.tar.gz"
+    again.parent.mkdir()
+    shutil.copyfile(archive, again)
+    archive.unlink()
+    source = open_source(str(again))
+    dev2, stats = prepare_split(source, "dev", cache, labels, opts, extract_dir=local)
+    assert stats.prepared_now == 0 and dev2["audio"] == dev["audio"]
+    assert {p: p.stat().st_mtime_ns for p in shards} == shards and not (tmp_path / "local").exists()
+
+    # The archive deleted: the config still names it, and the cache alone serves.
+    again.unlink()
+    cached = open_source(str(again), cache_dir=cache)
+    assert cached.kind == "cached" and cached.release_name == "mcv-scripted-zh-CN-v24.0"
+    dev3, stats = prepare_split(cached, "dev", cache, labels, opts, extract_dir=local)
+    assert stats.prepared_now == 0 and dev3["sentence"] == dev["sentence"]
+    with pytest.raises(DataError, match="is gone.*no split 'train'"):
+        prepare_split(cached, "train", cache, labels, opts, extract_dir=local)
+    with pytest.raises(DataError, match="does not exist"):
+        open_source(str(again))  # without the cache to look in
+
+
+def test_same_split_lists_from_another_archive_reuse_the_cache(tmp_path, zh_cv_mini, mini_rows, labels):
+    """Keyed on what the split lists, not on the archive: the same release repacked (other
+    bytes, other name) prepares nothing again, and is remembered for next time."""
+    rows = {"dev": mini_rows["dev"][:3]}
+    release = make_release(tmp_path / "src", zh_cv_mini, rows)
+    first = make_archive(tmp_path / "a.tar.gz", release.parent, "cv-corpus-23.0-2025-09-05")
+    with tarfile.open(tmp_path / "b.tar", "w") as tar:  # uncompressed, another top folder
+        tar.add(release.parent, arcname="mcv-scripted-zh-CN-v23.0")
+    cache = str(tmp_path / "cache")
+    _, stats = prepare_split(open_source(str(first)), "dev", cache, labels, PrepareOptions())
+    assert stats.prepared_now == 3
+    second = open_source(str(tmp_path / "b.tar"))
+    assert second.fingerprint != open_source(str(first)).fingerprint
+    _, stats = prepare_split(second, "dev", cache, labels, PrepareOptions())
+    assert stats.prepared_now == 0
+    assert len(list((tmp_path / "cache" / "prepared").iterdir())) == 1
+    # a changed list is another preparation
+    write_tsv(release / "dev.tsv", rows["dev"][:2])
+    _, stats = prepare_split(open_source(str(release)), "dev", cache, labels, PrepareOptions())
+    assert stats.prepared_now == 2
+
+
+def test_prepared_from_an_archive_then_trained_from_the_cache_alone(tmp_path, zh_cv_mini, mini_rows, tiny_whisper):
+    import json
+
+    from whisper_zh.train.data import prepare_data
+    from whisper_zh.train.pipeline import train
+
+    rows = {"train": mini_rows["train"][:8], "dev": mini_rows["dev"][:4], "test": mini_rows["test"][:2]}
+    release = make_release(tmp_path / "src", zh_cv_mini, rows)
+    archive = make_archive(tmp_path / "mcv-scripted-zh-CN-v24.0.tar.gz", release.parent, "mcv-scripted-zh-CN-v24.0")
+    config = TrainConfig(dataset=str(archive), model_name_or_path=str(tiny_whisper), cache_dir=str(tmp_path / "cache"),
+                         extract_dir=str(tmp_path / "local"), output_dir=str(tmp_path / "out"), max_steps=2,
+                         save_steps=2, per_device_train_batch_size=4, eval_max_samples=4, generation_max_length=6,
+                         logging_steps=1, ct2_quantization="")
+    prepared = prepare_data(config)
+    assert {s: st.prepared_now for s, st in prepared.stats.items()} == {"train": 8, "dev": 4, "test": 2}
+    # a new runtime: the archive and everything extracted from it are gone
+    archive.unlink()
+    shutil.rmtree(tmp_path / "local")
+    result = train(config)
+    assert result.global_step == 2 and result.eval_cer is not None and result.test_metrics
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["dataset"] == "mcv-scripted-zh-CN-v24.0" and results["train_clips"] == 8
+    assert not (tmp_path / "local").exists()

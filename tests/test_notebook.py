@@ -39,6 +39,7 @@ print("PROBE " + _json.dumps({
     "resumed_from": result.resumed_from,
     "eval_cer": result.eval_cer,
     "app_is_blocks": isinstance(demo, _gr.Blocks),
+    "batch": {k: list(v.shape) for k, v in batch.items()},
 }))
 """
 
@@ -60,7 +61,7 @@ def _execute(out_path: Path, drive: Path, model: Path, dataset: Path, max_steps:
         BASE_MODEL=str(model), WORK_DIR=str(drive), DATASET=str(dataset),
         MAX_STEPS=max_steps, SAVE_STEPS=2, EVAL_STEPS=2, BATCH_SIZE=4, EVAL_SAMPLES=4,
         MAX_TRAIN_SAMPLES=16, TEST_SPLIT="", GENERATION_MAX_LENGTH=8, LOGGING_STEPS=1,
-        LAUNCH_APP=False,
+        LAUNCH_APP=False, REQUIRE_GPU=False,
     )
     with pytest.MonkeyPatch.context() as mp:
         # The kernel is a child process: it must import this checkout and stay off the Hub.
@@ -125,6 +126,12 @@ def test_notebook_trains_from_scratch_and_builds_the_app(first_run):
     # The app was built (not launched) from the trained model.
     assert probe["app_is_blocks"] is True
     assert "built gradio.blocks.Blocks" in _stream_text(_outputs_of(executed, "demo = nb.launch_app"))
+    # One collated batch shown: 4 examples, and a label with its timestamps.
+    assert probe["batch"]["input_audio"][0] == probe["batch"]["labels"][0] == 4
+    shown = _stream_text(_outputs_of(executed, "examples = nb.show_examples"))
+    assert "input_audio: (4, " in shown and re.search(r"label 0: .*<\|\d+\.\d\d\|>", shown)
+    # The Drive budget was printed before any preparation.
+    assert "free there" in _stream_text(_outputs_of(executed, "splits = nb.describe_source"))
 
     # What a user sees: the counts table, playable clips, the live table, the plot.
     stats_html = "".join(o.data.get("text/html", "") for o in _outputs_of(executed, "from whisper_zh.train.data import dir_bytes, prepare_data")
@@ -186,11 +193,23 @@ def test_committed_notebook_is_clean():
     parameters = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(parameters) == 1
     params = parameters[0].source
-    # None: the pipeline's defaults and its derived schedule, not a copy of them
-    for name in ("MAX_STEPS", "SAVE_STEPS", "EVAL_STEPS", "BATCH_SIZE", "BASE_MODEL", "OUTPUT_DIR"):
-        assert re.search(rf"^{name} = None\b", params, re.M), name
-    for name in ("BASE_MODEL", "DATASET", "CACHE_DIR", "OUTPUT_DIR", "HUB_MODEL_ID", "BATCH_SIZE", "EVAL_SAMPLES"):
-        assert re.search(rf"^{name} = ", params, re.M), name
+    # Every parameter is a Colab form field showing the real default, the pipeline's own.
+    assignments = [line for line in params.splitlines() if re.match(r"^[A-Z_]+ = ", line)]
+    assert assignments and all("#@param" in line for line in assignments)
+    values: dict = {}
+    exec(params, values)
+    from whisper_zh.train.config import TrainConfig
+
+    default = TrainConfig()
+    assert (values["MAX_STEPS"], values["BATCH_SIZE"], values["EVAL_SAMPLES"]) == (
+        default.max_steps, default.per_device_train_batch_size, default.eval_max_samples)
+    assert (values["BASE_MODEL"], values["OUTPUT_DIR"], values["TEST_SPLIT"], values["ZERO_SHOT"]) == (
+        default.model_name_or_path, default.output_dir, default.test_split, default.zero_shot_eval)
+    assert (values["GENERATION_MAX_LENGTH"], values["LOGGING_STEPS"]) == (
+        default.generation_max_length, default.logging_steps)
+    # 0: derived from the data (a form cannot say None)
+    assert values["SAVE_STEPS"] == values["EVAL_STEPS"] == values["MAX_TRAIN_SAMPLES"] == 0
+    assert values["REQUIRE_GPU"] is True and values["SMOKE_RUN"] is False and values["MDC_DATASET_ID"] == ""
     # The parameters come first; every other cell calls the package.
     assert code[0] is parameters[0]
     for cell in code[1:]:
@@ -295,7 +314,9 @@ def test_hub_login_from_the_colab_secret(no_prompt, hub_home, monkeypatch, capsy
 def test_hub_login_rejected_token_is_not_quoted(no_prompt, hub_home, monkeypatch):
     bad = "hf_" + "Q" * 34
     monkeypatch.setenv("HF_TOKEN", bad)
-    with pytest.raises(RuntimeError) as err:
+    from whisper_zh.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
         nb.hub_login(required=True)
     assert bad not in str(err.value) and err.value.__suppress_context__
     assert "HF_TOKEN" not in os.environ
@@ -308,7 +329,9 @@ def test_hub_login_headless_without_a_token_says_what_to_set(hub_home, monkeypat
         raise EOFError("no stdin")
 
     monkeypatch.setattr(getpass, "getpass", headless)
-    with pytest.raises(RuntimeError, match="HF_TOKEN"):
+    from whisper_zh.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="HF_TOKEN"):
         nb.hub_login(required=True)
 
 
@@ -321,27 +344,132 @@ def test_work_dir_and_paths(tmp_path, monkeypatch):
     assert nb.path_in(work, "/abs/out") == "/abs/out"
 
 
-def test_find_dataset(tmp_path):
-    with pytest.raises(FileNotFoundError, match="datacollective"):
+def _release_archive(path: Path, zh_cv_mini: Path, top: str) -> Path:
+    """A one-clip Common Voice archive, as the Data Collective ships them, at ``path``."""
+    import shutil
+    import tarfile
+
+    release = path.parent / f".src-{path.name}" / top / "zh-CN"
+    (release / "clips").mkdir(parents=True)
+    clip = sorted((zh_cv_mini / "clips").iterdir())[0]
+    shutil.copy(clip, release / "clips")
+    (release / "train.tsv").write_text(f"path\tsentence\n{clip.name}\t你好\n", encoding="utf-8")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(release.parent, arcname=top)
+    shutil.rmtree(path.parent / f".src-{path.name}")
+    return path
+
+
+def test_find_dataset_by_content(tmp_path, zh_cv_mini):
+    with pytest.raises(FileNotFoundError, match="MDC_DATASET_ID.*datacollective"):
         nb.find_dataset(str(tmp_path))
-    (tmp_path / "cv-corpus-20.0-2024-12-06-zh-CN.tar.gz").write_bytes(b"")
-    (tmp_path / "cv-corpus-21.0-2025-03-14-zh-CN.tar.gz").write_bytes(b"")
-    assert nb.find_dataset(str(tmp_path)).endswith("cv-corpus-21.0-2025-03-14-zh-CN.tar.gz")
-    (tmp_path / "cv-corpus-20.0-2024-12-06").mkdir()  # an extracted release beats a tarball
-    assert nb.find_dataset(str(tmp_path)).endswith("cv-corpus-20.0-2024-12-06")
+    (tmp_path / "cv-corpus-99.0-zh-CN.tar.gz").write_bytes(b"")  # a name is not a release
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(FileNotFoundError):
+        nb.find_dataset(str(tmp_path))
+    _release_archive(tmp_path / "cv-corpus-20.0-2024-12-06-zh-CN.tar.gz", zh_cv_mini, "cv-corpus-20.0-2024-12-06")
+    _release_archive(tmp_path / "mcv-scripted-zh-CN-v24.0.tar.gz", zh_cv_mini, "mcv-scripted-zh-CN-v24.0")
+    assert nb.find_dataset(str(tmp_path)).endswith("mcv-scripted-zh-CN-v24.0.tar.gz")
+    extracted = tmp_path / "extracted" / "zh-CN"  # an extracted release beats an archive
+    (extracted / "clips").mkdir(parents=True)
+    (extracted / "dev.tsv").write_text("path\tsentence\n")
+    assert nb.find_dataset(str(tmp_path)) == str(tmp_path / "extracted")
     (tmp_path / "mine").mkdir()
     assert nb.find_dataset(str(tmp_path), "mine") == str(tmp_path / "mine")
     assert nb.find_dataset(str(tmp_path), "someone/common-voice-zh") == "someone/common-voice-zh"
 
 
+def test_the_collectives_client_takes_what_download_release_passes():
+    """The stand-in below mirrors the real client's call and where it reads the key."""
+    import inspect
+
+    datacollective = pytest.importorskip("datacollective")
+    from datacollective import api_utils
+
+    parameters = inspect.signature(datacollective.download_dataset).parameters
+    assert list(parameters)[0] == "dataset_id" and {"download_directory", "show_progress"} <= set(parameters)
+    assert api_utils.ENV_API_KEY == "MDC_API_KEY"
+
+
+@pytest.fixture
+def collective(monkeypatch, tmp_path, zh_cv_mini):
+    """A stand-in for the Data Collective's client (``datacollective``): it checks the key
+    where the real one reads it and "downloads" an archive built here."""
+    calls = []
+
+    def download_dataset(dataset_id, download_directory=None, show_progress=True, **kwargs):
+        assert os.environ.get("MDC_API_KEY") == "mdc-" + "k3y" * 8
+        calls.append((dataset_id, download_directory))
+        return _release_archive(Path(download_directory) / f"{dataset_id}.tar.gz", zh_cv_mini,
+                                "cv-corpus-24.0-2025-12-05")
+
+    monkeypatch.setitem(sys.modules, "datacollective", types.SimpleNamespace(download_dataset=download_dataset))
+    monkeypatch.delenv("MDC_API_KEY", raising=False)
+    return calls
+
+
+def test_download_release_with_the_collectives_client(tmp_path, collective, tiny_whisper, monkeypatch, capsys):
+    from whisper_zh.train.data import prepare_data
+
+    work = tmp_path / "work"
+    work.mkdir()
+    assert nb.download_release("", str(work)) is None and not collective
+    from whisper_zh.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="MDC_API_KEY"):
+        nb.download_release("mcv-scripted-zh-CN-v24.0", str(work))
+    key = "mdc-" + "k3y" * 8
+    monkeypatch.setenv("MDC_API_KEY", key)
+    archive = nb.download_release("mcv-scripted-zh-CN-v24.0", str(work))
+    assert archive == str(work / "mcv-scripted-zh-CN-v24.0.tar.gz") and len(collective) == 1
+    # there already: not again
+    assert nb.download_release("mcv-scripted-zh-CN-v24.0", str(work)) == archive and len(collective) == 1
+    # prepared, then the archive gone (a new runtime): not again, and the cache serves
+    config = nb.make_config(str(work), None, model_name_or_path=str(tiny_whisper), eval_split="", test_split="")
+    assert config.dataset == archive
+    prepare_data(config)
+    os.remove(archive)
+    assert nb.download_release("mcv-scripted-zh-CN-v24.0", str(work)) is None and len(collective) == 1
+    again = nb.make_config(str(work), None, model_name_or_path=str(tiny_whisper), eval_split="", test_split="")
+    assert again.dataset == archive and prepare_data(again).stats["train"].prepared_now == 0
+    assert key not in capsys.readouterr().out
+
+
 def test_gpu_report_on_cpu(capsys):
     import torch
+
+    from whisper_zh.errors import ConfigError
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU report")
     report = nb.gpu_report()
     assert report == {"device": "CPU", "memory_gib": None, "precision": "fp32", "gradient_checkpointing": False}
     assert "no GPU" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="no GPU.*REQUIRE_GPU = False"):
+        nb.gpu_report(require=True)
+
+
+def test_notebook_stops_without_a_gpu_when_it_requires_one(tmp_path, zh_cv_mini, tiny_whisper):
+    """Run all on a CPU runtime with REQUIRE_GPU (the Colab default): the run stops at the
+    GPU check, with the reason, before anything is downloaded, prepared or trained."""
+    import papermill as pm
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(pm.PapermillExecutionError) as err:
+            pm.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                parameters=dict(WORK_DIR=str(tmp_path / "drive"), DATASET=str(zh_cv_mini),
+                                                BASE_MODEL=str(tiny_whisper), REQUIRE_GPU=True),
+                                cwd=str(tmp_path), progress_bar=False, execution_timeout=300)
+    assert err.value.ename == "ConfigError" and "no GPU" in err.value.evalue
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    ran = [c.source for c in executed.cells if c.cell_type == "code" and c.execution_count]
+    assert ran[-1].startswith("from whisper_zh import notebook as nb")
+    assert not (tmp_path / "drive" / "cache").exists()
 
 
 LOG_HISTORY = [
@@ -395,16 +523,41 @@ def test_show_results(tmp_path, capsys):
     assert nb.show_results(result)["train_clips"] == 7
 
 
-def test_make_config_keeps_the_pipelines_defaults(tmp_path):
+def test_make_config_keeps_the_pipelines_defaults(tmp_path, zh_cv_mini):
     from whisper_zh.train.config import TrainConfig
 
-    (tmp_path / "cv-corpus-1.0-zh-CN.tar.gz").write_bytes(b"")
-    config = nb.make_config(str(tmp_path), None, max_steps=None, save_steps=None, per_device_train_batch_size=8)
+    archive = _release_archive(tmp_path / "cv-corpus-1.0-zh-CN.tar.gz", zh_cv_mini, "cv-corpus-1.0")
+    config = nb.make_config(str(tmp_path), None, max_steps=None, save_steps=0, eval_steps=0, max_train_samples=0,
+                            per_device_train_batch_size=8)
     default = TrainConfig()
     assert (config.max_steps, config.save_steps, config.eval_steps) == (default.max_steps, None, None)
+    assert config.max_train_samples is None
     assert config.per_device_train_batch_size == 8 and config.model_name_or_path == default.model_name_or_path
     assert config.output_dir == str(tmp_path / default.output_dir) and config.cache_dir == str(tmp_path / "cache")
-    assert config.dataset == str(tmp_path / "cv-corpus-1.0-zh-CN.tar.gz")
+    assert config.dataset == str(archive)
+    # the smoke run: short, its own folder, nothing pushed, whatever the other parameters say
+    smoke = nb.make_config(str(tmp_path), None, output_dir="whisper-small-zh", smoke_run=True, max_steps=1600,
+                           hub_model_id="you/whisper-small-zh", test_split="test")
+    assert smoke.output_dir == str(tmp_path / "smoke-run") and smoke.hub_model_id is None
+    assert (smoke.max_steps, smoke.test_split, smoke.zero_shot_eval) == (20, "", False)
+
+
+def test_storage_budget_matches_the_checkpoints_written(first_run, capsys):
+    """The estimate's checkpoint size is what the Trainer wrote (the tiny model's
+    checkpoint of the notebook run): fp32 weights 4P bytes, Adam state 8P."""
+    from whisper_zh.train.config import TrainConfig
+
+    config = TrainConfig(dataset="x", model_name_or_path=str(first_run["model"]))
+    budget = nb.storage_budget(config, str(first_run["drive"]), 1000)
+    # any checkpoint the notebook runs left (the rerun rotates checkpoint-4 away)
+    checkpoint = sorted((first_run["drive"] / "whisper-small-zh").glob("checkpoint-*"))[-1]
+    weights = (checkpoint / "model.safetensors").stat().st_size
+    optimizer = (checkpoint / "optimizer.pt").stat().st_size
+    params = budget["parameters"]
+    assert abs(weights - 4 * params) / weights < 0.05 and abs(optimizer - 8 * params) / optimizer < 0.05
+    assert budget["parts"]["prepared cache"] == 1000 * nb.CACHE_BYTES_PER_CLIP
+    assert budget["needed"] == sum(budget["parts"].values()) and budget["free"] > 0
+    assert "free there" in capsys.readouterr().out
 
 
 def _plan_config(tmp_path, dataset, model, **overrides):

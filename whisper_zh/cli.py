@@ -165,7 +165,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
     )
     from whisper_zh.train.evaluate import evaluate, write_tsv
 
-    source = open_source(args.dataset, args.dataset_config)
+    source = open_source(args.dataset, args.dataset_config, args.cache_dir)
     labels = LabelEncoder(args.model, args.language, args.task)
     opts = PrepareOptions.from_config(TrainConfig(language=args.language, task=args.task,
                                                   audio_column=args.audio_column, text_column=args.text_column))

@@ -13,9 +13,9 @@ also does lives in the pipeline (:mod:`whisper_zh.train.pipeline`, :mod:`whisper
 
 from __future__ import annotations
 
-import glob
 import json
 import os
+import shutil
 import sys
 from typing import Optional
 
@@ -32,6 +32,17 @@ from whisper_zh.train.publish import (  # noqa: F401  (the notebook's API)
 DRIVE_MOUNT = "/content/drive"
 COLAB_WORK_DIR = os.path.join(DRIVE_MOUNT, "MyDrive", "whisper-zh")
 LOCAL_WORK_DIR = os.path.join(os.path.expanduser("~"), "whisper-zh")
+# The runtime's own disk in Colab: a Common Voice archive (~21 GB for zh-CN) does not fit
+# a free 15 GB Drive, and only the prepared cache and the checkpoints must outlive the runtime.
+COLAB_LOCAL_DIR = "/content"
+
+# What a run in "smoke" mode changes: a few minutes end to end, its own output folder, no
+# Hub push, so the real run never resumes from it.
+SMOKE_RUN = dict(max_train_samples=64, max_steps=20, save_steps=10, eval_steps=10, eval_max_samples=16,
+                 test_split="", zero_shot_eval=False, ct2_quantization="", hub_model_id=None,
+                 output_dir="smoke-run")
+# Parameters that Colab's forms cannot leave empty: 0 there means "derived from the data".
+DERIVED_WHEN_ZERO = ("save_steps", "eval_steps", "warmup_steps", "max_train_samples")
 
 
 # --------------------------------------------------------------------------------------
@@ -74,10 +85,17 @@ def prepare_work_dir(work_dir: Optional[str] = None) -> str:
 
 
 def extract_dir() -> Optional[str]:
-    """Where a release tarball is unpacked: in Colab the runtime's local disk, since
-    unpacking ~50k small files onto Drive is slow and only the prepared cache (on Drive)
-    needs to survive a disconnect; elsewhere None (the default, ``cache_dir/releases``)."""
-    return "/content/cv-release" if in_colab() else None
+    """Where the split lists and the clips they name are extracted from a release archive:
+    in Colab the runtime's local disk, since unpacking ~50k small files onto Drive is slow
+    and only the prepared cache (on Drive) needs to survive a disconnect; elsewhere None
+    (the default, ``cache_dir/releases``)."""
+    return os.path.join(COLAB_LOCAL_DIR, "cv-release") if in_colab() else None
+
+
+def download_dir(work_dir: str) -> str:
+    """Where :func:`download_release` puts an archive: the runtime's local disk in Colab,
+    ``work_dir`` elsewhere."""
+    return os.path.join(COLAB_LOCAL_DIR, "mcv") if in_colab() else work_dir
 
 
 def path_in(work_dir: str, path: str) -> str:
@@ -86,22 +104,45 @@ def path_in(work_dir: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(work_dir, path)
 
 
-def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
+def _releases_in(folder: str, skip: Optional[str] = None) -> list[str]:
+    """The Common Voice releases directly in ``folder``, found by what they hold (a folder
+    with ``<locale>/clips`` and TSVs, or an archive of one), whatever they are called:
+    extracted folders first, then archives, each by name."""
+    from whisper_zh.train.data import archive_release, find_release_dir
+
+    if not os.path.isdir(folder):
+        return []
+    entries = sorted(os.path.join(folder, name) for name in os.listdir(folder) if not name.startswith("."))
+    entries = [e for e in entries if not skip or os.path.abspath(e) != os.path.abspath(skip)]  # the cache
+    folders = [e for e in entries if os.path.isdir(e) and find_release_dir(e)]
+    archives = [e for e in entries if os.path.isfile(e) and archive_release(e, max_members=50)]
+    return folders or archives
+
+
+def find_dataset(work_dir: str, dataset: Optional[str] = None, cache_dir: Optional[str] = None) -> str:
     """The dataset argument for :class:`~whisper_zh.train.config.TrainConfig`.
 
-    ``None``: the Common Voice release in ``work_dir`` (an extracted ``cv-corpus-*``
-    folder, else a ``cv-corpus-*.tar.gz``; the newest name wins). A relative path is
-    looked up in ``work_dir`` first; anything else (an absolute path, a Hub dataset id)
-    is returned as given."""
+    ``None``: a Common Voice release (extracted folder, else archive; the last name wins)
+    in ``work_dir`` or in :func:`download_dir`, found by content; else, when ``cache_dir``
+    holds splits prepared from a release that is gone (a new Colab runtime), that
+    release's path: training goes on from the cache. A relative path is looked up in
+    ``work_dir`` first; anything else (an absolute path, a Hub dataset id) is returned as given."""
     if dataset is None:
-        folders = sorted(p for p in glob.glob(os.path.join(work_dir, "cv-corpus-*")) if os.path.isdir(p))
-        tarballs = sorted(glob.glob(os.path.join(work_dir, "cv-corpus-*.tar.gz")))
-        found = (folders or tarballs or [None])[-1]
+        from whisper_zh.train.data import prepared_records
+
+        found = (_releases_in(work_dir, cache_dir) or _releases_in(download_dir(work_dir), cache_dir) or [None])[-1]
         if found is None:
+            gone = [r["source"] for r in prepared_records(cache_dir) if r["source"]["kind"] in ("cv", "cv-tar")
+                    and not os.path.exists(r["source"]["location"])]
+            if gone:
+                found = gone[-1]["location"]
+                print(f"dataset: {gone[-1]['release_name']}, prepared in {cache_dir} (the release itself is "
+                      "not needed any more)")
+                return found
             raise InputNotFoundError(
-                f"no Common Voice release in {work_dir}: download the zh-CN release "
-                "(cv-corpus-*-zh-CN.tar.gz) from https://datacollective.mozillafoundation.org "
-                "into that folder, or set DATASET to its path")
+                f"no Common Voice release in {work_dir}: set MDC_DATASET_ID (and the Colab secret "
+                "MDC_API_KEY) to download it, or download the zh-CN release from "
+                "https://datacollective.mozillafoundation.org into that folder, or set DATASET to its path")
         print(f"dataset: {found}")
         return found
     path = os.path.expanduser(dataset)
@@ -110,16 +151,72 @@ def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
     return path
 
 
+def download_release(dataset_id: Optional[str], work_dir: str, cache_dir: str = "cache") -> Optional[str]:
+    """Download a Common Voice release from the Mozilla Data Collective with its client
+    (``pip install datacollective``) to :func:`download_dir`; return the archive's path.
+
+    Nothing is downloaded when ``dataset_id`` is empty, when a release is already there
+    or in ``work_dir``, or when the cache (``cache_dir``, relative to ``work_dir``) holds
+    splits prepared from an earlier download (after a disconnect: the cache is all
+    training needs). The API key comes from the Colab secret ``MDC_API_KEY`` or the
+    ``MDC_API_KEY`` environment variable (where the client reads it); it is never printed."""
+    from whisper_zh.errors import MissingExtraError
+    from whisper_zh.train.data import prepared_records
+
+    if not dataset_id:
+        return None
+    target, cache_dir = download_dir(work_dir), path_in(work_dir, cache_dir)
+    present = _releases_in(work_dir, cache_dir) or _releases_in(target, cache_dir)
+    if present:
+        print(f"already here, not downloading: {present[-1]}")
+        return present[-1]
+    cached = [r["source"] for r in prepared_records(cache_dir)
+              if os.path.dirname(r["source"]["location"]) == target]
+    if cached:
+        print(f"{cached[-1]['release_name']} was prepared into the cache already: not downloading it again")
+        return None
+    key = _colab_secret("MDC_API_KEY") or os.environ.get("MDC_API_KEY")
+    if not key:
+        raise ConfigError("no Mozilla Data Collective API key: create one in your account's settings at "
+                          "https://datacollective.mozillafoundation.org and add it as the Colab secret MDC_API_KEY "
+                          "(or the MDC_API_KEY environment variable)")
+    try:
+        import datacollective
+    except ImportError as err:
+        raise MissingExtraError("the download needs the Data Collective client: pip install datacollective") from err
+    os.environ["MDC_API_KEY"] = key  # the client reads it there; this process only
+    os.makedirs(target, exist_ok=True)
+    free = shutil.disk_usage(target).free
+    print(f"downloading {dataset_id} to {target} ({free / 1e9:.0f} GB free there)")
+    try:
+        archive = str(datacollective.download_dataset(dataset_id, download_directory=target, show_progress=True))
+    except Exception as err:
+        # `from None`: the client's error may quote the request, and with it the key.
+        raise ConfigError(f"could not download {dataset_id} ({type(err).__name__}): check the dataset id, "
+                          "that you accepted its terms on the website, and MDC_API_KEY") from None
+    print(f"downloaded: {archive}")
+    return archive
+
+
 def make_config(work_dir: str, dataset: Optional[str] = None, cache_dir: str = "cache",
-                output_dir: Optional[str] = None, **values) -> TrainConfig:
+                output_dir: Optional[str] = None, smoke_run: bool = False, **values) -> TrainConfig:
     """The :class:`~whisper_zh.train.config.TrainConfig` of the notebook's parameters.
 
-    A parameter left ``None`` keeps TrainConfig's default (so the schedule the pipeline
-    derives from the data is not overridden); ``dataset`` is found by
-    :func:`find_dataset`; the cache and output folders are relative to ``work_dir``; a
-    tarball is extracted where :func:`extract_dir` says."""
-    values = {k: v for k, v in values.items() if v is not None}
-    return TrainConfig(dataset=find_dataset(work_dir, dataset), cache_dir=path_in(work_dir, cache_dir),
+    A parameter left ``None`` keeps TrainConfig's default, and one of
+    :data:`DERIVED_WHEN_ZERO` set to 0 (what a Colab form can say) too, so the schedule the
+    pipeline derives from the data is not overridden; ``smoke_run`` applies
+    :data:`SMOKE_RUN` over all of them. ``dataset`` is found by :func:`find_dataset`; the
+    cache and output folders are relative to ``work_dir``; an archive is extracted where
+    :func:`extract_dir` says."""
+    values = {k: v for k, v in values.items() if v is not None and not (k in DERIVED_WHEN_ZERO and v == 0)}
+    if smoke_run:
+        values.update(SMOKE_RUN)
+        output_dir = SMOKE_RUN["output_dir"]
+        print(f"smoke run: {SMOKE_RUN['max_steps']} steps on {SMOKE_RUN['max_train_samples']} clips into "
+              f"{SMOKE_RUN['output_dir']}/, no Hub push; set SMOKE_RUN = False for the real run")
+    values.pop("output_dir", None)
+    cache_dir = path_in(work_dir, cache_dir)
+    return TrainConfig(dataset=find_dataset(work_dir, dataset, cache_dir), cache_dir=cache_dir,
                        output_dir=path_in(work_dir, output_dir or TrainConfig.output_dir),
                        extract_dir=extract_dir(), **values)
 
@@ -136,9 +233,12 @@ def show_logs() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def gpu_report(config=None) -> dict:
+def gpu_report(config=None, require: bool = False) -> dict:
     """Print and return the accelerator: GPU name and memory, and the precision and
-    gradient checkpointing that training will use with ``config`` (a TrainConfig)."""
+    gradient checkpointing that training will use with ``config`` (a TrainConfig).
+
+    With ``require`` and no GPU, stop (ConfigError) rather than let *Run all* train for
+    days on a CPU."""
     import torch
 
     from whisper_zh.train.trainer import (
@@ -159,6 +259,9 @@ def gpu_report(config=None) -> dict:
         report = {"device": "CPU", "memory_gib": None, "precision": precision,
                   "gradient_checkpointing": checkpointing}
         hint = " In Colab: Runtime > Change runtime type > T4 GPU." if in_colab() else ""
+        if require:
+            raise ConfigError(f"no GPU: this runtime has none.{hint} Or set REQUIRE_GPU = False to train "
+                              "on the CPU (days for whisper-small; minutes for a smoke run).")
         print(f"no GPU: training runs on the CPU in {precision}, far slower.{hint}")
     return report
 
@@ -215,25 +318,75 @@ def hub_login(required: bool) -> Optional[str]:
 def describe_source(config):
     """Open the dataset named in ``config`` and return a table of its splits.
 
-    A Common Voice ``.tar.gz`` is extracted here, once, into ``config.extract_dir`` (where
-    preparation looks for it); a release folder is only read. Columns: split, clips
+    From an archive, its split lists (TSVs) are extracted here, once, into
+    ``config.extract_dir``; a release folder is only read; a release that is gone but
+    prepared is described from the cache, without the archive. Columns: split, clips
     listed, and which role (train / eval / test) the split plays in ``config``."""
     import pandas as pd
 
     from whisper_zh.train.data import list_splits, open_source, release_dir
 
-    source = open_source(config.dataset, config.dataset_config)
+    source = open_source(config.dataset, config.dataset_config, config.cache_dir)
     roles: dict[str, list[str]] = {}
     for role, splits in config.split_roles().items():
         for split in filter(None, (s.strip() for s in splits.split("+"))):
             roles.setdefault(split, []).append(role)
-    if source.kind in ("cv", "cv-tar"):
+    if source.kind == "cached":
+        print(f"Common Voice release {source.release_name}: prepared in {config.cache_dir}; the release "
+              "itself is not needed (clips kept by the preparation are listed)")
+    elif source.kind in ("cv", "cv-tar"):
         print(f"Common Voice release {source.release_name}: {release_dir(source, config.cache_dir, config.extract_dir)}")
     else:
         print(f"{source.kind} dataset: {source.location}")
     sizes = list_splits(source, config.cache_dir, config.extract_dir)
     rows = [{"split": s, "clips": n, "used as": ", ".join(roles.get(s, []))} for s, n in sizes.items()]
     return pd.DataFrame(rows).set_index("split")
+
+
+# Measured (bench/prepare.py, bench/results/prepare-vm.json): the prepared cache of zh-cv-mini's
+# 500 Common Voice-style mp3 clips (4.8 s each on average), labels included, is 29.3 kB a clip.
+CACHE_BYTES_PER_CLIP = 30_000
+
+
+def storage_budget(config, work_dir: str, splits=None) -> dict:
+    """Print and return the space a run of ``config`` needs on Drive (``work_dir``) against
+    what is free there. ``splits``: the table of :func:`describe_source` (or a number of clips).
+
+    Checkpoints follow from the model's parameter count P (read from its config, no
+    weights loaded): fp32 weights (4P bytes) and the Adam optimizer state (8P) in each
+    of the two checkpoints the Trainer keeps, one more copy (``last-checkpoint``) with a
+    Hub repo, the final model (4P) and its int8 CTranslate2 copy (~P); the cache is
+    the clips of the splits used (the training split capped at ``max_train_samples``)
+    times :data:`CACHE_BYTES_PER_CLIP`. Files deleted through the Drive mount stay in
+    Drive's bin (counted against the quota) for 30 days."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    with torch.device("meta"):  # the shapes only: no memory, no weights read
+        model = WhisperForConditionalGeneration(WhisperConfig.from_pretrained(config.model_name_or_path))
+    params = sum(p.numel() for p in model.parameters())
+    weights, optimizer = 4 * params, 8 * params
+    clips = splits
+    if splits is not None and not isinstance(splits, int):
+        cap = config.max_train_samples or None
+        clips = sum(min(n, cap) if cap and "train" in used else n
+                    for n, used in zip(splits["clips"], splits["used as"]) if used and n)
+    checkpoints = 2 + (1 if config.hub_model_id else 0)
+    parts = {
+        "prepared cache": (clips or 0) * CACHE_BYTES_PER_CLIP,
+        f"{checkpoints} checkpoints (weights + optimizer)": checkpoints * (weights + optimizer),
+        "final model": weights,
+        "ct2 int8 copy": params if config.ct2_quantization else 0,
+    }
+    need = sum(parts.values())
+    usage = shutil.disk_usage(work_dir)
+    for name, size in parts.items():
+        print(f"{name:>36}: {size / 1e9:6.2f} GB")
+    print(f"{'needed on ' + work_dir:>36}: {need / 1e9:6.2f} GB (estimate; {params / 1e6:.0f} M parameters)")
+    print(f"{'free there':>36}: {usage.free / 1e9:6.2f} GB")
+    if need > usage.free:
+        print("NOT ENOUGH SPACE: free some (and empty Drive's bin), or use a smaller model or fewer clips")
+    return {"parameters": params, "parts": parts, "needed": need, "free": usage.free}
 
 
 def prepare_stats_table(stats: dict):
@@ -277,6 +430,33 @@ def show_examples(dataset, n: int = 3, seed: int = 0):
         print(f"{row['path']}: {row['sentence']}")
         display(Audio(decode_clip(row["audio"]), rate=SAMPLE_RATE))
     return table
+
+
+def show_batch(config, dataset, n: int = 4) -> dict:
+    """Collate the first ``n`` training examples of a prepared split as training will
+    (timestamped windows and all) and print what the model is given: the shapes, and one
+    label decoded with its timestamps. Returns the batch."""
+    import types
+
+    from transformers import WhisperConfig, WhisperProcessor
+
+    from whisper_zh.train.trainer import make_collator, training_examples
+
+    processor = WhisperProcessor.from_pretrained(config.model_name_or_path)
+    processor.tokenizer.set_prefix_tokens(language=config.language, task=config.task)
+    examples = training_examples(config, dataset)
+    # the collator reads only the model's config: no need to load the weights here
+    model = types.SimpleNamespace(config=WhisperConfig.from_pretrained(config.model_name_or_path))
+    collator = make_collator(model, processor)
+    order = sorted(range(len(examples)), key=lambda i: not examples.plans[i].timestamps)  # a timestamped one first
+    batch = collator([examples[i] for i in order[:n]])
+    for name, value in batch.items():
+        print(f"{name:>12}: {tuple(value.shape)} {str(value.dtype).replace('torch.', '')}")
+    audio = batch["input_audio"]
+    print(f"{'':>12}  {audio.shape[1] / SAMPLE_RATE:.1f} s of 16 kHz audio per row (log-mel is computed on the GPU)")
+    label = [t for t in batch["labels"][0].tolist() if t != -100]
+    print("label 0:", processor.tokenizer.decode(label, decode_with_timestamps=True))
+    return batch
 
 
 def describe_processor(config, example: Optional[str] = None) -> dict:

@@ -25,8 +25,9 @@ class TrainConfig:
     # --- data ---------------------------------------------------------------------------
     dataset: str = field(
         default="",
-        metadata={"help": "A Common Voice release (the extracted cv-corpus-*/zh-CN folder, any folder "
-                          "above it, or the .tar.gz), a Hub dataset id, or a local `datasets` directory."},
+        metadata={"help": "A Common Voice release, found by content whatever its name (cv-corpus-*, "
+                          "mcv-scripted-zh-CN-v24.0, ...): the extracted <locale> folder, any folder above it, or "
+                          "the archive; a Hub dataset id, or a local `datasets` directory."},
     )
     dataset_config: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
     audio_column: str = field(default="audio", metadata={"help": "Audio column of a `datasets` dataset."})
@@ -51,8 +52,9 @@ class TrainConfig:
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Prepared data (Drive on Colab)."})
     extract_dir: Optional[str] = field(
         default=None,
-        metadata={"help": "Where a release .tar.gz is extracted before preparation (default: cache_dir/releases; "
-                          "on Colab a local disk: only the prepared cache needs to outlive the runtime)."})
+        metadata={"help": "Where the split lists and the clips they name are extracted from a release archive "
+                          "(default: cache_dir/releases; on Colab a local disk: only the prepared cache needs to "
+                          "outlive the runtime, and training needs only the cache once a split is prepared)."})
     prepare_shard_size: int = field(
         default=1000, metadata={"help": "Clips per cache shard: the unit an interrupted preparation resumes at."})
     preprocessing_num_workers: Optional[int] = field(

@@ -2,9 +2,11 @@
 
 Sources (:func:`open_source` tells them apart):
 
-* a Common Voice release as the Mozilla Data Collective ships it: the extracted
-  ``cv-corpus-*/zh-CN`` folder (or any folder above it) with ``clips/*.mp3`` and
-  ``train/dev/test/validated.tsv``, or the ``.tar.gz`` itself;
+* a Common Voice release as the Mozilla Data Collective ships it, found by what it holds
+  (a ``<locale>/clips/*.mp3`` folder beside ``train/dev/test/validated.tsv``), whatever
+  its name (``cv-corpus-23.0-2025-09-05``, ``mcv-scripted-zh-CN-v24.0``, ...): the
+  extracted folder (or any folder above it) or the archive itself. From an archive only
+  the TSVs and the clips that the chosen splits list are extracted, to a local disk;
 * a local ``datasets`` directory (``save_to_disk``) or data folder, or a Hub dataset id,
   with an audio column and a text column (streaming allowed).
 
@@ -12,6 +14,13 @@ The cache stores, per clip, the original compressed audio bytes (a 5 s Common Vo
 is ~15 kB, against the 0.96 MB of a precomputed 80x3000 float32 log-mel; decoded-array
 sources are stored as 16 kHz FLAC) and the label token ids. Decoding (~2 ms a clip) and
 log-mel happen per batch at training time (:mod:`whisper_zh.train.examples`).
+
+A prepared split is keyed on what it holds: the rows its TSV lists (or, for other sources,
+the source's fingerprint), the options and the tokenizer -- not on an archive's path or
+mtime. Each prepared split records the sources it was made from (an archive by its size
+and the hash of its first and last MiB), so a re-downloaded archive is recognised without
+reading it, and once a split is prepared neither training nor evaluation needs the
+archive: with the archive deleted, the cache alone serves (a "cached" source).
 
 Preparation is cut into shards of ``shard_size`` clips, each written to a temporary
 directory and renamed into place when complete, so a killed preparation resumes at the
@@ -30,6 +39,7 @@ import itertools
 import json
 import logging
 import os
+import posixpath
 import re
 import shutil
 import sys
@@ -55,7 +65,12 @@ WITHDRAWN = ("mozilla-foundation/common_voice",)
 # The splits of a Common Voice release whose clips are validated and transcribed (a
 # release also has other.tsv, invalidated.tsv, ...: unreviewed or rejected clips).
 CV_SPLITS = ("train", "dev", "test", "validated")
-_RELEASE_RE = re.compile(r"(cv-corpus-[0-9][0-9.]*)")
+# How the Collective has named its releases: cv-corpus-23.0-2025-09-05(-zh-CN).tar.gz,
+# mcv-scripted-zh-CN-v24.0.tar.gz. Only for naming: a release is found by its content.
+_RELEASE_RE = re.compile(r"(cv-corpus-\d+(?:\.\d+)*|mcv-[a-z]+-[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,4})?-v\d+(?:\.\d+)*)")
+_LOCALE_RE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,4})?$")
+# Bytes read from each end of an archive to recognise it (see _archive_fingerprint).
+_FINGERPRINT_BYTES = 1 << 20
 # Hub datasets name Common Voice's "dev" split "validation".
 SPLIT_ALIASES = {"dev": "validation", "validation": "dev"}
 
@@ -71,14 +86,19 @@ csv.field_size_limit(sys.maxsize)
 class Source:
     """A resolved dataset argument.
 
-    kind: "cv" (release folder), "cv-tar" (release tarball, extracted on demand),
-    "disk" (``save_to_disk`` directory), "hub" (Hub id or a data folder for ``load_dataset``).
+    kind: "cv" (release folder), "cv-tar" (release archive, extracted on demand),
+    "disk" (``save_to_disk`` directory), "hub" (Hub id or a data folder for ``load_dataset``),
+    "cached" (a dataset that is gone but whose splits the cache holds).
+    ``inner``: the release folder's path inside an archive (``cv-corpus-23.0-2025-09-05/zh-CN``);
+    ``recorded_name``: the release name a "cached" source had.
     """
 
     kind: str
     location: str
     fingerprint: str
     config: Optional[str] = None
+    inner: Optional[str] = None
+    recorded_name: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -89,23 +109,31 @@ class Source:
 
     @property
     def release_name(self) -> str:
-        """How a model card names the data: ``cv-corpus-23.0 zh-CN`` for a Common Voice
-        release (folder or tarball), the Hub id of a Hub dataset, else the folder's name;
-        never a local path."""
+        """How a model card names the data: ``cv-corpus-23.0 zh-CN`` or
+        ``mcv-scripted-zh-CN-v24.0`` for a Common Voice release (folder or archive, whatever
+        it is called), the Hub id of a Hub dataset, else the folder's name; never a local path."""
+        if self.recorded_name:
+            return self.recorded_name
         if self.kind in ("cv", "cv-tar"):
-            match = _RELEASE_RE.search(self.location)
-            version = match.group(1).rstrip(".") if match else None
-            locale = os.path.basename(self.location.rstrip("/")) if self.kind == "cv" else None
-            if self.kind == "cv-tar" and version:
-                # cv-corpus-23.0-2025-09-05-zh-CN.tar.gz: the locale is what follows the date
-                tail = self.name[self.name.find(version) + len(version):]
-                locale = re.sub(r"^(-\d{4}-\d{2}-\d{2})?-?", "", tail) or None
-            if version:
-                return f"{version} {locale}" if locale and locale != version else version
-            return self.name
+            # the release folder: <release>/<locale>, on disk or inside the archive
+            folder = self.location if self.kind == "cv" else (self.inner or "")
+            locale = os.path.basename(folder.rstrip("/"))
+            match = _RELEASE_RE.search(folder) or _RELEASE_RE.search(os.path.basename(self.location))
+            if match:
+                release = match.group(1)
+            elif _LOCALE_RE.match(locale):
+                release = os.path.basename(os.path.dirname(folder.rstrip("/"))) or self.name
+            else:
+                return self.name
+            return release if not _LOCALE_RE.match(locale) or locale in release else f"{release} {locale}"
         if self.kind == "hub" and not os.path.exists(self.location):
             return self.location + (f" ({self.config})" if self.config else "")
         return self.name
+
+    def record(self) -> dict:
+        """What a prepared split remembers of the source it was made from."""
+        return {"kind": self.kind, "location": self.location, "fingerprint": self.fingerprint,
+                "config": self.config, "release_name": self.release_name}
 
 
 def find_release_dir(path: str) -> Optional[str]:
@@ -133,8 +161,50 @@ def _stat_fingerprint(paths: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def open_source(dataset: str, config: Optional[str] = None) -> Source:
-    """Resolve the ``dataset`` argument (see the module docstring) without reading any audio."""
+def _archive_fingerprint(path: str) -> str:
+    """An archive's identity by content, read in constant time: its size and the hash of
+    its first and last MiB (a gzip stream ends with the CRC and size of all it holds).
+    The same archive downloaded again (new path, new mtime) has the same fingerprint."""
+    size = os.path.getsize(path)
+    h = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_FINGERPRINT_BYTES))
+        f.seek(max(0, size - _FINGERPRINT_BYTES))
+        h.update(f.read(_FINGERPRINT_BYTES))
+    return h.hexdigest()
+
+
+def _release_dir_of(member_name: str) -> Optional[str]:
+    """``a/zh-CN`` for an archive member ``a/zh-CN/clips/x.mp3`` or ``a/zh-CN/train.tsv``."""
+    parent, base = posixpath.split(member_name)
+    if base.endswith(".tsv"):
+        return parent
+    if posixpath.basename(parent) == "clips" and base:
+        return posixpath.dirname(parent)
+    return None
+
+
+def archive_release(path: str, max_members: int = 1000) -> Optional[str]:
+    """The release folder inside archive ``path`` (``cv-corpus-23.0-2025-09-05/zh-CN``), by
+    its first clip or TSV; None when ``path`` is no tar archive or holds neither among
+    its first ``max_members`` files (reading stops there: an archive is ~20 GB)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for i, member in enumerate(tar):
+                if i >= max_members:
+                    break
+                if member.isfile() and (found := _release_dir_of(member.name)) is not None:
+                    return found
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+    return None
+
+
+def open_source(dataset: str, config: Optional[str] = None, cache_dir: Optional[str] = None) -> Source:
+    """Resolve the ``dataset`` argument (see the module docstring) without reading any audio.
+
+    A local dataset that no longer exists but whose splits ``cache_dir`` holds is a
+    "cached" source: training and evaluation go on from the cache alone."""
     if not dataset:
         raise DataError("no dataset given: pass a Common Voice release folder or .tar.gz, "
                         "a local datasets directory, or a Hub dataset id")
@@ -146,8 +216,12 @@ def open_source(dataset: str, config: Optional[str] = None) -> Source:
             "its path: the .tar.gz itself or the extracted folder."
         )
     path = os.path.expanduser(dataset)
-    if os.path.isfile(path) and path.endswith((".tar.gz", ".tgz", ".tar")):
-        return Source("cv-tar", os.path.abspath(path), _stat_fingerprint([path]))
+    if os.path.isfile(path):
+        inner = archive_release(path)
+        if inner is None:
+            raise DataError(f"{path} is not a Common Voice archive (a tar holding <locale>/clips/*.mp3 "
+                            "and the split TSVs)")
+        return Source("cv-tar", os.path.abspath(path), _archive_fingerprint(path), inner=inner)
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(
             os.path.join(path, "state.json")
@@ -162,8 +236,14 @@ def open_source(dataset: str, config: Optional[str] = None) -> Source:
             raise DataError(f"{path} is an empty folder")
         return Source("hub", os.path.abspath(path), _stat_fingerprint(files[:1000]), config)
     if os.path.exists(path):
-        raise DataError(f"{path} is neither a folder nor a .tar.gz Common Voice release")
+        raise DataError(f"{path} is neither a folder nor a Common Voice archive")
     if looks_local(dataset):
+        recorded = [r["source"] for r in prepared_records(cache_dir)
+                    if r["source"]["location"] == os.path.abspath(path)] if cache_dir else []
+        if recorded:
+            logger.info("%s is gone: using the splits prepared from it in %s", dataset, cache_dir)
+            return Source("cached", os.path.abspath(path), recorded[0]["fingerprint"], recorded[0]["config"],
+                          recorded_name=recorded[0]["release_name"])
         raise DataError(f"{dataset} does not exist")
     return Source("hub", dataset, hashlib.sha1(f"{dataset}:{config}".encode()).hexdigest(), config)
 
@@ -172,38 +252,85 @@ def default_extract_dir(cache_dir: str) -> str:
     return os.path.join(os.path.expanduser(cache_dir), "releases")
 
 
-def extract_release(tar_path: str, extract_root: str) -> str:
-    """Extract the TSVs and clips of a release tarball once; return the release folder.
+def extract_release(tar_path: str, extract_root: str, clips: Optional[Iterable[str]] = None) -> str:
+    """The release folder of archive ``tar_path`` under ``extract_root``, holding its TSVs
+    and (given ``clips``, names from a TSV's ``path`` column) those clips; nothing else.
 
-    Extraction goes to ``<extract_root>/<name>.partial`` and is renamed when finished,
-    so an interrupted extraction starts again instead of being taken as complete."""
-    name = Source("cv-tar", tar_path, "").name
-    final = os.path.join(extract_root, name)
-    if os.path.isdir(final):
-        release = find_release_dir(final)
-        if release:
-            return release
-    partial = final + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    logger.info("extracting %s -> %s", tar_path, final)
-    with tarfile.open(tar_path, "r:*") as tar:
-        for member in tar:
-            if member.isfile() and (member.name.endswith(".tsv") or "/clips/" in f"/{member.name}"):
-                tar.extract(member, partial, filter="data")
-    os.replace(partial, final)
-    release = find_release_dir(final)
-    if not release:
-        raise DataError(f"{tar_path} holds no Common Voice release (no clips/ folder beside a .tsv)")
+    The TSVs are extracted once (one pass over the archive, into
+    ``<name>-<fingerprint>.partial``, renamed when finished so an interrupted pass starts
+    again); each call with ``clips`` extracts those not there yet in one more pass, which
+    ends when the last is out. A clip is written beside its final name and renamed, so a
+    killed extraction leaves no truncated clip."""
+    fingerprint = _archive_fingerprint(tar_path)
+    final = os.path.join(extract_root, f"{Source('cv-tar', tar_path, '').name}-{fingerprint[:10]}")
+    index = os.path.join(final, "release.json")
+    if not os.path.isfile(index):
+        partial = final + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        logger.info("reading the split lists of %s -> %s", tar_path, final)
+        seen: dict[str, set] = {}
+        with tarfile.open(tar_path, "r:*") as tar:
+            for member in tar:
+                inner = _release_dir_of(member.name) if member.isfile() else None
+                if inner is None:
+                    continue
+                if member.name.endswith(".tsv"):
+                    tar.extract(member, partial, filter="data")
+                    seen.setdefault(inner, set()).add("tsv")
+                else:
+                    seen.setdefault(inner, set()).add("clips")
+        releases = sorted((d for d, kinds in seen.items() if kinds == {"tsv", "clips"}),
+                          key=lambda d: (posixpath.basename(d) != "zh-CN", d))
+        if not releases:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DataError(f"{tar_path} holds no Common Voice release (no clips/ folder beside a .tsv)")
+        with open(os.path.join(partial, "release.json"), "w") as f:
+            json.dump({"release": releases[0]}, f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+    with open(index) as f:
+        inner = json.load(f)["release"]
+    release = os.path.join(final, *inner.split("/"))
+    if clips is not None:
+        _extract_clips(tar_path, inner, release, clips)
     return release
 
 
-def release_dir(source: Source, cache_dir: str, extract_dir: Optional[str] = None) -> str:
-    """The release folder of a Common Voice source; a tarball is extracted (once) first."""
+def _extract_clips(tar_path: str, inner: str, release: str, clips: Iterable[str]) -> None:
+    clips_dir = os.path.join(release, "clips")
+    os.makedirs(clips_dir, exist_ok=True)
+    # a TSV names files, never paths: anything else is not extracted (and counts as missing)
+    wanted = {c for c in clips if c and c == posixpath.basename(c) and c not in (".", "..")
+              and not os.path.exists(os.path.join(clips_dir, c))}
+    if not wanted:
+        return
+    logger.info("extracting %d clips from %s", len(wanted), tar_path)
+    prefix = f"{inner}/clips/"
+    with tarfile.open(tar_path, "r:*") as tar:
+        for member in tar:
+            name = member.name[len(prefix):] if member.name.startswith(prefix) else None
+            if not member.isfile() or name not in wanted:
+                continue
+            target = os.path.join(clips_dir, name)
+            with tar.extractfile(member) as src, open(target + ".part", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(target + ".part", target)
+            wanted.discard(name)
+            if not wanted:
+                break
+    if wanted:
+        logger.info("  %d listed clips are not in the archive (counted as missing)", len(wanted))
+
+
+def release_dir(source: Source, cache_dir: str, extract_dir: Optional[str] = None,
+                clips: Optional[Iterable[str]] = None) -> str:
+    """The release folder of a Common Voice source; from an archive, the TSVs (and the
+    ``clips`` named) are extracted first, once."""
     if source.kind == "cv":
         return source.location
     if source.kind == "cv-tar":
-        return extract_release(source.location, extract_dir or default_extract_dir(cache_dir))
+        return extract_release(source.location, extract_dir or default_extract_dir(cache_dir), clips)
     raise DataError(f"{source.location} is not a Common Voice release")
 
 
@@ -213,6 +340,9 @@ def list_splits(source: Source, cache_dir: str, extract_dir: Optional[str] = Non
     A Common Voice release lists its :data:`CV_SPLITS` that it has."""
     import datasets
 
+    if source.kind == "cached":
+        return {r["split"]: r["kept"] for r in prepared_records(cache_dir)
+                if r["source"]["location"] == source.location}
     if source.kind in ("cv", "cv-tar"):
         release = release_dir(source, cache_dir, extract_dir)
         return {s: len(read_cv_split(release, s)) for s in CV_SPLITS
@@ -432,6 +562,7 @@ def _write_shard(examples: Iterable[tuple[str, Any, str]], shard_dir: str, opts:
     import datasets
 
     stats = PrepareStats()
+    digest = hashlib.sha1()  # of the clips kept, as stored: what the cache holds
     rows: dict[str, list] = {k: [] for k in ("path", "sentence", "audio", "labels", "duration")}
     for path, audio_ref, sentence in examples:
         row, reason = _prepare_example(audio_ref, sentence, opts, labels)
@@ -441,13 +572,14 @@ def _write_shard(examples: Iterable[tuple[str, Any, str]], shard_dir: str, opts:
         rows["path"].append(path)
         for k, v in row.items():
             rows[k].append(v)
+        digest.update(hashlib.sha1(row["audio"]).digest())
         stats.kept += 1
         stats.audio_seconds += row["duration"]
     tmp = shard_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     datasets.Dataset.from_dict(rows, features=_features()).save_to_disk(tmp)
     with open(os.path.join(tmp, "stats.json"), "w") as f:
-        json.dump(stats.to_dict(), f)
+        json.dump({**stats.to_dict(), "clips_sha1": digest.hexdigest()}, f)
     shutil.rmtree(shard_dir, ignore_errors=True)
     os.replace(tmp, shard_dir)
     return stats
@@ -535,13 +667,85 @@ def _no_decode(ds, opts: PrepareOptions):
     return ds
 
 
-def cache_path(cache_dir: str, source: Source, split: str, opts: PrepareOptions, labels: LabelEncoder) -> str:
-    """``<cache_dir>/prepared/<source>-<split>-<key>``: the key covers everything that changes the content."""
-    key = json.dumps([CACHE_FORMAT, source.kind, source.fingerprint, source.config, split, opts.language,
-                      opts.task, opts.audio_column, opts.text_column, opts.max_duration_s,
-                      opts.max_label_tokens, opts.shard_size, opts.max_samples, labels.fingerprint()])
-    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+def _options_digest(source: Source, split: str, opts: PrepareOptions, labels: LabelEncoder) -> str:
+    """What, besides the source's content, decides a prepared split."""
+    key = json.dumps([CACHE_FORMAT, source.config, split, opts.language, opts.task, opts.audio_column,
+                      opts.text_column, opts.max_duration_s, opts.max_label_tokens, opts.shard_size,
+                      opts.max_samples, labels.fingerprint()])
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _rows_digest(rows: list[dict]) -> str:
+    """A Common Voice split's content as listed: its clips' names and sentences, in order."""
+    h = hashlib.sha1()
+    for r in rows:
+        h.update(f"{r['path']}\t{r['sentence']}\n".encode())
+    return h.hexdigest()
+
+
+def cache_path(cache_dir: str, source: Source, split: str, opts: PrepareOptions, labels: LabelEncoder,
+               content: Optional[str] = None) -> str:
+    """``<cache_dir>/prepared/<source>-<split>-<key>``: the key covers everything that changes
+    the content -- ``content`` (a Common Voice split's :func:`_rows_digest`) or else the
+    source's fingerprint, the options and the tokenizer; the name is only for people."""
+    what = content if content is not None else f"{source.kind}:{source.fingerprint}"
+    digest = hashlib.sha1(f"{what}:{_options_digest(source, split, opts, labels)}".encode()).hexdigest()[:10]
     return os.path.join(os.path.expanduser(cache_dir), "prepared", f"{source.name}-{split}-{digest}")
+
+
+def prepared_records(cache_dir: Optional[str]) -> list[dict]:
+    """The finished prepared splits in ``cache_dir``: dicts with ``path``, ``split``,
+    ``options`` (see :func:`_options_digest`), ``kept``, ``clips_sha1`` and ``source`` (the
+    newest :meth:`Source.record` it was made from) and ``sources`` (all of them)."""
+    records = []
+    for done in sorted(glob.glob(os.path.join(os.path.expanduser(cache_dir or ""), "prepared", "*", "done.json"))):
+        try:
+            with open(done) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if info.get("sources"):  # written by this version (older markers name no source)
+            records.append({**info, "path": os.path.dirname(done), "source": info["sources"][-1]})
+    return records
+
+
+def _find_prepared(cache_dir: str, source: Source, split: str, options: str) -> Optional[str]:
+    """A finished preparation of ``split`` with these options from this very source (the
+    same archive content, folder, dataset), found without reading the source."""
+    for record in prepared_records(cache_dir):
+        if record["split"] != split or record["options"] != options:
+            continue
+        if source.kind == "cached":
+            if any(s["location"] == source.location for s in record["sources"]):
+                return record["path"]
+        elif any(s["kind"] == source.kind and s["fingerprint"] == source.fingerprint for s in record["sources"]):
+            return record["path"]
+    return None
+
+
+def _remember_source(target: str, split: str, options: str, source: Source) -> None:
+    with open(os.path.join(target, "done.json")) as f:
+        sources = json.load(f).get("sources", [])
+    if source.record() not in sources:
+        _write_done(target, split, options, source, sources)
+
+
+def _write_done(target: str, split: str, options: str, source: Source, sources: list[dict]) -> None:
+    shard_names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(target, "shard-?????")))
+    kept, digest = 0, hashlib.sha1()
+    for name in shard_names:
+        with open(os.path.join(target, name, "stats.json")) as f:
+            shard = json.load(f)
+        kept += shard["kept"]
+        digest.update(shard.get("clips_sha1", "").encode())
+    record = source.record()
+    sources = [s for s in sources if (s["fingerprint"], s["location"]) != (record["fingerprint"], record["location"])]
+    sources.append(record)
+    done_file = os.path.join(target, "done.json")
+    with open(done_file + ".tmp", "w") as f:
+        json.dump({"shards": shard_names, "split": split, "options": options, "kept": kept,
+                   "clips_sha1": digest.hexdigest(), "sources": sources}, f, indent=1)
+    os.replace(done_file + ".tmp", done_file)
 
 
 def dir_bytes(path: str) -> int:
@@ -577,34 +781,51 @@ def prepare_split(source: Source, split: str, cache_dir: str, labels: LabelEncod
 def _prepare_one(source, split, cache_dir, labels, opts, extract_dir):
     import datasets
 
-    target = cache_path(cache_dir, source, split, opts, labels)
-    done_file = os.path.join(target, "done.json")
+    options = _options_digest(source, split, opts, labels)
     started = time.perf_counter()
     prepared_now = 0
-    if not os.path.exists(done_file):
-        os.makedirs(target, exist_ok=True)
-        workers = opts.num_workers or os.cpu_count() or 1
+    target = _find_prepared(cache_dir, source, split, options)
+    if target is not None and source.kind != "cached":
+        _remember_source(target, split, options, source)  # so it still serves once this source is gone
+    if target is None and source.kind == "cached":
+        raise DataError(f"{source.location} is gone and the cache in {cache_dir} holds no split {split!r} "
+                        "prepared from it with these options: put the dataset back (or download it again)")
+    if target is None:
+        rows = None
         if source.kind in ("cv", "cv-tar"):
             release = release_dir(source, cache_dir, extract_dir)
             rows = read_cv_split(release, split)[: opts.max_samples]
-            jobs = [CvShardJob(_shard_dir(target, i // opts.shard_size), opts, labels,
-                               rows=rows[i:i + opts.shard_size], release_dir=release)
-                    for i in range(0, len(rows), opts.shard_size)]
-            prepared_now = _run_jobs(jobs, workers)
+            target = cache_path(cache_dir, source, split, opts, labels, _rows_digest(rows))
         else:
-            ds = _no_decode(_load_hf(source, split, opts.streaming), opts)
-            if isinstance(ds, datasets.IterableDataset):
-                prepared_now = _prepare_streaming(ds, target, opts, labels)
-            else:
-                n = len(ds) if opts.max_samples is None else min(len(ds), opts.max_samples)
-                jobs = [HfShardJob(_shard_dir(target, i // opts.shard_size), opts, labels,
-                                   dataset=ds, start=i, stop=min(i + opts.shard_size, n))
-                        for i in range(0, n, opts.shard_size)]
+            target = cache_path(cache_dir, source, split, opts, labels)
+        # the key decides, not the name: the same content under another name (a repacked archive)
+        same = glob.glob(os.path.join(os.path.dirname(target), f"*-{target.rsplit('-', 1)[1]}", "done.json"))
+        target = os.path.dirname(same[0]) if same else target
+        done_file = os.path.join(target, "done.json")
+        if os.path.exists(done_file):
+            _remember_source(target, split, options, source)
+        else:
+            os.makedirs(target, exist_ok=True)
+            workers = opts.num_workers or os.cpu_count() or 1
+            if rows is not None:
+                if source.kind == "cv-tar":  # only the clips this split lists leave the archive
+                    release = release_dir(source, cache_dir, extract_dir, clips=[r["path"] for r in rows])
+                jobs = [CvShardJob(_shard_dir(target, i // opts.shard_size), opts, labels,
+                                   rows=rows[i:i + opts.shard_size], release_dir=release)
+                        for i in range(0, len(rows), opts.shard_size)]
                 prepared_now = _run_jobs(jobs, workers)
-        shards = sorted(glob.glob(os.path.join(target, "shard-?????")))
-        with open(done_file + ".tmp", "w") as f:
-            json.dump({"shards": [os.path.basename(s) for s in shards]}, f)
-        os.replace(done_file + ".tmp", done_file)
+            else:
+                ds = _no_decode(_load_hf(source, split, opts.streaming), opts)
+                if isinstance(ds, datasets.IterableDataset):
+                    prepared_now = _prepare_streaming(ds, target, opts, labels)
+                else:
+                    n = len(ds) if opts.max_samples is None else min(len(ds), opts.max_samples)
+                    jobs = [HfShardJob(_shard_dir(target, i // opts.shard_size), opts, labels,
+                                       dataset=ds, start=i, stop=min(i + opts.shard_size, n))
+                            for i in range(0, n, opts.shard_size)]
+                    prepared_now = _run_jobs(jobs, workers)
+            _write_done(target, split, options, source, [])
+    done_file = os.path.join(target, "done.json")
     with open(done_file) as f:
         shard_names = json.load(f)["shards"]
     stats, parts = PrepareStats(), []
@@ -673,6 +894,7 @@ class PreparedData:
     eval: Optional[object]
     test: Optional[object]
     stats: dict = field(default_factory=dict)  # split -> PrepareStats
+    release_name: Optional[str] = None  # Source.release_name of the data
 
 
 def prepare_data(config: TrainConfig, splits: Optional[list[str]] = None, verbose: bool = True) -> PreparedData:
@@ -681,9 +903,9 @@ def prepare_data(config: TrainConfig, splits: Optional[list[str]] = None, verbos
 
     The eval split is cut to ``eval_max_samples`` clips (a fixed random subset), so
     evaluation during training stays cheap; the test split is used whole."""
-    source = open_source(config.dataset, config.dataset_config)
+    source = open_source(config.dataset, config.dataset_config, config.cache_dir)
     labels = LabelEncoder(config.model_name_or_path, config.language, config.task)
-    result = PreparedData(train=None, eval=None, test=None)
+    result = PreparedData(train=None, eval=None, test=None, release_name=source.release_name)
     for role, split in config.split_roles().items():
         if splits is not None and role not in splits:
             continue

@@ -152,7 +152,7 @@ def save_results(result: TrainResult, config: Optional[TrainConfig] = None, data
         results.update({
             # a Hub id, or only the folder name of a local model: results.json is pushed
             "base_model": publish_name(config.model_name_or_path),
-            "dataset": open_source(config.dataset, config.dataset_config).release_name,
+            "dataset": open_source(config.dataset, config.dataset_config, config.cache_dir).release_name,
             "language": config.language,
             "task": config.task,
             "train_split": config.train_split,
