@@ -320,7 +320,7 @@ def test_base_ct2_int8_transcribes_real_mandarin(base_ct2, zh_cv_mini):
 
 @pytest.mark.slow
 def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv_mini, tmp_path):
-    from whisper_zh import transcribe
+    import whisper_zh
 
     model_dir = _copy_model(whisper_base, tmp_path / "base")
     export_ct2(str(model_dir))  # -> base/ct2, where the engine looks
@@ -330,10 +330,10 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv
 
     results = {}
     for backend in ("ct2", "transformers"):
-        engine = transcribe.Transcriber(str(model_dir), backend=backend, device="cpu")
+        engine = whisper_zh.Transcriber(str(model_dir), backend=backend, device="cpu")
         assert engine.backend.name == backend
         results[backend] = engine.transcribe(audio)
-    assert transcribe.Transcriber(str(model_dir), backend="auto", device="cpu").backend.name == "ct2"
+    assert whisper_zh.Transcriber(str(model_dir), backend="auto", device="cpu").backend.name == "ct2"
 
     ct2_result, hf_result = results["ct2"], results["transformers"]
     assert type(ct2_result) is type(hf_result)
@@ -341,7 +341,7 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv
     duration = len(audio) / SAMPLE_RATE
     for result in (ct2_result, hf_result):
         assert result.duration == pytest.approx(duration)
-        assert result.segments and all(type(s) is transcribe.Segment for s in result.segments)
+        assert result.segments and all(type(s) is whisper_zh.Segment for s in result.segments)
         starts = [s.start for s in result.segments]
         assert starts == sorted(starts)
         assert all(0.0 <= s.start <= s.end <= duration + 1e-6 and s.text for s in result.segments)
