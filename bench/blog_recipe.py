@@ -28,7 +28,7 @@ def cv_split_dataset(release_dir: str, split: str):
     """A Common Voice split (tsv + clips/) -> ``datasets.Dataset`` with ``path`` (absolute) and ``sentence``."""
     import datasets
 
-    from whisper_zh.data import read_cv_split
+    from whisper_zh.train.data import read_cv_split
 
     rows = read_cv_split(release_dir, split)
     return datasets.Dataset.from_dict({

@@ -42,8 +42,9 @@ DEFAULT_MODEL = os.path.join(os.path.expanduser("~"), ".cache", "whisper-zh", "w
 def score(model_dir: str, dataset, batch_size: int) -> dict:
     """Test CER of the model in ``model_dir`` (the engine's transformers backend, fp32, CPU,
     greedy) -> dict with cer, seconds, rows."""
-    from whisper_zh.evaluate import evaluate
-    from whisper_zh.transcribe import TranscribeOptions, Transcriber
+    from whisper_zh.train.evaluate import evaluate
+    from whisper_zh.serve.types import TranscribeOptions
+    from whisper_zh.serve.engine import Transcriber
 
     transcriber = Transcriber(model_dir, backend="transformers", device="cpu")
     result = evaluate(transcriber, dataset, TranscribeOptions(batch_size=batch_size))
@@ -72,8 +73,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from whisper_zh.config import TrainConfig
-    from whisper_zh.train import prepare_data, train
+    from whisper_zh.train.config import TrainConfig
+    from whisper_zh.train.data import prepare_data
+    from whisper_zh.train.pipeline import train
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -46,7 +46,7 @@ PIECE_S = 0.5
 
 def simulate(engine, recording, context_chars: int, every_s: float) -> dict:
     """Feed ``recording`` to a LiveTranscriber piece by piece; score what it confirmed."""
-    from whisper_zh.streaming import LiveTranscriber
+    from whisper_zh.serve.live import LiveTranscriber
 
     reads: list[float] = []
 
@@ -104,7 +104,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from whisper_zh.streaming import CONTEXT_CHARS
+    from whisper_zh.serve.live import CONTEXT_CHARS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="Whisper directory or Hub id")
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/live-<device>.json)")
     args = parser.parse_args(argv)
 
-    from whisper_zh.transcribe import Transcriber
+    from whisper_zh.serve.engine import Transcriber
 
     recording = build_recording("multi", Path(args.data), ("dev", "test"), args.minutes)
     engine = Transcriber(args.model, backend=args.backend, device=args.device)

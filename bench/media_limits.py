@@ -19,6 +19,7 @@ writes ``bench/results/media_limits-<cpu count>core.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gzip
 import inspect
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,7 +239,10 @@ def link_cookie_visitor(media, work):
     import numpy as np
     import soundfile as sf
 
-    import whisper_zh.app as app
+    try:  # the layout since issue 18
+        import whisper_zh.serve.app as app
+    except ImportError:
+        import whisper_zh.app as app
 
     class Silent:  # no model: the request ends at "no speech"
         backend, device = "none", "cpu"
@@ -255,9 +260,10 @@ def link_cookie_visitor(media, work):
     with serve_directory(site) as (base, _):
         url = f"{base}/silence.wav"
         if hasattr(app, "Request"):  # the app since 402807a: typed requests and updates
-            from whisper_zh.config import ServeSettings
-
-            handlers = app.Handlers(ServeSettings(model_id="none", max_duration_s=60), transcriber=Silent())
+            settings = app.ServeSettings(model_id="none", max_duration_s=60)
+            if hasattr(settings, "limits"):  # since issue 18 links reach 127.0.0.1 only when the settings say so
+                settings = dataclasses.replace(settings, allow_private_urls=True)
+            handlers = app.Handlers(settings, transcriber=Silent())
             outcome = _outcome(lambda: list(handlers.run(app.Request("url", url, cookies=str(visitor))))[-1].status)
         else:
             handlers = app.Handlers(app.AppConfig(model_id="none", max_duration_s=60), transcriber=Silent())
@@ -285,8 +291,16 @@ def run_link_child(name: str, code: Path) -> None:
     os.environ.pop("YTDLP_COOKIES", None)
     from whisper_zh import media
 
+    try:  # since issue 18 links live in serve.netguard (the address check) and serve.download
+        from whisper_zh.serve import download, netguard
+
+        guard = netguard
+        media = types.SimpleNamespace(download_audio=download.download_audio, check_url=netguard.check_url,
+                                      ffmpeg_exe=media.ffmpeg_exe)
+    except ImportError:
+        guard = media
     if name not in ("link_addresses", "link_message"):  # those two judge real addresses
-        media._is_internal = lambda address: address != "127.0.0.1"
+        guard._is_internal = lambda address: address != "127.0.0.1"
     case = dict((fn.__name__, fn) for _, fn in LINKS)[name]
     with tempfile.TemporaryDirectory(prefix="media-limits-") as work:
         started = time.perf_counter()

@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, cpu_name, first_existing  # noqa: E402
-from whisper_zh.data import dir_bytes  # noqa: E402
+from whisper_zh.train.data import dir_bytes  # noqa: E402
 
 
 
@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     from transformers import WhisperProcessor
 
     from blog_recipe import precompute_log_mel
-    from whisper_zh.config import TrainConfig
-    from whisper_zh.train import prepare_data
+    from whisper_zh.train.config import TrainConfig
+    from whisper_zh.train.data import prepare_data
 
     work = args.work_dir or tempfile.mkdtemp(prefix="whisper-zh-prepare-")
     project_cache = os.path.join(work, "project-cache")

@@ -93,7 +93,7 @@ def segment_stats(segments, duration: float) -> dict:
 def reference_timeline(recording) -> tuple[str, list[float], list[float]]:
     """The recording's normalised reference text and each character's start and end:
     each clip's characters spread evenly over its speech (:func:`whisper_zh.features.speech_span`)."""
-    from whisper_zh.features import speech_span
+    from whisper_zh.train.examples import speech_span
     from whisper_zh.text import normalize
 
     text, starts, ends = [], [], []
@@ -174,8 +174,8 @@ def training_code_digest() -> str:
 def fine_tune(args, fraction: float, window_s: float, prompt: float = 0.0) -> tuple[str, dict]:
     """The fine-tuned model's directory and its training numbers; a model already trained
     with the same settings in ``args.work_dir`` is reused."""
-    from whisper_zh.config import TrainConfig
-    from whisper_zh.train import train
+    from whisper_zh.train.config import TrainConfig
+    from whisper_zh.train.pipeline import train
 
     key = {"code": training_code_digest(),
            "model": args.model, "train_data": args.train_data, "steps": args.steps, "batch_size": args.batch_size,
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from whisper_zh.config import TrainConfig
+    from whisper_zh.train.config import TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for path in (args.train_data, args.test_data, args.model):

@@ -57,7 +57,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from whisper_zh.data import dir_bytes  # noqa: E402
+from whisper_zh.train.data import dir_bytes  # noqa: E402
 from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, STAGE_DIR, cpu_name, first_existing  # noqa: E402
 
 ARCHITECTURES = {  # WhisperConfig fields; vocab, mels and special tokens come from the processor's config
@@ -201,8 +201,8 @@ def step_timer(warmup: int, cuda: bool):
 def run_profile(name: str, args) -> dict:
     import torch
 
-    from whisper_zh.config import TrainConfig
-    from whisper_zh.train import prepare_data
+    from whisper_zh.train.config import TrainConfig
+    from whisper_zh.train.data import prepare_data
 
     cuda = torch.cuda.is_available()
     profile = effective_profile(name, args, cuda)
@@ -255,9 +255,8 @@ def run_profile(name: str, args) -> dict:
 def project_trainer(config, prepared, total_steps: int, timer):
     """The Trainer exactly as :func:`whisper_zh.train.train` builds it (the same training
     examples: timestamped clips joined into windows), on the repeated cache."""
-    from whisper_zh.features import mel_filters_of
-    from whisper_zh.train import (WhisperTrainer, build_training_arguments, load_model_and_processor,
-                                  make_collator, plan_training, training_examples)
+    from whisper_zh.train.examples import mel_filters_of
+    from whisper_zh.train.trainer import (WhisperTrainer, build_training_arguments, load_model_and_processor, make_collator, plan_training, training_examples)
 
     needed = total_steps * config.per_device_train_batch_size
     copies = math.ceil(needed / len(training_examples(config, prepared))) + 1  # +1: windows may join at the seams

@@ -141,7 +141,7 @@ def prepare_model_dir(model: str, work: Path, device: str) -> tuple[Path, float]
     """A private model directory (symlinks to ``model``'s files) with a fresh CTranslate2
     export in ``ct2/``, so the engine's ct2 backend finds it. Returns it and the export's
     seconds."""
-    from whisper_zh.export import export_ct2
+    from whisper_zh.serve.models import export_ct2
 
     src = Path(model)
     if not src.is_dir():
@@ -169,7 +169,8 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
 
     def engine(backend: str, **overrides):
         def load():
-            from whisper_zh.transcribe import TranscribeOptions, Transcriber
+            from whisper_zh.serve.types import TranscribeOptions
+            from whisper_zh.serve.engine import Transcriber
 
             transcriber = Transcriber(str(model_dir), backend=backend, device=device)
             options = TranscribeOptions(max_duration_s=None, **overrides)

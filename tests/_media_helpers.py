@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from whisper_zh.media import SAMPLE_RATE, ffmpeg_exe, load_audio
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.media import ffmpeg_exe, load_audio
 
 
 def read_split(dataset: Path, split: str = "test") -> list[dict]:

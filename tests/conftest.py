@@ -51,7 +51,7 @@ def whisper_base_ct2(whisper_base) -> Path:
     run's HF_HOME: every later ``auto``/``ct2`` load of ``whisper_base`` in this run (in
     this process, the app, and the CLI subprocesses, which inherit HF_HOME) finds it there
     instead of converting again. Tests needing ``DIR/ct2`` link it into a copy of ``DIR``."""
-    from whisper_zh.ct2 import resolve_ct2_model
+    from whisper_zh.serve.models import resolve_ct2_model
 
     return Path(resolve_ct2_model(str(whisper_base)))
 

@@ -1,4 +1,4 @@
-"""CTranslate2 export (``whisper-zh export --ct2``) and the ct2 backend.
+"""CTranslate2 export (``whisper-zh export``) and the ct2 backend.
 
 Accuracy is checked with the real whisper-base on real Mandarin clips; the tiny random
 model only checks the export's files and plumbing.
@@ -18,12 +18,14 @@ import pytest
 
 from _checks import is_chinese
 from _media_helpers import plain_clips
-from whisper_zh.ct2 import (ChunkResult, CT2Backend, SpeechMap, decode_chunks, find_ct2_model, load_ct2,
-                            missed_speech, speech_chunks, split_words)
-from whisper_zh.export import export_ct2
-from whisper_zh.media import SAMPLE_RATE, load_audio
+from whisper_zh.serve.ct2_backend import ChunkResult, CT2Backend, decode_chunks, load_ct2
+from whisper_zh.serve.segmentation import SpeechMap, missed_speech, speech_chunks, split_words
+from whisper_zh.serve.models import find_ct2_model
+from whisper_zh.serve.models import export_ct2
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.media import load_audio
 from whisper_zh.text import cer, to_simplified
-from whisper_zh.transcribe import Segment, TranscribeOptions, Word
+from whisper_zh.serve.types import Segment, TranscribeOptions, Word
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +153,7 @@ def test_find_ct2_model_none_without_export(tmp_path):
 def test_cli_export(tiny_whisper, tmp_path):
     out = tmp_path / "cli-ct2"
     proc = subprocess.run(
-        [sys.executable, "-m", "whisper_zh", "export", str(tiny_whisper), "--ct2",
+        [sys.executable, "-m", "whisper_zh", "export", str(tiny_whisper),
          "--quantization", "int8", "--output-dir", str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )
@@ -340,7 +342,7 @@ def test_base_ct2_int8_transcribes_real_mandarin(whisper_base_ct2, zh_cv_mini):
 def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, whisper_base_ct2, zh_cv_mini, tmp_path):
     """Both backends give the same kind of result; what they write is only checked to be
     Chinese (accuracy is the test above's, and bench/'s)."""
-    from whisper_zh import transcribe
+    import whisper_zh
 
     model_dir = _copy_model(whisper_base, tmp_path / "base")
     (model_dir / "ct2").symlink_to(whisper_base_ct2, target_is_directory=True)  # base/ct2, where the engine looks
@@ -349,10 +351,10 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, whisp
 
     results = {}
     for backend in ("ct2", "transformers"):
-        engine = transcribe.Transcriber(str(model_dir), backend=backend, device="cpu")
+        engine = whisper_zh.Transcriber(str(model_dir), backend=backend, device="cpu")
         assert engine.backend.name == backend
         results[backend] = engine.transcribe(audio)
-    assert transcribe.Transcriber(str(model_dir), backend="auto", device="cpu").backend.name == "ct2"
+    assert whisper_zh.Transcriber(str(model_dir), backend="auto", device="cpu").backend.name == "ct2"
 
     ct2_result, hf_result = results["ct2"], results["transformers"]
     assert type(ct2_result) is type(hf_result)
@@ -360,7 +362,7 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, whisp
     duration = len(audio) / SAMPLE_RATE
     for result in (ct2_result, hf_result):
         assert result.duration == pytest.approx(duration)
-        assert result.segments and all(type(s) is transcribe.Segment for s in result.segments)
+        assert result.segments and all(type(s) is whisper_zh.Segment for s in result.segments)
         starts = [s.start for s in result.segments]
         assert starts == sorted(starts)
         assert all(0.0 <= s.start <= s.end <= duration + 1e-6 and s.text for s in result.segments)
@@ -377,7 +379,7 @@ def test_hotwords_fix_a_name_without_hurting_other_clips(whisper_base_ct2, zh_cv
     writes something like 金武纯真; whether it happens to get it right without them is not
     this test's business), and clips that do not contain it do not get worse: a corpus
     CER over 16 other clips, with a margin of 0.1 (about 20 characters)."""
-    from whisper_zh.transcribe import Transcriber
+    from whisper_zh.serve.engine import Transcriber
 
     rows = plain_clips(zh_cv_mini, 50)
     target = next(r for r in rows if r["sentence"] == "精武陈真")

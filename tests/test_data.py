@@ -9,9 +9,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from whisper_zh.config import TrainConfig
-from whisper_zh.data import (
-    DataError, LabelEncoder, PrepareOptions, list_splits, open_source, prepare_split, read_cv_split)
+from whisper_zh.train.config import TrainConfig
+from whisper_zh.errors import DataError
+from whisper_zh.train.data import (LabelEncoder, PrepareOptions, list_splits, open_source, prepare_split, read_cv_split)
 from whisper_zh.media import ffmpeg_exe, load_audio
 
 CV_COLUMNS = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accents",

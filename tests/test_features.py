@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from whisper_zh.features import SpeechCollator, log_mel_spectrogram, mel_filters_of
+from whisper_zh.train.examples import SpeechCollator, log_mel_spectrogram, mel_filters_of
 from whisper_zh.media import load_audio
 
 
@@ -65,7 +65,7 @@ def _noise(seconds: float, seed: int) -> np.ndarray:
 
 
 def test_plan_puts_the_configured_share_of_clips_in_timestamped_windows_of_at_most_30_s():
-    from whisper_zh.features import plan_examples
+    from whisper_zh.train.examples import plan_examples
 
     rng = np.random.default_rng(0)
     n = 2000
@@ -104,7 +104,7 @@ def test_plan_puts_the_configured_share_of_clips_in_timestamped_windows_of_at_mo
 
 
 def test_prompts_come_from_the_clip_before_the_first_one():
-    from whisper_zh.features import plan_examples
+    from whisper_zh.train.examples import plan_examples
 
     keys = [(str(i), "x") for i in range(400)]
     plans = plan_examples(keys, [2.0] * 400, [10] * 400, timestamp_fraction=0.5, prompt_fraction=0.5, seed=3)
@@ -116,7 +116,7 @@ def test_prompts_come_from_the_clip_before_the_first_one():
 
 def test_timestamped_windows_label_each_clip_at_its_place_on_the_grid(tokenizer, zh_cv_mini):
     from whisper_zh.audio import SAMPLE_RATE, TIME_PRECISION
-    from whisper_zh.features import Example, LabelTokens, speech_span
+    from whisper_zh.train.examples import Example, LabelTokens, speech_span
 
     tokens = LabelTokens.from_tokenizer(tokenizer)
     paths = sorted((zh_cv_mini / "clips").glob("*.mp3"))[:6]
@@ -151,7 +151,7 @@ def test_timestamped_windows_label_each_clip_at_its_place_on_the_grid(tokenizer,
 
 
 def test_a_window_stops_at_the_decoders_token_limit(tokenizer):
-    from whisper_zh.features import Example, LabelTokens
+    from whisper_zh.train.examples import Example, LabelTokens
 
     tokens = LabelTokens.from_tokenizer(tokenizer)
     ids = tokenizer("今天天气很好" * 5).input_ids
@@ -170,7 +170,7 @@ def test_a_window_stops_at_the_decoders_token_limit(tokenizer):
 
 def test_speech_span_is_on_the_grid_and_inside_the_clip(two_clips):
     from whisper_zh.audio import TIME_PRECISION
-    from whisper_zh.features import speech_span
+    from whisper_zh.train.examples import speech_span
 
     arrays, _ = two_clips
     silence = np.zeros(16000, np.float32)
@@ -190,7 +190,7 @@ def test_speech_span_is_on_the_grid_and_inside_the_clip(two_clips):
 
 
 def test_previous_text_prompt_is_input_only(tokenizer):
-    from whisper_zh.features import Example, LabelTokens
+    from whisper_zh.train.examples import Example, LabelTokens
 
     tokens = LabelTokens.from_tokenizer(tokenizer)
     sot = tokens.start_of_transcript

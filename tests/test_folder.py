@@ -17,10 +17,13 @@ import soundfile as sf
 from _checks import GREEDY, is_chinese
 from _media_helpers import plain_clips
 from whisper_zh.cli import main as cli_main
-from whisper_zh.folder import FAILED, MediaFile, check_formats, find_media, is_folder_job, transcribe_folder
-from whisper_zh.subtitles import to_srt
+from whisper_zh.serve.folder import FAILED
+from whisper_zh.serve.folder import MediaFile, find_media, is_folder_job, transcribe_folder
+from whisper_zh.serve.subtitles import check_formats, output_paths
+from whisper_zh.serve.subtitles import to_srt
 from whisper_zh.text import cer
-from whisper_zh.transcribe import TranscribeOptions, Transcriber
+from whisper_zh.serve.types import TranscribeOptions
+from whisper_zh.serve.engine import Transcriber
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +46,7 @@ def test_find_media(tmp_path):
         ("b/talk.mp3", "b/talk.mp3"),
         ("c.flac", "c"),
     ]
-    assert found[1].outputs("out", ("srt", "txt")) == {"srt": Path("out/a/talk.srt"), "txt": Path("out/a/talk.txt")}
+    assert output_paths("out", found[1].stem, ("srt", "txt")) == {"srt": Path("out/a/talk.srt"), "txt": Path("out/a/talk.txt")}
     # several inputs mirror from the folder they share, so a/talk and b/talk stay apart
     two = find_media([tmp_path / "a" / "talk.mp3", tmp_path / "b" / "talk.mp3"])
     assert [str(m.stem) for m in two] == ["a/talk", "b/talk"]

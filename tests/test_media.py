@@ -14,17 +14,11 @@ import pytest
 import _media_bombs as bombs
 from _media_helpers import make_video, send, serve_directory, serve_routes, stream, write_wav
 from whisper_zh import media
-from whisper_zh.media import (
-    AudioDecodeError,
-    DownloadError,
-    MediaTooLongError,
-    UnsafeURLError,
-    check_url,
-    download_audio,
-    is_url,
-    load_media,
-    probe_duration,
-)
+from whisper_zh.serve import download, netguard
+from whisper_zh.errors import AudioDecodeError, DownloadError, MediaLimitError, UnsafeURLError
+from whisper_zh.serve.netguard import check_url, is_url
+from whisper_zh.serve.download import download_audio
+from whisper_zh.media import load_media, probe_duration
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,6 @@ def site(tmp_path, clip):
     ("http:///nohost", "no host"),
 ])
 def test_refused_links(url, reason, monkeypatch):
-    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
     with pytest.raises(UnsafeURLError, match=reason):
         check_url(url)
     with pytest.raises(UnsafeURLError, match=reason):  # refused before yt-dlp sends anything
@@ -71,8 +64,7 @@ def test_refused_links(url, reason, monkeypatch):
 
 
 def test_private_links_need_the_opt_in(monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
-    assert check_url(" http://127.0.0.1:8000/a.mp3 ") == "http://127.0.0.1:8000/a.mp3"
+    assert check_url(" http://127.0.0.1:8000/a.mp3 ", allow_private=True) == "http://127.0.0.1:8000/a.mp3"
     with pytest.raises(UnsafeURLError, match="only http"):  # the opt-in never allows other schemes
         check_url("file:///etc/passwd")
     assert check_url("http://10.0.0.1/x", allow_private=True)
@@ -91,7 +83,7 @@ def test_redirect_into_the_network_is_refused(site, monkeypatch, tmp_path):
     """A public page that redirects inside the network is stopped at connect time: the
     internal server never receives the request. 127.0.0.2 plays the internal host."""
     base, _ = site
-    monkeypatch.setattr(media, "_is_internal", lambda address: address == "127.0.0.2")
+    monkeypatch.setattr(netguard, "_is_internal", lambda address: address == "127.0.0.2")
     internal_root = tmp_path / "internal"
     internal_root.mkdir()
     (internal_root / "secret.mp3").write_bytes(b"secret")
@@ -105,10 +97,9 @@ def test_redirect_into_the_network_is_refused(site, monkeypatch, tmp_path):
 # -- downloads ------------------------------------------------------------------
 
 def test_download_direct_media_link(site, tmp_path, monkeypatch, clip):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     base, requested = site
     reports = []
-    path = download_audio(f"{base}/clip.mp3", tmp_path / "dl", progress=lambda f, m: reports.append((f, m)))
+    path = download_audio(f"{base}/clip.mp3", tmp_path / "dl", allow_private=True, progress=lambda f, m: reports.append((f, m)))
     assert path.parent == tmp_path / "dl"
     assert path.read_bytes() == clip.read_bytes()
     assert any("/clip.mp3" in p for p in requested)
@@ -117,32 +108,28 @@ def test_download_direct_media_link(site, tmp_path, monkeypatch, clip):
 
 
 def test_download_404_is_a_clear_error(site, tmp_path, monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     base, _ = site
     with pytest.raises(DownloadError, match="404 Not Found"):
-        download_audio(f"{base}/missing.mp3", tmp_path / "dl")
+        download_audio(f"{base}/missing.mp3", tmp_path / "dl", allow_private=True)
 
 
 def test_download_page_without_media(site, tmp_path, monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     base, _ = site
     with pytest.raises(DownloadError, match="no audio or video"):
-        download_audio(f"{base}/page.html", tmp_path / "dl")
+        download_audio(f"{base}/page.html", tmp_path / "dl", allow_private=True)
 
 
 def test_download_refuses_large_files(site, tmp_path, monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     base, _ = site
-    with pytest.raises(MediaTooLongError, match="limit"):
-        download_audio(f"{base}/clip.mp3", tmp_path / "dl", max_bytes=1000)
+    with pytest.raises(MediaLimitError, match="limit"):
+        download_audio(f"{base}/clip.mp3", tmp_path / "dl", allow_private=True, max_bytes=1000)
 
 
 def test_unreachable_host(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     with serve_directory(tmp_path) as (base, _):
         pass  # shut down: the port is now closed
     with pytest.raises(DownloadError, match="could not be reached|refused"):
-        download_audio(f"{base}/clip.mp3", tmp_path / "dl", timeout_s=5)
+        download_audio(f"{base}/clip.mp3", tmp_path / "dl", allow_private=True, timeout_s=5)
 
 
 @pytest.mark.parametrize("message, expected", [
@@ -153,13 +140,12 @@ def test_unreachable_host(tmp_path, monkeypatch):
     ("ERROR: Unsupported URL: https://example.com/", "no audio or video"),
 ])
 def test_youtube_errors_are_explained(message, expected):
-    assert expected in media._explain_ytdlp_error(message, "https://www.youtube.com/watch?v=abc")
+    assert expected in download._explain_ytdlp_error(message, "https://www.youtube.com/watch?v=abc")
 
 
 def test_missing_cookies_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     with pytest.raises(DownloadError, match="cookies file not found"):
-        download_audio("http://127.0.0.1:9/x.mp3", tmp_path, cookies=str(tmp_path / "nope.txt"))
+        download_audio("http://127.0.0.1:9/x.mp3", tmp_path, allow_private=True, cookies=str(tmp_path / "nope.txt"))
 
 
 # -- probing and limits ----------------------------------------------------------
@@ -182,9 +168,9 @@ def test_video_audio_track_decodes(clip, tmp_path):
 
 def test_load_media_limits(tmp_path):
     wav = write_wav(tmp_path / "long.wav", np.zeros(16000 * 12, np.float32))
-    with pytest.raises(MediaTooLongError, match="0:12 long; the limit is 0:10"):
+    with pytest.raises(MediaLimitError, match="0:12 long; the limit is 0:10"):
         load_media(wav, max_duration_s=10)
-    with pytest.raises(MediaTooLongError, match="MB"):
+    with pytest.raises(MediaLimitError, match="MB"):
         load_media(wav, max_bytes=1000)
     assert load_media(wav, max_duration_s=60).shape == (16000 * 12,)
 
@@ -222,7 +208,7 @@ def test_bombs_are_refused_or_decoded_within_budget(make, seconds, limit, expect
     path = make(tmp_path / f"bomb{suffix}", seconds)
     result = bombs.decode_capped(path, limit, budget=_BUDGET)
     if expected_s is None:
-        assert result.get("error") == "MediaTooLongError", result
+        assert result.get("error") == "MediaLimitError", result
         assert "longer than the limit of 1:00 (set MAX_DURATION_S" in result["message"]
         held = limit * 16000 * 4
     else:
@@ -258,7 +244,7 @@ def test_long_sane_files_decode_in_blocks_as_in_one_go(tmp_path):
     audio = load_media(tmp_path / "s.flac", max_duration_s=60)
     assert audio.shape == expected.shape
     np.testing.assert_allclose(audio, expected, atol=1e-4)
-    with pytest.raises(MediaTooLongError, match="0:50 long; the limit is 0:40"):
+    with pytest.raises(MediaLimitError, match="0:50 long; the limit is 0:40"):
         load_media(tmp_path / "s.flac", max_duration_s=40)
 
 
@@ -269,16 +255,15 @@ def test_long_sane_files_decode_in_blocks_as_in_one_go(tmp_path):
     "239.1.2.3", "198.18.0.1", "::ffff:100.64.0.1", "64:ff9b::a00:1", "2002:a00:1::1", "ff02::1", "fe80::1%2",
 ])
 def test_internal_addresses(address):
-    assert media._is_internal(address)
+    assert netguard._is_internal(address)
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::808:808"])
 def test_public_addresses(address):
-    assert not media._is_internal(address)
+    assert not netguard._is_internal(address)
 
 
 def test_refusals_name_the_host_not_its_address(monkeypatch):
-    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
     with pytest.raises(UnsafeURLError) as info:
         check_url("http://localhost:8000/a.mp3")
     assert "localhost" in str(info.value)
@@ -287,19 +272,18 @@ def test_refusals_name_the_host_not_its_address(monkeypatch):
 
 @pytest.fixture
 def only_127_0_0_1_is_public(monkeypatch):
-    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
-    monkeypatch.setattr(media, "_is_internal", lambda address: address != "127.0.0.1")
+    monkeypatch.setattr(netguard, "_is_internal", lambda address: address != "127.0.0.1")
 
 
 def test_a_name_for_an_internal_address_is_refused_by_name(only_127_0_0_1_is_public, tmp_path, monkeypatch):
     """``intranet.test`` resolves to 127.0.0.2 (a stub resolver): the link, and a public
     page redirecting to it, are refused with the name, never the address."""
-    system = media._system_getaddrinfo
+    system = netguard._system_getaddrinfo
 
     def resolve(host, port, *args, **kwargs):
         return system("127.0.0.2" if host == "intranet.test" else host, port, *args, **kwargs)
 
-    monkeypatch.setattr(media, "_system_getaddrinfo", resolve)
+    monkeypatch.setattr(netguard, "_system_getaddrinfo", resolve)
     with serve_routes({"/secret.mp3": send(b"secret")}, host="127.0.0.2") as (inside, hits):
         port = inside.rsplit(":", 1)[1]
         target = f"http://intranet.test:{port}/secret.mp3"
@@ -341,7 +325,7 @@ def test_max_bytes_counts_what_is_received(only_127_0_0_1_is_public, tmp_path, r
     bomb = gzip.compress(b"\0" * (8 << 20))
     routes = {"/plain.mp3": stream(8 << 20), "/gzip.mp3": send(bomb, Content_Encoding="gzip")}
     with serve_routes(routes) as (base, _):
-        with pytest.raises(MediaTooLongError, match="limit of 1 MB"):
+        with pytest.raises(MediaLimitError, match="limit of 1 MB"):
             download_audio(base + route, tmp_path / "dl", max_bytes=1 << 20)
     assert _received(tmp_path / "dl") < 3 << 20
 
@@ -390,30 +374,27 @@ def _cookie_line(value: str) -> str:
 
 
 def test_malformed_cookies_are_refused_without_their_values(site, tmp_path, capfd, caplog, monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     base, requested = site
     bad = tmp_path / "cookies.txt"
     bad.write_text(_COOKIE_HEADER + _cookie_line("ok-value") + "SID secret-value-123 not tabs\n")
     with pytest.raises(DownloadError, match="line 3 of the cookies file") as info:
-        download_audio(f"{base}/clip.mp3", tmp_path / "dl", cookies=str(bad))
+        download_audio(f"{base}/clip.mp3", tmp_path / "dl", allow_private=True, cookies=str(bad))
     out, err = capfd.readouterr()
     assert "secret-value" not in out + err + caplog.text + str(info.value)
     assert requested == []
     (tmp_path / "json.txt").write_text('[{"name": "SID", "value": "secret-value-123"}]')
     with pytest.raises(DownloadError, match="Netscape") as info:
-        download_audio(f"{base}/clip.mp3", tmp_path / "dl", cookies=str(tmp_path / "json.txt"))
+        download_audio(f"{base}/clip.mp3", tmp_path / "dl", allow_private=True, cookies=str(tmp_path / "json.txt"))
     assert "secret-value" not in str(info.value)
 
 
 def test_the_operators_cookies_file_is_never_written(site, tmp_path, monkeypatch, clip):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     base, _ = site
     operator = tmp_path / "operator-cookies.txt"
     operator.write_text(_COOKIE_HEADER + _cookie_line("v1"))
     operator.chmod(0o400)
     before = (operator.read_bytes(), operator.stat().st_mtime_ns)
-    monkeypatch.setenv("YTDLP_COOKIES", str(operator))
-    path = download_audio(f"{base}/clip.mp3", tmp_path / "dl")
+    path = download_audio(f"{base}/clip.mp3", tmp_path / "dl", allow_private=True, cookies=str(operator))
     assert path.read_bytes() == clip.read_bytes()
     assert (operator.read_bytes(), operator.stat().st_mtime_ns) == before
     copy = tmp_path / "dl" / "cookies.txt"  # what yt-dlp read and rewrote: the request's own

@@ -127,13 +127,13 @@ def test_notebook_trains_from_scratch_and_builds_the_app(first_run):
     assert "built gradio.blocks.Blocks" in _stream_text(_outputs_of(executed, "demo = nb.launch_app"))
 
     # What a user sees: the counts table, playable clips, the live table, the plot.
-    stats_html = "".join(o.data.get("text/html", "") for o in _outputs_of(executed, "from whisper_zh.train import prepare_data")
+    stats_html = "".join(o.data.get("text/html", "") for o in _outputs_of(executed, "from whisper_zh.train.data import dir_bytes, prepare_data")
                          if o.output_type == "execute_result")
     assert "why dropped" in stats_html and "prepared now" in stats_html
     audio = [o for o in _outputs_of(executed, "examples = nb.show_examples")
              if "<audio" in o.get("data", {}).get("text/html", "")]
     assert len(audio) == 3
-    train_outputs = _outputs_of(executed, "from whisper_zh.train import train")
+    train_outputs = _outputs_of(executed, "from whisper_zh.train.pipeline import train")
     live = [o for o in train_outputs if o.output_type in ("display_data", "update_display_data")
             and "Cer" in o.get("data", {}).get("text/html", "")]
     assert live, "no live loss/CER table in the training cell's output"
@@ -154,7 +154,7 @@ def test_notebook_rerun_skips_preparation_and_resumes(first_run):
     assert probe["resumed_from"] == str(output_dir / "checkpoint-4")
     assert probe["global_step"] == 6
     assert f"resuming from {output_dir / 'checkpoint-4'}" in _stream_text(
-        _outputs_of(executed, "from whisper_zh.train import train"))
+        _outputs_of(executed, "from whisper_zh.train.pipeline import train"))
     assert (output_dir / "checkpoint-6" / "trainer_state.json").is_file()
     results = json.loads((output_dir / "results.json").read_text())
     assert results["global_step"] == 6 and results["resumed_from"].endswith("checkpoint-4")
@@ -366,7 +366,7 @@ def test_history_table_and_plot(tmp_path):
 
 
 def test_prepare_stats_table():
-    from whisper_zh.data import PrepareStats
+    from whisper_zh.train.data import PrepareStats
 
     stats = {"train": PrepareStats(kept=7, dropped=Counter(too_long=2, undecodable=1), audio_seconds=7200,
                                    cache_bytes=3 * 2**20, prepared_now=10),
@@ -379,7 +379,7 @@ def test_prepare_stats_table():
 
 
 def test_show_results(tmp_path, capsys):
-    from whisper_zh.train import TrainResult
+    from whisper_zh.train.trainer import TrainResult
 
     result = TrainResult(output_dir=str(tmp_path), global_step=8, best_checkpoint=str(tmp_path / "checkpoint-4"),
                          eval_cer=0.25, test_metrics={"test_cer": 0.3, "test_wer": 0.6, "test_runtime": 9.0},
@@ -396,7 +396,7 @@ def test_show_results(tmp_path, capsys):
 
 
 def test_make_config_keeps_the_pipelines_defaults(tmp_path):
-    from whisper_zh.config import TrainConfig
+    from whisper_zh.train.config import TrainConfig
 
     (tmp_path / "cv-corpus-1.0-zh-CN.tar.gz").write_bytes(b"")
     config = nb.make_config(str(tmp_path), None, max_steps=None, save_steps=None, per_device_train_batch_size=8)
@@ -408,7 +408,7 @@ def test_make_config_keeps_the_pipelines_defaults(tmp_path):
 
 
 def _plan_config(tmp_path, dataset, model, **overrides):
-    from whisper_zh.config import TrainConfig
+    from whisper_zh.train.config import TrainConfig
 
     return TrainConfig(dataset=str(dataset), model_name_or_path=str(model), cache_dir=str(tmp_path / "cache"),
                        output_dir=str(tmp_path / "out"), max_train_samples=8, per_device_train_batch_size=4,
@@ -417,7 +417,7 @@ def _plan_config(tmp_path, dataset, model, **overrides):
 
 def test_training_plan_takes_the_hub_checkpoint_when_the_output_dir_has_none(
         tmp_path, zh_cv_mini, tiny_whisper, monkeypatch, capsys):
-    import whisper_zh.train as train_module
+    import whisper_zh.train.checkpoints as train_module
 
     fetched = []
 
@@ -437,7 +437,7 @@ def test_training_plan_takes_the_hub_checkpoint_when_the_output_dir_has_none(
 
 
 def test_training_plan_without_hub_or_checkpoint_starts_afresh(tmp_path, zh_cv_mini, tiny_whisper, monkeypatch, capsys):
-    import whisper_zh.train as train_module
+    import whisper_zh.train.checkpoints as train_module
 
     def no_hub(*args):
         raise AssertionError("asked the Hub without a Hub repo")

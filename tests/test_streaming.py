@@ -19,9 +19,11 @@ from _ct2_base import joined
 from _media_helpers import plain_clips
 from whisper_zh.audio import SAMPLE_RATE as SR
 from whisper_zh.media import load_media
-from whisper_zh.streaming import LiveTranscriber, _aligned_prefix, _Resampler, _units
+from whisper_zh.serve.live import LiveTranscriber, _aligned_prefix, _units
+from whisper_zh.media import StreamResampler
 from whisper_zh.text import normalize
-from whisper_zh.transcribe import Segment, TranscribeOptions, Transcriber, Word
+from whisper_zh.serve.types import Segment, TranscribeOptions, Word
+from whisper_zh.serve.engine import Transcriber
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -137,8 +139,8 @@ def test_each_decode_is_prompted_with_the_confirmed_text_before_its_buffer():
 
 
 def test_live_tab_takes_the_pages_script_and_hotwords():
-    from whisper_zh.app import Handlers
-    from whisper_zh.config import ServeSettings
+    from whisper_zh.serve.app import Handlers
+    from whisper_zh.serve.settings import ServeSettings
 
     handlers = Handlers(ServeSettings(), transcriber=ScriptedEngine())
     state, status, _ = handlers.live_feed(None, (SR, np.zeros(SR // 10, np.int16)), "taiwan", " 精武 陈真 ")
@@ -197,7 +199,7 @@ def test_silence_is_dropped_from_the_buffer():
 def test_resampler_streams_without_seams():
     t = np.arange(48000 * 2) / 48000
     tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
-    resampler = _Resampler(48000)
+    resampler = StreamResampler(48000)
     pieces = [resampler(tone[i:i + 4800]) for i in range(0, len(tone), 4800)] + [resampler(tone[:0], last=True)]
     streamed = np.concatenate(pieces)
     expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(streamed)) / SR)
@@ -205,7 +207,7 @@ def test_resampler_streams_without_seams():
     # away from the very start (the filter's delay), it is the same tone at 16 kHz
     assert np.max(np.abs(streamed[800:-800] - expected[800:-800])) < 0.01
     stereo = np.stack([tone, tone], axis=1)
-    assert np.allclose(_Resampler(SR)(stereo[:SR]), tone[:SR] / 32768.0)
+    assert np.allclose(StreamResampler(SR)(stereo[:SR]), tone[:SR] / 32768.0)
 
 
 # -- real speech, whisper-base ----------------------------------------------------------
@@ -265,8 +267,8 @@ def test_live_tab_handlers(engine, clips):
     import srt
     import webvtt
 
-    from whisper_zh.app import Handlers
-    from whisper_zh.config import ServeSettings
+    from whisper_zh.serve.app import Handlers
+    from whisper_zh.serve.settings import ServeSettings
     from whisper_zh.text import to_traditional
 
     audio = joined([a for a, _ in clips[:2]])

@@ -14,12 +14,9 @@ import pytest
 import srt
 import webvtt
 
-from whisper_zh.subtitles import (CHINESE_STYLE, FORMATS, LATIN_STYLE, MIN_GAP_S, SEGMENT_STYLE, SUFFIXES,
-                                  SubtitleStyle, bilingual_cues, default_style, format_of, format_timestamp, make_cues,
-                                  text_width, to_bilingual_srt, to_json, to_karaoke_vtt, to_srt, to_txt, to_vtt,
-                                  write_all, write_subtitles)
+from whisper_zh.serve.subtitles import (CHINESE_STYLE, FORMATS, LATIN_STYLE, MIN_GAP_S, SEGMENT_STYLE, SUFFIXES, SubtitleStyle, bilingual_cues, default_style, format_of, format_timestamp, make_cues, text_width, to_bilingual_srt, to_json, to_karaoke_vtt, to_srt, to_txt, to_vtt, write_all, write_subtitles)
 from whisper_zh.text import convert_script
-from whisper_zh.transcribe import Segment, Word
+from whisper_zh.serve.types import Segment, Word
 
 SEGMENTS = [
     Segment(0.0, 2.5, "你好，世界"),
@@ -431,8 +428,10 @@ def test_real_model_end_to_end(whisper_base_ct2, zh_cv_mini, tmp_path):
     times run forward). The layout's details are checked on the recording above."""
     import numpy as np
 
-    from whisper_zh.media import SAMPLE_RATE, load_audio
-    from whisper_zh.transcribe import TranscribeOptions, Transcriber
+    from whisper_zh.audio import SAMPLE_RATE
+    from whisper_zh.media import load_audio
+    from whisper_zh.serve.types import TranscribeOptions
+    from whisper_zh.serve.engine import Transcriber
 
     clips = zh_cv_mini.parent / "zh-multi-dev" / "clips"
     gap = np.zeros(int(0.6 * SAMPLE_RATE), np.float32)

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from whisper_zh.config import ConfigError, TrainConfig
-from whisper_zh.train import (
-    find_resumable_checkpoint, is_complete_checkpoint, is_hub_id, resolve_gradient_checkpointing, resolve_precision,
-    resolve_schedule)
+from whisper_zh.errors import ConfigError
+from whisper_zh.train.config import TrainConfig
+from whisper_zh.train.checkpoints import find_resumable_checkpoint, is_complete_checkpoint
+from whisper_zh.hub import is_hub_id
+from whisper_zh.train.trainer import resolve_gradient_checkpointing, resolve_precision, resolve_schedule
 
 
 def tiny_args(data, model, out, cache, max_steps, **extra):
@@ -60,7 +61,7 @@ def test_a_config_mistake_is_one_line_from_the_command_line(tmp_path, zh_cv_mini
     assert run.returncode == 2, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
-        "whisper-zh train: save_steps (3) must be a multiple of eval_steps (2) "
+        "whisper-zh train: error: save_steps (3) must be a multiple of eval_steps (2) "
         "so that every checkpoint has a score to rank it by")
     assert not (tmp_path / "out").exists(), "nothing is loaded or written before the configuration is checked"
 
@@ -74,7 +75,8 @@ def test_precision_on_cpu():
 
 
 def test_spec_augment_is_an_option_off_by_default(tiny_whisper):
-    from whisper_zh.train import configure_spec_augment, load_model_and_processor, parse_config
+    from whisper_zh.train.trainer import configure_spec_augment, load_model_and_processor
+    from whisper_zh.cli import parse_train_config as parse_config
 
     model, _ = load_model_and_processor(str(tiny_whisper))
     configure_spec_augment(model, parse_config(["--dataset", "x"]))
@@ -95,7 +97,8 @@ def test_spec_augment_is_an_option_off_by_default(tiny_whisper):
 def test_training_examples_of_a_prepared_split_reach_the_trainer_as_timestamped_windows(tmp_path, zh_cv_mini,
                                                                                           tiny_whisper):
     """The pipeline's own path: the prepared cache -> planned examples -> the collator's batches."""
-    from whisper_zh.train import load_model_and_processor, make_collator, prepare_data, training_examples
+    from whisper_zh.train.trainer import load_model_and_processor, make_collator, training_examples
+    from whisper_zh.train.data import prepare_data
 
     config = TrainConfig(dataset=str(zh_cv_mini), model_name_or_path=str(tiny_whisper), cache_dir=str(tmp_path),
                          eval_split="", test_split="")
@@ -268,7 +271,8 @@ def local_hub(tmp_path, monkeypatch):
 
 def test_checkpoints_go_to_the_hub_and_a_lost_output_dir_resumes_from_it(tmp_path, zh_cv_mini, tiny_whisper,
                                                                           local_hub, capsys):
-    from whisper_zh.train import parse_config, train
+    from whisper_zh.cli import parse_train_config as parse_config
+    from whisper_zh.train.pipeline import train
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = tiny_args(zh_cv_mini, tiny_whisper, out, cache, max_steps=4, hub_model_id="someone/whisper-zh-test",

@@ -10,20 +10,17 @@ import torch
 from _checks import GREEDY, is_chinese
 from _media_helpers import joined_clips, make_video, plain_clips, serve_directory, write_wav
 from whisper_zh.cli import main as cli_main
-from whisper_zh.media import SAMPLE_RATE, MediaTooLongError, load_audio
-from whisper_zh.subtitles import SEGMENT_STYLE, to_srt
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import MediaLimitError
+from whisper_zh.media import load_audio
+from whisper_zh.serve.subtitles import SEGMENT_STYLE, to_srt
 from whisper_zh.text import cer, to_simplified, to_traditional
-from whisper_zh.transcribe import (
-    NoSpeechError,
-    Segment,
-    TranscribeOptions,
-    Transcriber,
-    _is_hallucination,
-    frame_energy_db,
-    is_silent,
-    main,
-    plan_windows,
-)
+from whisper_zh.errors import NoSpeechError
+from whisper_zh.serve.types import Segment, TranscribeOptions
+from whisper_zh.serve.engine import Transcriber, _is_hallucination
+from whisper_zh.media import frame_energy_db
+from whisper_zh.serve.segmentation import is_silent, plan_windows
+from whisper_zh.cli import transcribe_command as main
 
 SR = SAMPLE_RATE
 # a random model is unsure of everything: let every window through, once
@@ -155,10 +152,17 @@ def test_silence_is_no_speech(tiny_engine, generate_calls, tmp_path):
     assert generate_calls == []  # Whisper never saw the silence, so it could not invent text
 
 
-def test_max_duration(tiny_engine, generate_calls):
-    with pytest.raises(MediaTooLongError, match="limit is 1:00"):
-        tiny_engine.transcribe(noise(61.0), max_duration_s=60)
+def test_max_duration(tiny_engine, generate_calls, tmp_path):
+    """An operator's limit holds where the input comes in (the job flow's load_input),
+    before the engine runs; the engine itself decodes whatever it is given."""
+    from whisper_zh.serve.jobs import load_input
+    from whisper_zh.serve.settings import Limits
+
+    path = write_wav(tmp_path / "long.wav", noise(61.0))
+    with pytest.raises(MediaLimitError, match="limit is 1:00"):
+        load_input(path, tmp_path, Limits(max_duration_s=60))
     assert generate_calls == []
+    assert load_input(path, tmp_path, Limits(max_duration_s=62)).shape == (61 * SR,)
 
 
 def test_explicit_windows(tiny_engine, generate_calls):
@@ -174,8 +178,15 @@ def test_explicit_windows(tiny_engine, generate_calls):
 def test_backend_choice(tiny_whisper, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         Transcriber(str(tiny_whisper), backend="onnx")
-    monkeypatch.setenv("BACKEND", "transformers")
-    assert Transcriber(str(tiny_whisper), device="cpu").backend.name == "transformers"
+    # the environment is read at the edges only: BACKEND reaches the engine through
+    # ServeSettings (the app, the command line), never by the engine reading it itself
+    from whisper_zh.serve.settings import ServeSettings
+
+    monkeypatch.setenv("BACKEND", "Transformers")
+    settings = ServeSettings.from_env()
+    assert settings.backend == "transformers"
+    assert Transcriber(str(tiny_whisper), backend=settings.backend, device="cpu").backend.name == "transformers"
+    assert Transcriber(str(tiny_whisper), device="cpu").backend.name == "ct2"  # auto, whatever BACKEND says
     monkeypatch.delenv("BACKEND")
     assert Transcriber(str(tiny_whisper), device="cuda:0" if torch.cuda.is_available() else "cpu",
                        backend="transformers").backend.name == "transformers"
@@ -186,13 +197,13 @@ def test_auto_converts_a_model_once_and_reuses_the_conversion(tiny_whisper, tmp_
     without ct2/ is converted once into the cache beside the Hugging Face cache, and the
     next start (another process, another engine) loads the conversion without converting."""
     import huggingface_hub.constants
-    import whisper_zh.export
+    import whisper_zh.serve.models
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(tmp_path / "hf"))
     model_dir = _linked_copy(tiny_whisper, tmp_path / "tiny")
     conversions = []
-    real_export = whisper_zh.export.export_ct2
-    monkeypatch.setattr(whisper_zh.export, "export_ct2",
+    real_export = whisper_zh.serve.models.export_ct2
+    monkeypatch.setattr(whisper_zh.serve.models, "export_ct2",
                         lambda *args, **kwargs: conversions.append(args) or real_export(*args, **kwargs))
     monkeypatch.delenv("BACKEND", raising=False)
     with caplog.at_level("INFO", logger="whisper_zh"):
@@ -218,7 +229,7 @@ def test_a_hub_repo_with_ct2_is_served_without_its_full_weights(tiny_whisper, tm
     """A stand-in Hub: the repo holds what `whisper-zh train` pushes (transformers weights
     and ct2/); the engine asks only for ct2/* and never downloads the full weights."""
     import huggingface_hub
-    from whisper_zh.export import export_ct2
+    from whisper_zh.serve.models import export_ct2
 
     repo = _linked_copy(tiny_whisper, tmp_path / "hub" / "you--whisper-small-zh")
     export_ct2(str(repo))
@@ -420,7 +431,7 @@ def _linked_copy(src, dst):
 
 def test_auto_picks_ct2_when_exported(tiny_whisper, tmp_path, monkeypatch):
     pytest.importorskip("faster_whisper")
-    from whisper_zh.export import export_ct2
+    from whisper_zh.serve.models import export_ct2
 
     model_dir = _linked_copy(tiny_whisper, tmp_path / "tiny")
     export_ct2(str(model_dir))

@@ -10,6 +10,4 @@ N_FFT = 400  # 25 ms STFT window
 HOP_LENGTH = 160  # 10 ms between log-mel frames
 CHUNK_LENGTH = 30  # seconds: Whisper's fixed input
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a window
-N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 log-mel frames in a window
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 TIME_PRECISION = 2 * HOP_LENGTH / SAMPLE_RATE  # 0.02 s: one timestamp token

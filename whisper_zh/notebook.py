@@ -8,7 +8,7 @@ an earlier ``hf auth login``, or a prompt. Tokens are never printed or written a
 
 The helpers here only find things, show them (tables, figures, printed summaries: a
 notebook's output is its user interface) and call the pipeline; what the command line
-also does lives in the pipeline (:mod:`whisper_zh.train`, :mod:`whisper_zh.data`).
+also does lives in the pipeline (:mod:`whisper_zh.train.pipeline`, :mod:`whisper_zh.train.data`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ import sys
 from typing import Optional
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.config import TrainConfig
-from whisper_zh.train import CURVES_NAME, RESULTS_NAME, history_table, plot_history  # noqa: F401  (the notebook's API)
+from whisper_zh.errors import ConfigError, InputNotFoundError
+from whisper_zh.train.config import TrainConfig
+from whisper_zh.train.publish import (  # noqa: F401  (the notebook's API)
+    CURVES_NAME,
+    RESULTS_NAME,
+    history_table,
+    plot_history,
+)
 
 DRIVE_MOUNT = "/content/drive"
 COLAB_WORK_DIR = os.path.join(DRIVE_MOUNT, "MyDrive", "whisper-zh")
@@ -81,7 +87,7 @@ def path_in(work_dir: str, path: str) -> str:
 
 
 def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
-    """The dataset argument for :class:`~whisper_zh.config.TrainConfig`.
+    """The dataset argument for :class:`~whisper_zh.train.config.TrainConfig`.
 
     ``None``: the Common Voice release in ``work_dir`` (an extracted ``cv-corpus-*``
     folder, else a ``cv-corpus-*.tar.gz``; the newest name wins). A relative path is
@@ -92,7 +98,7 @@ def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
         tarballs = sorted(glob.glob(os.path.join(work_dir, "cv-corpus-*.tar.gz")))
         found = (folders or tarballs or [None])[-1]
         if found is None:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"no Common Voice release in {work_dir}: download the zh-CN release "
                 "(cv-corpus-*-zh-CN.tar.gz) from https://datacollective.mozillafoundation.org "
                 "into that folder, or set DATASET to its path")
@@ -106,7 +112,7 @@ def find_dataset(work_dir: str, dataset: Optional[str] = None) -> str:
 
 def make_config(work_dir: str, dataset: Optional[str] = None, cache_dir: str = "cache",
                 output_dir: Optional[str] = None, **values) -> TrainConfig:
-    """The :class:`~whisper_zh.config.TrainConfig` of the notebook's parameters.
+    """The :class:`~whisper_zh.train.config.TrainConfig` of the notebook's parameters.
 
     A parameter left ``None`` keeps TrainConfig's default (so the schedule the pipeline
     derives from the data is not overridden); ``dataset`` is found by
@@ -120,7 +126,7 @@ def make_config(work_dir: str, dataset: Optional[str] = None, cache_dir: str = "
 
 def show_logs() -> None:
     """Show the pipeline's progress messages in the cells' output, as the command line does."""
-    from whisper_zh.cli import configure_logging
+    from whisper_zh.logs import configure_logging
 
     configure_logging()
 
@@ -135,7 +141,10 @@ def gpu_report(config=None) -> dict:
     gradient checkpointing that training will use with ``config`` (a TrainConfig)."""
     import torch
 
-    from whisper_zh.train import resolve_gradient_checkpointing, resolve_precision
+    from whisper_zh.train.trainer import (
+        resolve_gradient_checkpointing,
+        resolve_precision,
+    )
 
     config = config or TrainConfig()
     precision = resolve_precision(config.precision)
@@ -184,7 +193,7 @@ def hub_login(required: bool) -> Optional[str]:
         try:
             token = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
         except Exception as err:  # a headless run cannot prompt
-            raise RuntimeError("no Hub token: set the Colab secret HF_TOKEN or the HF_TOKEN environment "
+            raise ConfigError("no Hub token: set the Colab secret HF_TOKEN or the HF_TOKEN environment "
                                "variable, or run `hf auth login`") from err
     os.environ["HF_TOKEN"] = token
     try:
@@ -192,7 +201,7 @@ def hub_login(required: bool) -> Optional[str]:
     except Exception as err:
         del os.environ["HF_TOKEN"]
         # `from None`: the original error may quote the request, and with it the token.
-        raise RuntimeError(f"could not check the token with the Hub ({type(err).__name__}): "
+        raise ConfigError(f"could not check the token with the Hub ({type(err).__name__}): "
                            "check HF_TOKEN and the connection") from None
     print(f"logged in to the Hub as {name}")
     return name
@@ -211,7 +220,7 @@ def describe_source(config):
     listed, and which role (train / eval / test) the split plays in ``config``."""
     import pandas as pd
 
-    from whisper_zh.data import list_splits, open_source, release_dir
+    from whisper_zh.train.data import list_splits, open_source, release_dir
 
     source = open_source(config.dataset, config.dataset_config)
     roles: dict[str, list[str]] = {}
@@ -253,7 +262,7 @@ def show_examples(dataset, n: int = 3, seed: int = 0):
     import pandas as pd
     from IPython.display import Audio, display
 
-    from whisper_zh.features import decode_clip
+    from whisper_zh.train.examples import decode_clip
 
     n = min(n, len(dataset))
     rows = dataset.shuffle(seed=seed).select(range(n)) if n else dataset
@@ -313,8 +322,10 @@ def training_plan(config) -> dict:
     pipeline's :func:`whisper_zh.train.find_resume_point`: the newest complete checkpoint
     in the output folder, else, with a Hub repo, the Hub's ``last-checkpoint``, which it
     downloads into the output folder (so this cell can take minutes)."""
-    from whisper_zh.train import (checkpoint_step, find_resume_point, plan_training, prepare_data,
-                                  timestamp_labels, training_examples)
+    from whisper_zh.train.checkpoints import checkpoint_step, find_resume_point
+    from whisper_zh.train.data import prepare_data
+    from whisper_zh.train.publish import timestamp_labels
+    from whisper_zh.train.trainer import plan_training, training_examples
 
     data = prepare_data(config, splits=["train"], verbose=False)
     examples = training_examples(config, data.train)
@@ -354,7 +365,7 @@ def show_results(result) -> dict:
     """Print the outcome of a :class:`~whisper_zh.train.TrainResult` (rates in %) and return
     ``output_dir/results.json``, which :func:`whisper_zh.train.train` wrote (written here
     from ``result`` when it is missing)."""
-    from whisper_zh.train import save_results as write
+    from whisper_zh.train.publish import save_results as write
 
     path = os.path.join(result.output_dir, RESULTS_NAME)
     if os.path.isfile(path):
@@ -377,7 +388,7 @@ def launch_app(model_dir: str, launch: bool = True, **build_kwargs):
     """Build the project's Gradio app (:func:`whisper_zh.app.build_app`, as ``app.py``
     serves it) on ``model_dir`` and, when ``launch``, start it: with a public share link
     in Colab, on localhost elsewhere. Returns the ``gr.Blocks``."""
-    from whisper_zh.app import build_app, launch_options
+    from whisper_zh.serve.app import build_app, launch_options
 
     demo = build_app(model_dir, **build_kwargs)
     if launch:

@@ -18,7 +18,12 @@ def make_tiny_whisper(out_dir: str, processor_from: str, *, d_model: int = 64, l
     feature extractor and generation config of ``processor_from`` (a Whisper Hub id or
     directory). Returns ``out_dir``; does nothing if it is already complete."""
     import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     if os.path.exists(os.path.join(out_dir, "model.safetensors")):
         return out_dir

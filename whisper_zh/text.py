@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import jiwer
 
+from whisper_zh.errors import ConfigError
+
 # Languages written without spaces between words: scored by CER, not WER.
 CHARACTER_LANGUAGES = frozenset({"zh", "ja", "ko", "th", "yue", "lo", "my", "km", "bo"})
 
@@ -76,7 +78,7 @@ def convert_script(text: str, script: str = "simplified") -> str:
     軟體 when it comes from 软件) expect Simplified input.
     """
     if script not in _SCRIPTS_BY_NAME:
-        raise ValueError(f"script must be one of {', '.join(SCRIPT_NAMES)}, not {script!r}")
+        raise ConfigError(f"script must be one of {', '.join(SCRIPT_NAMES)}, not {script!r}")
     config = _SCRIPTS_BY_NAME[script].opencc
     if config is None:
         return text

@@ -1,7 +1,7 @@
-"""CTranslate2 backend: run an exported model (``whisper-zh export --ct2``) with faster-whisper.
+"""CTranslate2 backend: run an exported model (``whisper-zh export``) with faster-whisper.
 
 On the 2-core CPU of a free Space, CTranslate2 int8 decodes many times faster than
-transformers float32 (bench/transcribe.py). The engine (:mod:`whisper_zh.transcribe`)
+transformers float32 (bench/transcribe.py). The engine (:mod:`whisper_zh.serve.engine`)
 owns the model's lifetime; nothing here is cached globally.
 
 Long audio is decoded in *lanes* (:func:`decode_chunks`). The Silero VAD (an onnx file
@@ -24,121 +24,47 @@ import logging
 import math
 import os
 import threading
-import time
 from dataclasses import dataclass, replace
 from typing import ContextManager, Iterator, Optional, Sequence
 
 import numpy as np
 
-from whisper_zh.audio import N_SAMPLES as WINDOW_SAMPLES, SAMPLE_RATE
-from whisper_zh.transcribe import DEFAULT_BEAM_SIZE, ProgressCallback, Segment, TranscribeOptions, Word
+from whisper_zh.audio import N_SAMPLES as WINDOW_SAMPLES
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import ModelNotFoundError
+from whisper_zh.serve.segmentation import (
+    SpeechMap,
+    missed_speech,
+    speech_chunks,
+    split_words,
+)
+from whisper_zh.serve.types import (
+    DEFAULT_BEAM_SIZE,
+    ProgressCallback,
+    Segment,
+    TranscribeOptions,
+    Word,
+)
 
 logger = logging.getLogger(__name__)
 
-# Batched decoding reads whole chunks of at most 30 s without timestamp tokens (with
-# them, whisper-base dropped whole sentences in batched mode: CER 0.17 vs 0.12 on
-# zh-cv-mini, digits aside). Subtitle-sized segments are recovered from the VAD's
-# pauses and the words' cross-attention times: a segment ends at a pause of at least
-# PAUSE_S, after sentence-final punctuation, or before it would exceed MAX_SEGMENT_S.
-PAUSE_S = 0.3
-MAX_SEGMENT_S = 10.0
-VAD_PAD_S = 0.1  # speech padding of the VAD's pieces; the default 0.4 s would hide short pauses
-# Silence kept around each chunk: whisper-base skipped a whole sentence when a chunk
-# began right at the speech onset.
-CHUNK_PAD_S = 0.4
-# Speech the decoder skipped is decoded again on its own (missed_speech): at least this
-# much of it, between words, with a word taken to be at most MAX_WORD_S long.
-MIN_MISSED_S = 1.0
-MAX_WORD_S = 1.0
-_SENTENCE_END = tuple("。！？!?；;")
 # A lane's next chunk is not conditioned on text decoded this hot (openai/whisper's
 # prompt_reset_on_temperature): it is probably wrong, and would pull the next chunk along.
 PROMPT_RESET_TEMPERATURE = 0.5
+
+
 # faster-whisper's defaults for the word alignment
 _PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+
+
 _APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-
-
-def find_ct2_model(model_name_or_path: str) -> str | None:
-    """The CTranslate2 export that belongs to a model, if there is one.
-
-    Returns ``DIR/ct2`` when ``DIR/ct2/model.bin`` exists (where ``whisper-zh export``
-    writes by default), ``DIR`` when ``DIR/model.bin`` exists (``DIR`` is itself an
-    export), else ``None`` (also for Hub ids: nothing is downloaded).
-    """
-    path = os.fspath(model_name_or_path)
-    if not os.path.isdir(path):
-        return None
-    for candidate in (os.path.join(path, "ct2"), path):
-        if os.path.isfile(os.path.join(candidate, "model.bin")):
-            return candidate
-    return None
-
-
-def ct2_cache_dir() -> str:
-    """Where conversions made at load time are kept: beside the Hugging Face cache
-    (``$HF_HOME/whisper-zh-ct2``), so a Space's persistent storage keeps them too."""
-    from huggingface_hub import constants
-
-    return os.path.join(constants.HF_HOME, "whisper-zh-ct2")
-
-
-def _conversion_key(model_dir: str) -> str:
-    """A name for a model directory's conversion that changes when its weights do."""
-    import hashlib
-
-    weights = sorted(f for f in os.listdir(model_dir) if f.endswith((".safetensors", ".bin", ".json")))
-    stamp = [(f, os.stat(os.path.join(model_dir, f)).st_size, os.stat(os.path.join(model_dir, f)).st_mtime_ns)
-             for f in weights]
-    digest = hashlib.sha256(repr((os.path.realpath(model_dir), stamp)).encode()).hexdigest()[:16]
-    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in os.path.basename(os.path.normpath(model_dir)))
-    return f"{name}-{digest}"
-
-
-def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
-    """The CTranslate2 model for any Whisper, found, downloaded or converted once.
-
-    In order: a local folder's own export (``DIR/ct2`` or ``DIR`` itself); a Hub repo's
-    ``ct2/`` folder (only that folder is downloaded: what ``whisper-zh train`` pushes);
-    a conversion made earlier and cached in :func:`ct2_cache_dir`; else the model is
-    converted now (``quantization``, int8: the fastest on a CPU) and cached, so the next
-    start skips it. Logs which of these happened and how long it took.
-    """
-    from whisper_zh.export import export_ct2, looks_local
-
-    started = time.perf_counter()
-    found = find_ct2_model(model_id)
-    if found:
-        logger.info("%s: using its CTranslate2 export %s", model_id, found)
-        return found
-    if os.path.isdir(model_id):
-        source = model_id
-    elif looks_local(model_id):
-        raise FileNotFoundError(f"no such model directory: {model_id}")
-    else:
-        from huggingface_hub import snapshot_download
-
-        found = find_ct2_model(snapshot_download(model_id, allow_patterns=["ct2/*"]))
-        if found:
-            logger.info("%s: downloaded its CTranslate2 export in %.1f s", model_id, time.perf_counter() - started)
-            return found
-        source = snapshot_download(model_id)  # its snapshot folder is named by the commit
-    out = os.path.join(ct2_cache_dir(), _conversion_key(source), quantization)
-    if os.path.isfile(os.path.join(out, "model.bin")):
-        logger.info("%s: using the CTranslate2 conversion cached in %s", model_id, out)
-        return out
-    logger.info("%s has no CTranslate2 export: converting it to %s once (cached in %s)", model_id,
-                quantization, out)
-    export_ct2(source, out, quantization)
-    logger.info("%s: converted to CTranslate2 %s in %.1f s", model_id, quantization, time.perf_counter() - started)
-    return out
 
 
 def load_ct2(model_dir: str, device: str = "cpu", compute_type: str = "int8"):
     """Load a CTranslate2 Whisper export.
 
     Args:
-        model_dir: a directory written by :func:`whisper_zh.export.export_ct2` (or any
+        model_dir: a directory written by :func:`whisper_zh.serve.models.export_ct2` (or any
             faster-whisper model directory).
         device: "cpu", "cuda", "cuda:N" (the N-th GPU) or "auto".
         compute_type: CTranslate2 compute type ("int8", "int8_float16", "float16",
@@ -148,8 +74,8 @@ def load_ct2(model_dir: str, device: str = "cpu", compute_type: str = "int8"):
         A ``faster_whisper.WhisperModel``.
     """
     if not os.path.isfile(os.path.join(model_dir, "model.bin")):
-        raise FileNotFoundError(f"{model_dir} is not a CTranslate2 export (no model.bin); "
-                                f"run `whisper-zh export MODEL --ct2` first")
+        raise ModelNotFoundError(f"{model_dir} is not a CTranslate2 export (no model.bin); "
+                                f"run `whisper-zh export MODEL` first")
     from faster_whisper import WhisperModel
 
     # cpu_threads=0 lets CTranslate2 pick its thread count (measured faster on 2 cores
@@ -157,120 +83,6 @@ def load_ct2(model_dir: str, device: str = "cpu", compute_type: str = "int8"):
     kind, _, index = device.partition(":")
     return WhisperModel(model_dir, device=kind, device_index=int(index or 0), compute_type=compute_type,
                         local_files_only=True)
-
-
-@dataclass
-class SpeechMap:
-    """Where a recording holds speech, and how it is grouped for decoding.
-
-    Attributes:
-        chunks: contiguous ``(start, end)`` spans in seconds, each at most the chunk
-            length, covering all detected speech (inner pauses included, so times inside
-            a chunk are real times).
-        speech: the VAD's ``(start, end)`` speech pieces, in seconds, in order.
-    """
-
-    chunks: list[tuple[float, float]]
-    speech: list[tuple[float, float]]
-
-    @property
-    def pauses(self) -> list[tuple[float, float]]:
-        """The ``(start, end)`` gaps between consecutive speech pieces."""
-        return [(a_end, b_start) for (_, a_end), (b_start, _) in zip(self.speech, self.speech[1:]) if b_start > a_end]
-
-    def speech_within(self, start: float, end: float) -> float:
-        """Seconds of detected speech between ``start`` and ``end``."""
-        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.speech)
-
-
-def speech_chunks(audio: np.ndarray, chunk_s: float) -> SpeechMap:
-    """Find speech with Silero VAD and group it into chunks of at most ``chunk_s`` for
-    batched decoding, cut in pauses."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    budget = chunk_s - 2 * CHUNK_PAD_S  # what a chunk may hold before its padding
-    # a longer stretch without pauses is cut by the VAD itself (at its quietest 100 ms)
-    options = VadOptions(min_silence_duration_ms=160, speech_pad_ms=int(VAD_PAD_S * 1000),
-                         max_speech_duration_s=budget)
-    pieces = [(p["start"] / SAMPLE_RATE, p["end"] / SAMPLE_RATE) for p in get_speech_timestamps(audio, options)]
-    duration = audio.shape[0] / SAMPLE_RATE
-    groups: list[list[float]] = []
-    for start, end in pieces:
-        if groups and end - groups[-1][0] <= budget:
-            groups[-1][1] = end
-        else:
-            groups.append([start, end])
-    chunks = []
-    for i, (start, end) in enumerate(groups):
-        # pad into the silence on both sides, never past the middle of the gap to a neighbour
-        low = 0.0 if i == 0 else (groups[i - 1][1] + start) / 2
-        high = duration if i == len(groups) - 1 else (end + groups[i + 1][0]) / 2
-        chunks.append((max(low, start - CHUNK_PAD_S), min(high, end + CHUNK_PAD_S)))
-    return SpeechMap(chunks, pieces)
-
-
-def missed_speech(words: Sequence[Word], chunk: tuple[float, float], speech: SpeechMap,
-                  min_missed_s: float = MIN_MISSED_S) -> list[tuple[float, float]]:
-    """The spans of a chunk where the VAD heard at least ``min_missed_s`` of speech but
-    the decoder wrote no word: a sentence it skipped or an end of text it emitted early.
-
-    Whisper decoding a 30 s chunk without timestamps sometimes jumps over whole
-    sentences (on joined zh-multi-dev clips, 17 s of one chunk). The alignment shows it
-    as a long gap between consecutive words, or a word that starts long before it ends
-    (it absorbs the skipped stretch): a character is at most ``MAX_WORD_S`` long, so a
-    word is taken to start no earlier than that before its end.
-    """
-    edges = [chunk[0]]
-    for word in words:
-        edges += [max(word.start, word.end - MAX_WORD_S), word.end]
-    edges.append(chunk[1])
-    # only the chunk's own speech pieces: a long recording has thousands
-    inside = SpeechMap([chunk], [p for p in speech.speech if p[1] > chunk[0] and p[0] < chunk[1]])
-    return [(start, end) for start, end in zip(edges[::2], edges[1::2])
-            if inside.speech_within(start, end) >= min_missed_s]
-
-
-def split_words(words: Sequence[Word], pauses: list[tuple[float, float]], pause_s: float = PAUSE_S,
-                max_segment_s: float = MAX_SEGMENT_S) -> list[Segment]:
-    """Group timed words into subtitle-sized segments.
-
-    Args:
-        words: the words of a chunk, in order.
-        pauses: ``(start, end)`` silences in seconds (from :func:`speech_chunks`); those of
-            at least ``pause_s`` end a segment.
-
-    Whisper's alignment leaves no gaps between words: a pause is absorbed into the
-    word after it, whose *end* is reliable and whose *start* is early. So a pause
-    splits before the first word that ends after the pause's middle, and that word's
-    start is moved to the end of the pause.
-    """
-    cuts = sorted(p for p in pauses if p[1] - p[0] >= pause_s)
-    groups: list[list[Word]] = []
-    k = 0  # next pause to place
-    for i, word in enumerate(words):
-        start, end = float(word.start), float(word.end)
-        new = not groups
-        while k < len(cuts) and (cuts[k][0] + cuts[k][1]) / 2 < end:
-            if i > 0:
-                new = True
-                start = max(start, min(cuts[k][1], end))
-            k += 1
-        if groups and not new:
-            text = "".join(w.word for w in groups[-1]).strip()
-            if text.endswith(_SENTENCE_END) or end - groups[-1][0].start > max_segment_s:
-                new = True
-        word = replace(word, start=start, end=end)
-        if new:
-            groups.append([word])
-        else:
-            groups[-1].append(word)
-    segments = []
-    for group, following in zip(groups, groups[1:] + [None]):
-        # a segment ends where the next begins at the latest
-        end = group[-1].end if following is None else max(group[0].start, min(group[-1].end, following[0].start))
-        segments.append(Segment(start=group[0].start, end=end, text="".join(w.word for w in group),
-                                words=tuple(group)))
-    return segments
 
 
 @dataclass
@@ -520,7 +332,7 @@ class CT2Backend:
     def iter_segments(self, audio: np.ndarray, options: TranscribeOptions,
                       progress: Optional[ProgressCallback] = None,
                       windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
-        """See :meth:`whisper_zh.transcribe.Backend.iter_segments`. With ``windows`` (clips
+        """See :meth:`whisper_zh.serve.types.Backend.iter_segments`. With ``windows`` (clips
         joined into ``audio``) each is decoded on its own, without the previous text."""
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         duration = audio.shape[0] / SAMPLE_RATE

@@ -1,8 +1,8 @@
 """Subtitle and transcript files: SRT, WebVTT, karaoke WebVTT, bilingual SRT, JSON, text.
 
 Writers take any sequence of objects with ``start`` and ``end`` (seconds, float) and
-``text`` (str), optionally ``words`` (timed :class:`whisper_zh.transcribe.Word`s) --
-:class:`whisper_zh.transcribe.Segment`, or faster-whisper's segments -- and return the
+``text`` (str), optionally ``words`` (timed :class:`whisper_zh.serve.types.Word`s) --
+:class:`whisper_zh.serve.types.Segment`, or faster-whisper's segments -- and return the
 file's text, so the app, the CLI and tests share one implementation.
 
 Chinese subtitles follow the Netflix Simplified Chinese style by default
@@ -39,6 +39,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
+from whisper_zh.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -73,9 +75,9 @@ class SubtitleStyle:
 
     def __post_init__(self):
         if self.max_line_width is not None and self.max_line_width < 1:
-            raise ValueError(f"max_line_width must be at least 1, not {self.max_line_width}")
+            raise ConfigError(f"max_line_width must be at least 1, not {self.max_line_width}")
         if self.max_lines < 1 or self.max_duration <= 0 or self.min_duration < 0:
-            raise ValueError(f"invalid subtitle style {self}")
+            raise ConfigError(f"invalid subtitle style {self}")
 
 
 CHINESE_STYLE = SubtitleStyle()  # Netflix Simplified Chinese (PRC) timed-text style
@@ -658,7 +660,7 @@ def format_of(path: str | os.PathLike) -> str:
     for fmt, suffix in SUFFIXES.items():
         if name.endswith(suffix):
             return fmt
-    raise ValueError(f"unknown subtitle format for {Path(path).name!r}; choose one of {', '.join(FORMATS)}")
+    raise ConfigError(f"unknown subtitle format for {Path(path).name!r}; choose one of {', '.join(FORMATS)}")
 
 
 def write_subtitles(segments: Sequence[TimedText], path: str | os.PathLike, fmt: Optional[str] = None, *,
@@ -675,24 +677,59 @@ def write_subtitles(segments: Sequence[TimedText], path: str | os.PathLike, fmt:
     fmt = (fmt or format_of(path)).lower()
     if fmt == "bilingual":
         if translation is None:
-            raise ValueError("bilingual subtitles need the translation's segments")
+            raise ConfigError("bilingual subtitles need the translation's segments")
         text = to_bilingual_srt(segments, translation, style or BILINGUAL_STYLE)
     elif fmt in WRITERS:
         text = WRITERS[fmt](segments, style)
     else:
-        raise ValueError(f"unknown subtitle format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown subtitle format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
 
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The formats, lower-cased and without repeats, each one this module can write.
+
+    Raises:
+        ConfigError: naming the unknown ones and the available ones.
+    """
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"unknown output format{'s' * (len(unknown) > 1)} {', '.join(unknown) or '(none)'}; "
+                          f"choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def output_paths(out_dir: str | os.PathLike, stem: str | os.PathLike, formats: Sequence[str]) -> dict[str, Path]:
+    """{format: ``out_dir/stem`` + :data:`SUFFIXES`\\ [format]}: the one naming of output
+    files, which folder jobs also use to find what a killed run already wrote."""
+    return {fmt: Path(out_dir) / f"{stem}{SUFFIXES[fmt]}" for fmt in check_formats(formats)}
+
+
+def write_atomically(segments: Sequence[TimedText], targets: dict[str, Path], **writer_options) -> dict[str, Path]:
+    """Write ``segments`` in each format to its path through a temporary file in the same
+    folder renamed into place: a reader (or a resumed run) never sees a partial file.
+    ``writer_options`` (``style``, ``translation``) go to :func:`write_subtitles`.
+    Returns ``targets``."""
+    temporary: dict[str, Path] = {}
+    try:
+        for fmt, path in targets.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary[fmt] = write_subtitles(segments, path.with_name(f".{path.name}.{os.getpid()}.tmp"), fmt,
+                                             **writer_options)
+        for fmt, tmp in temporary.items():
+            os.replace(tmp, targets[fmt])
+    finally:
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)
+    return targets
+
+
 def write_all(segments: Sequence[TimedText], out_dir: str | os.PathLike, stem: str = "transcript",
               formats: Sequence[str] = DEFAULT_FORMATS, *, style: Optional[SubtitleStyle] = None,
               translation: Optional[Sequence[TimedText]] = None) -> dict[str, Path]:
-    """Write ``out_dir/stem`` + :data:`SUFFIXES`\\ [format] for each of ``formats``; returns
-    {format: path}."""
-    unknown = [fmt for fmt in formats if fmt not in SUFFIXES]
-    if unknown:
-        raise ValueError(f"unknown subtitle format {unknown[0]!r}; choose one of {', '.join(FORMATS)}")
-    return {fmt: write_subtitles(segments, Path(out_dir) / f"{stem}{SUFFIXES[fmt]}", fmt,
-                                 style=style, translation=translation) for fmt in formats}
+    """Write ``out_dir/stem`` + :data:`SUFFIXES`\\ [format] for each of ``formats``, each
+    atomically; returns {format: path}."""
+    return write_atomically(segments, output_paths(out_dir, stem, formats), style=style, translation=translation)

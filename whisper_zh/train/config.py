@@ -1,9 +1,9 @@
 """The one configuration object of the training pipeline.
 
-``TrainConfig`` drives the command line (``whisper-zh train``, through
-``HfArgumentParser``) and the notebook (its parameters cell fills one in). Every
+``TrainConfig`` drives the command line (``whisper-zh train``: one option per field,
+built by :mod:`whisper_zh.cli`) and the notebook (its parameters cell fills one in). Every
 default lives here. Fields left ``None`` are derived from the data and the hardware by
-:func:`whisper_zh.train.resolve_schedule` and :func:`whisper_zh.train.resolve_precision`.
+:func:`whisper_zh.train.trainer.resolve_schedule` and :func:`whisper_zh.train.trainer.resolve_precision`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-DEFAULT_MODEL = "openai/whisper-small"
+from whisper_zh.hub import DEFAULT_MODEL
+
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "whisper-zh")
-
-
-class ConfigError(ValueError):
-    """A training configuration that cannot work as given; the message says what to change."""
 
 
 @dataclass
@@ -135,66 +132,3 @@ class TrainConfig:
         """Role -> split name(s) (``"train+dev"`` joins splits); empty names are left out."""
         roles = {"train": self.train_split, "eval": self.eval_split, "test": self.test_split}
         return {role: split for role, split in roles.items() if split}
-
-
-def _env_flag(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Everything an operator of the app (a Space's "Variables" tab), the engine or the
-    command line may set from the environment; each variable is named and parsed here only.
-
-    ``ServeSettings.from_env()`` reads them; the fields' defaults are what an unset
-    variable means.
-    """
-
-    model_id: str = DEFAULT_MODEL  # MODEL_ID: Hub id or local directory
-    backend: str = "auto"  # BACKEND: auto | transformers | ct2
-    max_duration_s: float = 3600.0  # MAX_DURATION_S: longest input accepted
-    max_upload_mb: float = 500.0  # MAX_UPLOAD_MB: largest upload or download accepted
-    # CONCURRENCY_LIMIT: transcriptions at once; a second would double peak memory
-    concurrency_limit: int = 1
-    max_queue: int = 32  # MAX_QUEUE: requests allowed to wait
-    batch_size: Optional[int] = None  # BATCH_SIZE: windows per model call (None: the engine's default)
-    cookies: Optional[str] = None  # YTDLP_COOKIES: the operator's cookies.txt for YouTube
-    allow_private_urls: bool = False  # ALLOW_PRIVATE_URLS: links may reach private addresses
-    download_deadline_s: float = 300.0  # DOWNLOAD_DEADLINE_S: wall-clock limit of one link's download
-
-    ENVIRONMENT = {  # field -> variable
-        "model_id": "MODEL_ID", "backend": "BACKEND", "max_duration_s": "MAX_DURATION_S",
-        "max_upload_mb": "MAX_UPLOAD_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
-        "batch_size": "BATCH_SIZE", "cookies": "YTDLP_COOKIES", "allow_private_urls": "ALLOW_PRIVATE_URLS",
-        "download_deadline_s": "DOWNLOAD_DEADLINE_S",
-    }
-
-    @classmethod
-    def from_env(cls, environ=None) -> "ServeSettings":
-        """The settings the environment gives; unset or empty variables keep the defaults.
-
-        Raises:
-            ValueError: a variable that does not parse, naming it.
-        """
-        import dataclasses
-        import typing
-
-        environ = os.environ if environ is None else environ
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for name, variable in cls.ENVIRONMENT.items():
-            raw = (environ.get(variable) or "").strip()
-            if not raw:
-                continue
-            kind = hints[name]
-            kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
-            try:
-                values[name] = _env_flag(raw) if kind is bool else kind(raw)
-            except ValueError:
-                raise ValueError(f"{variable}={raw!r} is not a valid {kind.__name__}") from None
-        settings = cls(**values)
-        return dataclasses.replace(settings, backend=settings.backend.lower())
-
-    @property
-    def max_bytes(self) -> int:
-        return int(self.max_upload_mb * 2**20)

@@ -11,7 +11,7 @@ Sources (:func:`open_source` tells them apart):
 The cache stores, per clip, the original compressed audio bytes (a 5 s Common Voice mp3
 is ~15 kB, against the 0.96 MB of a precomputed 80x3000 float32 log-mel; decoded-array
 sources are stored as 16 kHz FLAC) and the label token ids. Decoding (~2 ms a clip) and
-log-mel happen per batch at training time (:mod:`whisper_zh.features`).
+log-mel happen per batch at training time (:mod:`whisper_zh.train.examples`).
 
 Preparation is cut into shards of ``shard_size`` clips, each written to a temporary
 directory and renamed into place when complete, so a killed preparation resumes at the
@@ -43,8 +43,10 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.config import TrainConfig
-from whisper_zh.media import AudioDecodeError, load_audio, to_int16
+from whisper_zh.errors import AudioDecodeError, DataError
+from whisper_zh.hub import looks_local
+from whisper_zh.media import load_audio, resample, to_int16
+from whisper_zh.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,6 @@ _RELEASE_RE = re.compile(r"(cv-corpus-[0-9][0-9.]*)")
 SPLIT_ALIASES = {"dev": "validation", "validation": "dev"}
 
 csv.field_size_limit(sys.maxsize)
-
-
-class DataError(ValueError):
-    """The dataset argument cannot be used as given; the message says what to do."""
 
 
 # --------------------------------------------------------------------------------------
@@ -165,7 +163,7 @@ def open_source(dataset: str, config: Optional[str] = None) -> Source:
         return Source("hub", os.path.abspath(path), _stat_fingerprint(files[:1000]), config)
     if os.path.exists(path):
         raise DataError(f"{path} is neither a folder nor a .tar.gz Common Voice release")
-    if dataset.count("/") > 1 or dataset.startswith((".", "/", "~")):
+    if looks_local(dataset):
         raise DataError(f"{dataset} does not exist")
     return Source("hub", dataset, hashlib.sha1(f"{dataset}:{config}".encode()).hexdigest(), config)
 
@@ -206,7 +204,7 @@ def release_dir(source: Source, cache_dir: str, extract_dir: Optional[str] = Non
         return source.location
     if source.kind == "cv-tar":
         return extract_release(source.location, extract_dir or default_extract_dir(cache_dir))
-    raise ValueError(f"{source.location} is not a Common Voice release")
+    raise DataError(f"{source.location} is not a Common Voice release")
 
 
 def list_splits(source: Source, cache_dir: str, extract_dir: Optional[str] = None) -> dict[str, Optional[int]]:
@@ -267,7 +265,7 @@ def _load_hf(source: Source, split: str, streaming: bool):
 @dataclass
 class PrepareOptions:
     """What decides the content of a prepared split (and so its cache key). The defaults
-    are :class:`~whisper_zh.config.TrainConfig`'s; :meth:`from_config` fills one from a
+    are :class:`~whisper_zh.train.config.TrainConfig`'s; :meth:`from_config` fills one from a
     configuration."""
 
     language: str = TrainConfig.language
@@ -286,7 +284,7 @@ class PrepareOptions:
 
     @classmethod
     def from_config(cls, config: TrainConfig, **overrides) -> "PrepareOptions":
-        """The options of ``config`` (a :class:`~whisper_zh.config.TrainConfig`, or any
+        """The options of ``config`` (a :class:`~whisper_zh.train.config.TrainConfig`, or any
         object with its field names), with ``overrides`` (e.g. ``max_samples``)."""
         values = {}
         for f in fields(cls):
@@ -380,10 +378,7 @@ def _read_media(audio_ref: Any) -> tuple[bytes, np.ndarray]:
         elif audio_ref.get("array") is not None:
             audio = np.asarray(audio_ref["array"], dtype=np.float32)
             sr = audio_ref.get("sampling_rate") or SAMPLE_RATE
-            if sr != SAMPLE_RATE:
-                import soxr
-
-                audio = soxr.resample(audio, sr, SAMPLE_RATE)
+            audio = resample(audio, sr, SAMPLE_RATE)
             if audio.size == 0:
                 raise AudioDecodeError("empty audio data")
             return _encode_flac(audio), audio
@@ -665,3 +660,40 @@ def _prepare_streaming(ds, target: str, opts: PrepareOptions, labels: LabelEncod
         count += len(batch)
         index += 1
     return count
+
+
+# --------------------------------------------------------------------------------------
+# The splits of one training run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    train: object
+    eval: Optional[object]
+    test: Optional[object]
+    stats: dict = field(default_factory=dict)  # split -> PrepareStats
+
+
+def prepare_data(config: TrainConfig, splits: Optional[list[str]] = None, verbose: bool = True) -> PreparedData:
+    """Prepare (or reuse) the train, eval and test splits named in ``config`` (``splits``:
+    only these roles).
+
+    The eval split is cut to ``eval_max_samples`` clips (a fixed random subset), so
+    evaluation during training stays cheap; the test split is used whole."""
+    source = open_source(config.dataset, config.dataset_config)
+    labels = LabelEncoder(config.model_name_or_path, config.language, config.task)
+    result = PreparedData(train=None, eval=None, test=None)
+    for role, split in config.split_roles().items():
+        if splits is not None and role not in splits:
+            continue
+        max_samples = config.max_train_samples if role == "train" else None
+        opts = PrepareOptions.from_config(config, max_samples=max_samples)
+        dataset, stats = prepare_split(source, split, config.cache_dir, labels, opts, config.extract_dir)
+        if role == "eval" and len(dataset) > config.eval_max_samples:
+            dataset = dataset.shuffle(seed=config.seed).select(range(config.eval_max_samples))
+        setattr(result, role, dataset)
+        result.stats[split] = stats
+        if verbose:
+            logger.info("%s", stats.summary(f"{role} ({split})"))
+    return result

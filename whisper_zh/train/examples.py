@@ -20,8 +20,16 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from whisper_zh.audio import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE, TIME_PRECISION
-from whisper_zh.media import load_audio
+from whisper_zh.audio import (
+    CHUNK_LENGTH,
+    HOP_LENGTH,
+    N_FFT,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    TIME_PRECISION,
+)
+from whisper_zh.errors import ConfigError
+from whisper_zh.media import frame_energy_db, load_audio
 
 # A clip's speech ends after its last 20 ms frame within this many dB of its loudest
 # frame (Common Voice clips carry up to a second or two of trailing silence).
@@ -74,8 +82,7 @@ def speech_span(clip: np.ndarray, floor_db: float = SPEECH_FLOOR_DB) -> tuple[fl
     n_steps = min(clip.shape[0] // step, int(round(CHUNK_LENGTH / TIME_PRECISION)))
     if n_steps == 0:
         return 0.0, 0.0
-    frames = clip[: n_steps * step].astype(np.float64).reshape(n_steps, step)
-    energy_db = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    energy_db = frame_energy_db(clip[: n_steps * step], frame_s=TIME_PRECISION)
     if energy_db.max() <= -100:
         return 0.0, round(n_steps * TIME_PRECISION, 2)
     loud = np.flatnonzero(energy_db >= energy_db.max() - floor_db)
@@ -87,11 +94,6 @@ def example_draw(seed: int, *key: Any) -> float:
     choice in every epoch, after a resume and in every DataLoader worker process."""
     digest = hashlib.blake2b(repr((seed, *key)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
-
-
-# --------------------------------------------------------------------------------------
-# Training examples: which clips are decoded together, and how they are labelled
-# --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def check_example_options(timestamp_fraction: float, timestamp_window_s: float, 
     for name, value, top in (("timestamp_fraction", timestamp_fraction, 1), ("prompt_fraction", prompt_fraction, 1),
                              ("timestamp_window_s", timestamp_window_s, CHUNK_LENGTH)):
         if not 0 <= value <= top:
-            raise ValueError(f"{name} must be between 0 and {top}, not {value}")
+            raise ConfigError(f"{name} must be between 0 and {top}, not {value}")
 
 
 def plan_examples(keys: Sequence[tuple], durations: Sequence[float], label_lengths: Sequence[int], *,

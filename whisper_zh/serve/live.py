@@ -38,14 +38,17 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import ConfigError
+from whisper_zh.media import StreamResampler
+from whisper_zh.serve.engine import Transcriber
+from whisper_zh.serve.types import Segment, TranscribeOptions, Word
 from whisper_zh.text import normalize
-from whisper_zh.transcribe import Segment, TranscribeOptions, Transcriber, Word
 
 logger = logging.getLogger(__name__)
 
@@ -110,32 +113,6 @@ class LiveUpdate:
         return self.confirmed_text + self.tentative_text
 
 
-@dataclass
-class _Resampler:
-    """Any rate, integer or float, mono or multi-channel -> float32 mono at 16 kHz.
-
-    One soxr stream per recording: resampling each small chunk on its own would leave
-    the filter's edge effects at every chunk boundary."""
-
-    sample_rate: int
-    _stream: object = field(default=None, repr=False)
-
-    def __call__(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
-        samples = np.asarray(samples)
-        if np.issubdtype(samples.dtype, np.integer):
-            samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max + 1)
-        if samples.ndim == 2:
-            samples = samples.mean(axis=1)
-        samples = np.ascontiguousarray(samples, dtype=np.float32)
-        if self.sample_rate == SAMPLE_RATE:
-            return samples
-        if self._stream is None:
-            import soxr
-
-            self._stream = soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        return self._stream.resample_chunk(samples, last=last)
-
-
 class LiveTranscriber:
     """Transcribe one live recording, fed piece by piece. Gradio-free; one per recording.
 
@@ -153,7 +130,7 @@ class LiveTranscriber:
                  min_chunk_s: float = MIN_CHUNK_S, trim_s: float = TRIM_S, max_buffer_s: float = MAX_BUFFER_S,
                  context_chars: int = CONTEXT_CHARS, keep_up: bool = True):
         if not 0 < trim_s <= max_buffer_s:
-            raise ValueError(f"need 0 < trim_s <= max_buffer_s, got {trim_s} and {max_buffer_s}")
+            raise ConfigError(f"need 0 < trim_s <= max_buffer_s, got {trim_s} and {max_buffer_s}")
         self.transcriber = transcriber
         self.options = options or transcriber.options
         self.min_chunk_s = min_chunk_s
@@ -161,7 +138,7 @@ class LiveTranscriber:
         self.max_buffer_s = max_buffer_s
         self.context_chars = context_chars
         self.keep_up = keep_up
-        self._resampler: Optional[_Resampler] = None
+        self._resampler: Optional[StreamResampler] = None
         self._audio = np.zeros(0, np.float32)  # the buffer the engine reads
         self._offset = 0.0  # stream time of the buffer's first sample, seconds
         self._received = 0  # samples received, at 16 kHz
@@ -225,7 +202,7 @@ class LiveTranscriber:
 
     def _resample(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         if self._resampler is None or self._resampler.sample_rate != sample_rate:
-            self._resampler = _Resampler(int(sample_rate))
+            self._resampler = StreamResampler(int(sample_rate))
         return self._resampler(samples)
 
     def _append(self, audio: np.ndarray) -> None:

@@ -1,13 +1,13 @@
 """The Gradio app: microphone, uploaded file or link in; text, timed segments and
-subtitle files out. Every handler calls the package (:mod:`whisper_zh.media`,
-:mod:`whisper_zh.transcribe`, :mod:`whisper_zh.subtitles`); this module only wires UI.
+subtitle files out. Every handler calls the package's one job flow
+(:mod:`whisper_zh.serve.jobs`) or the live transcriber; this module only wires UI.
 
-    >>> from whisper_zh.app import build_app, launch_options
+    >>> from whisper_zh.serve.app import build_app, launch_options
     >>> demo = build_app("openai/whisper-small")   # a Hub id or the folder training wrote
     >>> demo.launch(share=True, **launch_options())  # Colab; the Space runs app.py
 
-Settings come from the environment (:class:`whisper_zh.config.ServeSettings`), so a Space
-is configured in its "Variables" tab without touching code.
+Settings come from the environment (:meth:`whisper_zh.serve.settings.ServeSettings.from_env`,
+read here, at the edge, unless given), so a Space is configured in its "Variables" tab without touching code.
 """
 
 from __future__ import annotations
@@ -21,20 +21,21 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.config import ServeSettings
-from whisper_zh.media import (
-    AudioDecodeError,
-    DownloadError,
-    MediaTooLongError,
-    download_audio,
-    format_duration,
-    is_url,
-    load_media,
+from whisper_zh.errors import AudioDecodeError, WhisperZhError
+from whisper_zh.media import format_duration
+from whisper_zh.serve.engine import Transcriber, get_transcriber
+from whisper_zh.serve.jobs import Job, load_input
+from whisper_zh.serve.live import LiveTranscriber
+from whisper_zh.serve.netguard import is_url
+from whisper_zh.serve.settings import ServeSettings
+from whisper_zh.serve.subtitles import (
+    DEFAULT_FORMATS,
+    format_timestamp,
+    output_paths,
+    write_all,
 )
-from whisper_zh.streaming import LiveTranscriber
-from whisper_zh.subtitles import DEFAULT_FORMATS, format_timestamp, write_all
+from whisper_zh.serve.types import TranscribeOptions, join_text
 from whisper_zh.text import SCRIPTS
-from whisper_zh.transcribe import NoSpeechError, TranscribeOptions, Transcriber, get_transcriber, join_text
 
 PARTIAL_EVERY_S = 2.0  # seconds between partial results shown while transcribing
 # The Gradio queues: recordings, uploads and links wait in one; live pieces in another.
@@ -52,7 +53,7 @@ OUT_OF_MEMORY = ("The server ran out of memory on this input. Try a shorter or s
                  "or ask the operator to lower MAX_DURATION_S or BATCH_SIZE.")
 
 
-class UserError(Exception):
+class UserError(WhisperZhError):
     """A problem with what the user sent; the message is shown to them as is."""
 
 
@@ -103,21 +104,23 @@ class Handlers:
         workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-request-"))
         try:
             started = time.perf_counter()
-            path = self._fetch(request, workdir, report)
-            report(0.0, desc="decoding")
+            source = self._source(request)
+            report(0.0, desc="downloading" if request.kind == "url" else "decoding")
             try:
-                audio = load_media(path, max_duration_s=self.settings.max_duration_s, max_bytes=self.settings.max_bytes)
+                audio = load_input(source, workdir, self.settings.limits,
+                                   cookies=request.cookies or self.settings.cookies,
+                                   progress=lambda f, msg: report(f, desc=msg))
             except AudioDecodeError:
                 raise UserError("This file is not audio or video that ffmpeg can decode "
                                 "(corrupt, empty, or without a sound track).") from None
-            shutil.rmtree(workdir / "download", ignore_errors=True)  # decoded: the download is no longer needed
             duration = len(audio) / SAMPLE_RATE
             yield Update(f"Decoded {format_duration(duration)} of audio; transcribing…")
             options = TranscribeOptions(
                 script=request.script or "simplified", task="translate" if request.output == "translate" else "transcribe",
                 batch_size=self.settings.batch_size or TranscribeOptions.batch_size,
-                hotwords=(request.hotwords or "").strip() or None, max_duration_s=self.settings.max_duration_s)
-            language = "en" if options.task == "translate" else options.language  # of the text written
+                hotwords=(request.hotwords or "").strip() or None)
+            formats = (*FILE_FORMATS, "bilingual") if request.output == "bilingual" else FILE_FORMATS
+            job = Job(self.transcriber, options, formats)
             segments: list = []
             done = [0.0]  # fraction decoded, as the engine last reported it
 
@@ -126,46 +129,39 @@ class Handlers:
                 report(fraction, desc=message)
 
             shown = 0.0
-            for segment in self.transcriber.iter_segments(audio, options, progress=on_progress):
+            for segment in job.iter_segments(audio, progress=on_progress):
                 segments.append(segment)
                 # show the text as it grows, at most every PARTIAL_EVERY_S
                 if time.perf_counter() - shown > PARTIAL_EVERY_S:
                     shown = time.perf_counter()
                     yield Update(f"Transcribed {done[0]:.0%} of {format_duration(duration)}…",
-                                 _text(segments, language), _rows(segments))
+                                 _text(segments, job.language), _rows(segments))
             if not segments:
                 yield Update(NO_SPEECH)
                 return
-            formats, translation = FILE_FORMATS, None
-            if request.output == "bilingual":
+            if job.bilingual:
                 yield Update("Transcribed; translating to English for the bilingual subtitles…",
-                             _text(segments, language), _rows(segments))
-                translation = list(self.transcriber.iter_segments(
-                    audio, replace(options, task="translate", script="original", hotwords=None),
-                    progress=lambda f, msg: report(f, desc=f"translating: {msg}")))
-                formats = (*FILE_FORMATS, "bilingual")
-            files = write_all(segments, workdir, stem=_stem(request), formats=formats, translation=translation)
+                             _text(segments, job.language), _rows(segments))
+            result = job.finish(audio, progress=lambda f, msg: report(f, desc=f"translating: {msg}"))
+            files = job.write(result, output_paths(workdir, _stem(request), formats))
             elapsed = time.perf_counter() - started
             status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
                       f"transcribed in {elapsed:.1f} s ({self.transcriber.backend.name}, {self.transcriber.device}).")
-            yield Update(status, _text(segments, language), _rows(segments), [str(files[f]) for f in formats])
+            yield Update(status, result.text, _rows(segments), [str(files[f]) for f in formats])
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             if request.cookies:
                 Path(request.cookies).unlink(missing_ok=True)
 
-    def _fetch(self, request: Request, workdir: Path, report) -> str:
+    def _source(self, request: Request) -> str:
+        """The request's link or file, checked for what a visitor can get wrong."""
         if request.kind == "url":
             url = (request.source or "").strip()
             if not url:
                 raise UserError("Paste a link first.")
             if not is_url(url):
                 raise UserError("That is not a link: it should start with https://")
-            report(0.0, desc="downloading")
-            return str(download_audio(
-                url, workdir / "download", cookies=request.cookies or self.settings.cookies,
-                max_duration_s=self.settings.max_duration_s, max_bytes=self.settings.max_bytes,
-                deadline_s=self.settings.download_deadline_s, progress=lambda f, msg: report(f, desc=msg)))
+            return url
         if not request.source:
             raise UserError("Record something first." if request.kind == "microphone" else "Upload a file first.")
         if not os.path.isfile(request.source):
@@ -181,7 +177,7 @@ class Handlers:
         if live is None:
             live = LiveTranscriber(self.transcriber, TranscribeOptions(
                 script=script or "simplified", batch_size=self.settings.batch_size or TranscribeOptions.batch_size,
-                max_duration_s=self.settings.max_duration_s, hotwords=(hotwords or "").strip() or None))
+                hotwords=(hotwords or "").strip() or None))
         if chunk is None:
             return live, "Listening…", ""
         sample_rate, samples = chunk
@@ -237,9 +233,7 @@ def _handler(handlers: Handlers, kind: str):
         try:
             for update in handlers.run(request, progress=progress):
                 yield _shown(update)
-        except NoSpeechError:
-            yield _shown(Update(NO_SPEECH))
-        except (UserError, DownloadError, MediaTooLongError, FileNotFoundError) as err:
+        except WhisperZhError as err:
             message = str(err)
             raise gr.Error(message[:1].upper() + message[1:], title="Cannot transcribe") from None
         except MemoryError:

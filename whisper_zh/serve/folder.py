@@ -31,14 +31,25 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.media import format_duration, is_url, load_media, probe_duration
-from whisper_zh.subtitles import DEFAULT_FORMATS, FORMATS, SUFFIXES, SubtitleStyle, write_subtitles
-from whisper_zh.transcribe import NoSpeechError, TranscribeOptions, Transcriber
+from whisper_zh.distributed import process_state
+from whisper_zh.errors import InputNotFoundError
+from whisper_zh.media import format_duration, load_media, probe_duration
+from whisper_zh.serve.engine import Transcriber
+from whisper_zh.serve.jobs import Job
+from whisper_zh.serve.netguard import is_url
+from whisper_zh.serve.settings import UNLIMITED, Limits
+from whisper_zh.serve.subtitles import (
+    DEFAULT_FORMATS,
+    SubtitleStyle,
+    check_formats,
+    output_paths,
+)
+from whisper_zh.serve.types import TranscribeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +78,6 @@ class MediaFile:
 
     path: Path
     stem: Path
-
-    def outputs(self, output_dir: PathLike, formats: Sequence[str]) -> dict[str, Path]:
-        """{format: output path}, each named as :func:`whisper_zh.subtitles.write_all` names it."""
-        return {fmt: Path(output_dir) / f"{self.stem}{SUFFIXES[fmt]}" for fmt in formats}
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,7 @@ def find_media(inputs: Union[PathLike, Sequence[PathLike]]) -> list[MediaFile]:
     order (every process of a distributed run must see the same list).
 
     Raises:
-        FileNotFoundError: an input is neither a file, a folder nor a pattern with matches.
+        InputNotFoundError: an input is neither a file, a folder nor a pattern with matches.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -201,14 +208,14 @@ def find_media(inputs: Union[PathLike, Sequence[PathLike]]) -> list[MediaFile]:
             base = _static_prefix(item)
             matches = [Path(m) for m in glob.glob(item, recursive=True)]
             if not matches:
-                raise FileNotFoundError(f"no file matches {item}")
+                raise InputNotFoundError(f"no file matches {item}")
             for match in matches:
                 if match.is_dir():
                     found += [(p, base) for p in _media_in(match)]
                 elif match.suffix[1:].lower() in MEDIA_EXTENSIONS and not _hidden(match, base):
                     found.append((match, base))
         else:
-            raise FileNotFoundError(f"no such file or folder: {item}")
+            raise InputNotFoundError(f"no such file or folder: {item}")
     unique: dict[Path, Path] = {}
     for file, base in found:
         # absolute, not resolved: a symlink inside the folder keeps its place in the layout
@@ -229,40 +236,8 @@ def find_media(inputs: Union[PathLike, Sequence[PathLike]]) -> list[MediaFile]:
 # Transcribing
 # ---------------------------------------------------------------------------
 
-def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    """The formats, lower-cased, each one that :mod:`whisper_zh.subtitles` can write.
-
-    Raises:
-        ValueError: naming the unknown ones and the available ones.
-    """
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"unknown output format{'s' * (len(unknown) > 1)} {', '.join(unknown) or '(none)'}; "
-                         f"choose from {', '.join(FORMATS)}")
-    return formats
-
-
-def write_atomically(segments: Sequence, targets: dict[str, Path], **writer_options) -> None:
-    """Write ``segments`` in each format to its path through a temporary file in the same
-    folder renamed into place: a reader (or a resumed run) never sees a partial file.
-    ``writer_options`` (``style``, ``translation``) go to :func:`write_subtitles`."""
-    temporary: dict[str, Path] = {}
-    try:
-        for fmt, path in targets.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary[fmt] = write_subtitles(segments, path.with_name(f".{path.name}.{os.getpid()}.tmp"), fmt,
-                                             **writer_options)
-        for fmt, tmp in temporary.items():
-            os.replace(tmp, targets[fmt])
-    finally:
-        for tmp in temporary.values():
-            tmp.unlink(missing_ok=True)
-
-
-def _transcribe_one(engine: Transcriber, media: MediaFile, targets: dict[str, Path],
-                    options: TranscribeOptions, bar, weight: Optional[float], process_index: int,
-                    style: Optional[SubtitleStyle]) -> FileResult:
+def _transcribe_one(job: Job, media: MediaFile, targets: dict[str, Path], limits: Limits, bar,
+                    weight: Optional[float], process_index: int) -> FileResult:
     """One file; ``weight`` is its share of the progress bar (its probed duration, None
     when the header did not say: then its decoded duration is added to the bar's total)."""
     started = time.perf_counter()
@@ -277,22 +252,15 @@ def _transcribe_one(engine: Transcriber, media: MediaFile, targets: dict[str, Pa
             shown += step
 
     try:
-        audio = load_media(media.path, max_duration_s=options.max_duration_s)
+        audio = load_media(media.path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes)
         duration = len(audio) / SAMPLE_RATE
         if weight is None:
             weight = duration
             bar.total += duration
-        try:
-            segments = engine.transcribe(audio, options, progress=advance).segments
-        except NoSpeechError:
-            segments = []  # empty outputs: the file is done, and a resumed run skips it
-        translation = None
-        if "bilingual" in targets:  # Whisper's English of the same audio, for the second line
-            translation = segments and engine.transcribe(
-                audio, replace(options, task="translate", script="original")).segments
-        write_atomically(segments, targets, style=style, translation=translation)
+        result = job.run(audio, progress=advance)
+        job.write(result, targets)
         return FileResult(str(media.path), DONE, tuple(map(str, targets.values())), duration,
-                          time.perf_counter() - started, len(segments), process_index=process_index)
+                          time.perf_counter() - started, len(result.segments), process_index=process_index)
     # The boundary of one file: whatever goes wrong with it (a corrupt file, a decoder or
     # model error, a full disk) is recorded for the summary and the other files go on.
     except Exception as err:  # noqa: BLE001
@@ -303,51 +271,43 @@ def _transcribe_one(engine: Transcriber, media: MediaFile, targets: dict[str, Pa
         advance(1.0)
 
 
-def _state():
-    """accelerate's view of this process: alone, or one of ``accelerate launch``/``torchrun``'s."""
-    import torch
-    from accelerate import PartialState
-
-    # cpu=True on GPU-less machines: accelerate then also joins torchrun's processes (gloo)
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike,
                       formats: Sequence[str] = DEFAULT_FORMATS,
                       transcriber: Union[Transcriber, str, None] = None,
                       options: Optional[TranscribeOptions] = None, *,
                       backend: Optional[str] = None, device: Optional[str] = None,
                       overwrite: bool = False, progress: bool = True,
-                      style: Optional[SubtitleStyle] = None) -> FolderSummary:
+                      style: Optional[SubtitleStyle] = None, limits: Limits = UNLIMITED) -> FolderSummary:
     """Transcribe every media file ``inputs`` name into ``output_dir``.
 
     Args:
         inputs: folders (searched recursively), glob patterns, files.
         output_dir: where the outputs go, mirroring the inputs' relative paths.
-        formats: any of :data:`whisper_zh.subtitles.FORMATS`; bilingual adds an English pass.
+        formats: any of :data:`whisper_zh.serve.subtitles.FORMATS`; bilingual adds an English pass.
         transcriber: a loaded engine, or a model id/directory to load (once per process,
             the main process first, so a Hub download happens once); None: the default model.
         options: decoding options (default: the engine's).
         backend, device: for loading ``transcriber`` when it is not an engine.
         overwrite: transcribe files whose outputs already exist too.
         progress: show a tqdm bar over the seconds of audio (on the main process).
-        style: the subtitles' layout (default: by language, :func:`whisper_zh.subtitles.default_style`).
+        style: the subtitles' layout (default: by language, :func:`whisper_zh.serve.subtitles.default_style`).
+        limits: the longest and largest input transcribed (larger ones fail, and the rest go on).
 
     Returns:
         The summary of all files, every process's included (the same on every process).
 
     Raises:
-        FileNotFoundError: an input does not exist or a pattern matches nothing.
-        ValueError: an unknown format.
+        InputNotFoundError: an input does not exist or a pattern matches nothing.
+        ConfigError: an unknown format.
     """
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     formats = check_formats(formats)
-    state = _state()
+    state = process_state()
     media = find_media(inputs)
-    plan = [(m, m.outputs(output_dir, formats)) for m in media]
+    plan = [(m, output_paths(output_dir, m.stem, formats)) for m in media]
     skipped = {str(m.path): FileResult(str(m.path), SKIPPED, tuple(map(str, targets.values())))
                for m, targets in plan if not overwrite and all(p.exists() for p in targets.values())}
     pending = [(m, targets) for m, targets in plan if str(m.path) not in skipped]
@@ -359,6 +319,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
             gpu = str(state.device) if state.device.type == "cuda" else None
             transcriber = Transcriber(transcriber, backend=backend, device=device or gpu, options=options)
     options = options or (transcriber.options if isinstance(transcriber, Transcriber) else TranscribeOptions())
+    job = Job(transcriber, options, formats, style=style) if pending else None
     results: list[FileResult] = []
     with state.split_between_processes(pending) as mine:
         weights = [probe_duration(m.path) for m, _ in mine]
@@ -368,7 +329,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
                   disable=not (progress and state.is_main_process),
                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]") as bar:
             for (m, targets), weight in zip(mine, weights):
-                result = _transcribe_one(transcriber, m, targets, options, bar, weight, state.process_index, style)
+                result = _transcribe_one(job, m, targets, limits, bar, weight, state.process_index)
                 logger.debug("%s: %s in %.1f s", m.path, result.status, result.elapsed_s)
                 results.append(result)
     state.wait_for_everyone()

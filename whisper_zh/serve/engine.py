@@ -1,0 +1,184 @@
+"""The transcription engine: any length of Chinese speech in, timed segments out.
+
+    >>> from whisper_zh import Transcriber
+    >>> engine = Transcriber("openai/whisper-small")          # loaded once per process
+    >>> result = engine.transcribe("talk.mp4")                # a media path or a waveform
+    >>> result.text, result.segments[0]                       # Segment(start=0.0, end=3.2, text='...')
+
+The engine picks a backend (``transformers`` or ``ct2``: CTranslate2, several times
+faster on a CPU) behind one :class:`Backend` protocol, converts the output's script and
+drops the credits Whisper invents on silence ("字幕由Amara.org社群提供").
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import replace
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.errors import ConfigError, NoSpeechError
+from whisper_zh.hub import DEFAULT_MODEL
+from whisper_zh.media import load_media
+from whisper_zh.serve.ct2_backend import CT2Backend
+from whisper_zh.serve.models import resolve_ct2_model
+from whisper_zh.serve.segmentation import is_silent
+from whisper_zh.serve.transformers_backend import TransformersBackend
+from whisper_zh.serve.types import (
+    BACKENDS,
+    Backend,
+    ProgressCallback,
+    Segment,
+    TranscribeOptions,
+    Transcript,
+    join_text,
+)
+from whisper_zh.text import convert_script, normalize
+
+logger = logging.getLogger(__name__)
+
+# Credits from subtitle sites that Whisper learned from its training data and emits on
+# silence, music or noise. Matched after normalisation (simplified, no punctuation, lower
+# case); real speech practically never consists of only these.
+_HALLUCINATIONS = re.compile(
+    r"字幕由.{0,12}(amara|提供)|amara\.?org|请不吝点赞|订阅.{0,6}(转发|打赏)|明镜与点点|字幕志愿者"
+    r"|中文字幕.{0,4}(提供|制作)|谢谢观看|感谢观看"
+)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Transcriber:
+    """A Whisper model loaded once, ready to transcribe any number of inputs.
+
+    Args:
+        model_id: a Hub id or a local directory (default: openai/whisper-small).
+        backend: "transformers", "ct2" or "auto" (the default). On a
+            CPU auto means ct2 for every model: its own CTranslate2 export (a local
+            ``ct2/`` folder, or only the ``ct2/`` folder of a Hub repo is downloaded),
+            else a one-time int8 conversion cached for the next start
+            (:func:`whisper_zh.serve.models.resolve_ct2_model`). On a GPU auto means transformers.
+        device: "cuda" or "cpu" (default: cuda when available).
+        options: default :class:`TranscribeOptions` for :meth:`transcribe`.
+    """
+
+    def __init__(self, model_id: str = DEFAULT_MODEL, *, backend: str = "auto",
+                 device: Optional[str] = None, options: Optional[TranscribeOptions] = None):
+        self.model_id = model_id
+        choice = backend.lower()
+        if choice not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {choice!r}")
+        self.device = device or default_device()
+        self.options = options or TranscribeOptions()
+        if choice == "auto":
+            choice = "ct2" if self.device == "cpu" else "transformers"
+        started = time.perf_counter()
+        if choice == "ct2":
+            self.backend: Backend = CT2Backend(resolve_ct2_model(self.model_id), device=self.device)
+        else:
+            self.backend = TransformersBackend(self.model_id, self.device)
+        logger.info("loaded %s with the %s backend on %s in %.1f s", self.model_id, self.backend.name,
+                    self.device, time.perf_counter() - started)
+
+    def __repr__(self) -> str:
+        return f"Transcriber({self.model_id!r}, backend={self.backend.name!r}, device={self.device!r})"
+
+    # -- public API ---------------------------------------------------------
+
+    def transcribe(self, audio: Union[np.ndarray, str, os.PathLike],
+                   options: Optional[TranscribeOptions] = None, *,
+                   progress: Optional[ProgressCallback] = None, **overrides) -> Transcript:
+        """Transcribe a whole input.
+
+        Args:
+            audio: float32 waveform of shape ``(n_samples,)`` at 16 kHz, or a media path.
+            options: decoding options (default: the engine's); ``overrides`` replace
+                single fields, e.g. ``script="traditional"``.
+            progress: called with (fraction, message) after each model step.
+
+        Raises:
+            NoSpeechError: nothing but silence or noise was found.
+        """
+        options = replace(options or self.options, **overrides)
+        if not isinstance(audio, np.ndarray):
+            audio = load_media(audio)
+        started = time.perf_counter()
+        segments = list(self.iter_segments(audio, options, progress=progress))
+        if not segments:
+            raise NoSpeechError()
+        return Transcript(segments=segments, duration=len(audio) / SAMPLE_RATE, language=options.language,
+                          elapsed_s=time.perf_counter() - started, backend=self.backend.name)
+
+    def iter_segments(self, audio: np.ndarray, options: Optional[TranscribeOptions] = None, *,
+                      progress: Optional[ProgressCallback] = None,
+                      windows: Optional[Sequence[tuple[int, int]]] = None) -> Iterator[Segment]:
+        """Yield segments in time order, each as soon as it is decoded.
+
+        Args:
+            audio: float32 waveform, shape ``(n_samples,)``, 16 kHz mono.
+            windows: ``[(start_sample, end_sample), ...]``, each at most 30 s, to decode
+                instead of the backend's own cuts (e.g. the boundaries of clips joined
+                into ``audio``: each is then transcribed on its own, in batches).
+        """
+        options = options or self.options
+        if is_silent(audio, options.silence_threshold_db):
+            return
+        if windows is not None:
+            too_long = [w for w in windows if w[1] - w[0] > options.window_s * SAMPLE_RATE]
+            if too_long:
+                raise ConfigError(f"windows longer than {options.window_s:g} s: {too_long[:3]}")
+        for segment in self.backend.iter_segments(audio, options, progress, windows):
+            text = convert_script(segment.text.strip(), options.script)
+            if not text or (options.drop_hallucinations and _is_hallucination(text)):
+                continue
+            words = tuple(replace(w, word=convert_script(w.word, options.script)) for w in segment.words)
+            yield replace(segment, text=text, words=words)
+
+    def transcribe_clips(self, clips: Sequence[np.ndarray], options: Optional[TranscribeOptions] = None, *,
+                         progress: Optional[ProgressCallback] = None) -> list[str]:
+        """The text of each of many short clips (each at most ``options.window_s``),
+        decoded independently, ``options.batch_size`` at a time: what evaluation needs."""
+        options = options or self.options
+        bounds = np.cumsum([0] + [len(c) for c in clips])
+        windows = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        texts: list[list[str]] = [[] for _ in clips]
+        starts = [int(a) for a in bounds[:-1]]
+        for segment in self.iter_segments(np.concatenate(clips) if clips else np.zeros(0, np.float32), options,
+                                          progress=progress, windows=windows):
+            # a segment belongs to the clip its middle falls in (its start is rounded to the
+            # millisecond, and can fall a few samples before its clip's)
+            clip = bisect.bisect_right(starts, (segment.start + segment.end) / 2 * SAMPLE_RATE) - 1
+            texts[max(clip, 0)].append(segment.text)
+        return [join_text(t, options.language) for t in texts]
+
+
+def _is_hallucination(text: str) -> bool:
+    """True when a segment is (almost) nothing but known credit lines: at most four
+    characters are left once they are removed. "谢谢观看" ending a real sentence stays."""
+    plain = normalize(text, "zh")
+    return bool(plain) and plain != (rest := _HALLUCINATIONS.sub("", plain)) and len(rest) <= 4
+
+
+_engines: dict[tuple, Transcriber] = {}
+_engines_lock = threading.Lock()
+
+
+def get_transcriber(model_id: str = DEFAULT_MODEL, *, backend: str = "auto",
+                    device: Optional[str] = None) -> Transcriber:
+    """The process-wide :class:`Transcriber` for these arguments, loaded on first use."""
+    key = (model_id, backend.lower(), device)
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = Transcriber(model_id, backend=key[1], device=device)
+        return _engines[key]

@@ -1,0 +1,173 @@
+"""Models for the engine: a CTranslate2 copy found, downloaded or converted once.
+
+:func:`export_ct2` converts a transformers Whisper to CTranslate2 (the training
+pipeline publishes one as ``ct2/``); :func:`resolve_ct2_model` finds the copy that
+belongs to any model id or folder, converting and caching one when there is none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from whisper_zh.errors import ConfigError, ModelNotFoundError
+from whisper_zh.hub import looks_local
+
+logger = logging.getLogger(__name__)
+
+# CTranslate2 weight types a user may ask for. int8 is the CPU default: ~4x smaller
+# than float32 and the fastest on x86/ARM CPUs; float16 is for GPUs.
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16", "bfloat16", "float32")
+
+
+def default_output_dir(model_name_or_path: str) -> str:
+    """``DIR/ct2`` for a local model directory, else ``./<name>-ct2`` for a Hub id."""
+    if os.path.isdir(model_name_or_path):
+        return os.path.join(model_name_or_path, "ct2")
+    return model_name_or_path.rstrip("/").split("/")[-1] + "-ct2"
+
+
+def _write_tokenizer(model_name_or_path: str, out_dir: str) -> None:
+    local = os.path.join(model_name_or_path, "tokenizer.json")
+    if os.path.isfile(local):
+        # Copied byte for byte: re-saving through transformers may rewrite it.
+        shutil.copyfile(local, os.path.join(out_dir, "tokenizer.json"))
+        return
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(model_name_or_path).save_pretrained(out_dir)
+    if not os.path.isfile(os.path.join(out_dir, "tokenizer.json")):
+        raise ConfigError(f"{model_name_or_path} has no fast tokenizer: faster-whisper needs tokenizer.json")
+
+
+def _write_preprocessor_config(model_name_or_path: str, out_dir: str) -> None:
+    from transformers import AutoFeatureExtractor
+
+    # Reads preprocessor_config.json or a transformers-5 processor_config.json alike;
+    # saving a bare feature extractor writes the flat preprocessor_config.json.
+    AutoFeatureExtractor.from_pretrained(model_name_or_path).save_pretrained(out_dir)
+
+
+def export_ct2(model_name_or_path: str, output_dir: str | None = None, quantization: str = "int8") -> str:
+    """Convert a transformers Whisper (directory or Hub id) to a CTranslate2 directory.
+
+    Args:
+        model_name_or_path: a directory saved with ``save_pretrained`` (model, tokenizer,
+            feature extractor) or a Hub id.
+        output_dir: where to write; default :func:`default_output_dir`. Replaced if it
+            exists. The conversion runs in a sibling temporary directory that is renamed
+            into place at the end, so a crash never leaves a half-written export where
+            the engine would pick it up.
+        quantization: CTranslate2 weight type, one of :data:`QUANTIZATIONS`.
+
+    Returns:
+        The output directory (loadable by ``faster_whisper.WhisperModel``).
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
+    if not os.path.isdir(model_name_or_path) and looks_local(model_name_or_path):
+        raise ModelNotFoundError(f"no such model directory: {model_name_or_path}")
+    from ctranslate2.converters import TransformersConverter
+
+    output_dir = os.path.abspath(output_dir or default_output_dir(model_name_or_path))
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    try:
+        # ctranslate2 >= 4.6 loads with from_pretrained(dtype=...), the transformers-5
+        # spelling, and takes lang_ids from generation_config.lang_to_id: it converts a
+        # transformers-5 Whisper as is. The config's own dtype is kept at load time;
+        # the weights are cast to ``quantization`` on save.
+        converter = TransformersConverter(model_name_or_path, low_cpu_mem_usage=True)
+        converter.convert(tmp, quantization=quantization, force=True)
+        _write_tokenizer(model_name_or_path, tmp)
+        _write_preprocessor_config(model_name_or_path, tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        if os.path.exists(output_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
+            os.rename(output_dir, os.path.join(old, "x"))
+            os.rename(tmp, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def find_ct2_model(model_name_or_path: str) -> str | None:
+    """The CTranslate2 export that belongs to a model, if there is one.
+
+    Returns ``DIR/ct2`` when ``DIR/ct2/model.bin`` exists (where ``whisper-zh export``
+    writes by default), ``DIR`` when ``DIR/model.bin`` exists (``DIR`` is itself an
+    export), else ``None`` (also for Hub ids: nothing is downloaded).
+    """
+    path = os.fspath(model_name_or_path)
+    if not os.path.isdir(path):
+        return None
+    for candidate in (os.path.join(path, "ct2"), path):
+        if os.path.isfile(os.path.join(candidate, "model.bin")):
+            return candidate
+    return None
+
+
+def ct2_cache_dir() -> str:
+    """Where conversions made at load time are kept: beside the Hugging Face cache
+    (``$HF_HOME/whisper-zh-ct2``), so a Space's persistent storage keeps them too."""
+    from huggingface_hub import constants
+
+    return os.path.join(constants.HF_HOME, "whisper-zh-ct2")
+
+
+def _conversion_key(model_dir: str) -> str:
+    """A name for a model directory's conversion that changes when its weights do."""
+
+    weights = sorted(f for f in os.listdir(model_dir) if f.endswith((".safetensors", ".bin", ".json")))
+    stamp = [(f, os.stat(os.path.join(model_dir, f)).st_size, os.stat(os.path.join(model_dir, f)).st_mtime_ns)
+             for f in weights]
+    digest = hashlib.sha256(repr((os.path.realpath(model_dir), stamp)).encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in os.path.basename(os.path.normpath(model_dir)))
+    return f"{name}-{digest}"
+
+
+def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
+    """The CTranslate2 model for any Whisper, found, downloaded or converted once.
+
+    In order: a local folder's own export (``DIR/ct2`` or ``DIR`` itself); a Hub repo's
+    ``ct2/`` folder (only that folder is downloaded: what ``whisper-zh train`` pushes);
+    a conversion made earlier and cached in :func:`ct2_cache_dir`; else the model is
+    converted now (``quantization``, int8: the fastest on a CPU) and cached, so the next
+    start skips it. Logs which of these happened and how long it took.
+    """
+    from whisper_zh.hub import looks_local
+    started = time.perf_counter()
+    found = find_ct2_model(model_id)
+    if found:
+        logger.info("%s: using its CTranslate2 export %s", model_id, found)
+        return found
+    if os.path.isdir(model_id):
+        source = model_id
+    elif looks_local(model_id):
+        raise ModelNotFoundError(f"no such model directory: {model_id}")
+    else:
+        from huggingface_hub import snapshot_download
+
+        found = find_ct2_model(snapshot_download(model_id, allow_patterns=["ct2/*"]))
+        if found:
+            logger.info("%s: downloaded its CTranslate2 export in %.1f s", model_id, time.perf_counter() - started)
+            return found
+        source = snapshot_download(model_id)  # its snapshot folder is named by the commit
+    out = os.path.join(ct2_cache_dir(), _conversion_key(source), quantization)
+    if os.path.isfile(os.path.join(out, "model.bin")):
+        logger.info("%s: using the CTranslate2 conversion cached in %s", model_id, out)
+        return out
+    logger.info("%s has no CTranslate2 export: converting it to %s once (cached in %s)", model_id,
+                quantization, out)
+    export_ct2(source, out, quantization)
+    logger.info("%s: converted to CTranslate2 %s in %.1f s", model_id, quantization, time.perf_counter() - started)
+    return out

@@ -1,0 +1,106 @@
+"""What an operator sets: the model, the backend and the limits a public server holds.
+
+:class:`ServeSettings` names and parses every environment variable of the app, the
+engine and the command line, and is read only at those edges
+(``ServeSettings.from_env()`` in :mod:`whisper_zh.serve.app` and :mod:`whisper_zh.cli`).
+Library code takes what it needs as arguments: the limits as one :class:`Limits`, with
+safe defaults (no private addresses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from typing import Optional
+
+from whisper_zh.errors import ConfigError
+from whisper_zh.hub import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost, held *while* it is worked on (media decoding stops at
+    the duration limit, downloads at the byte limit and the deadline).
+
+    Attributes:
+        max_duration_s: longest input accepted, seconds (None: no limit).
+        max_bytes: largest upload or download, bytes (None: no limit).
+        download_deadline_s: the longest one link's download may take, seconds.
+        allow_private_urls: links may reach loopback and private addresses.
+    """
+
+    max_duration_s: Optional[float] = 3600.0
+    max_bytes: Optional[int] = 500 * 2**20
+    download_deadline_s: float = 300.0
+    allow_private_urls: bool = False
+
+
+UNLIMITED = Limits(max_duration_s=None, max_bytes=None)
+
+
+def _env_flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything an operator of the app (a Space's "Variables" tab), the engine or the
+    command line may set from the environment; each variable is named and parsed here only.
+
+    ``ServeSettings.from_env()`` reads them; the fields' defaults are what an unset
+    variable means.
+    """
+
+    model_id: str = DEFAULT_MODEL  # MODEL_ID: Hub id or local directory
+    backend: str = "auto"  # BACKEND: auto | transformers | ct2
+    max_duration_s: float = Limits.max_duration_s  # MAX_DURATION_S: longest input accepted
+    max_upload_mb: float = 500.0  # MAX_UPLOAD_MB: largest upload or download accepted
+    # CONCURRENCY_LIMIT: transcriptions at once; a second would double peak memory
+    concurrency_limit: int = 1
+    max_queue: int = 32  # MAX_QUEUE: requests allowed to wait
+    batch_size: Optional[int] = None  # BATCH_SIZE: windows per model call (None: the engine's default)
+    cookies: Optional[str] = None  # YTDLP_COOKIES: the operator's cookies.txt for YouTube
+    allow_private_urls: bool = False  # ALLOW_PRIVATE_URLS: links may reach private addresses
+    download_deadline_s: float = Limits.download_deadline_s  # DOWNLOAD_DEADLINE_S: wall-clock limit of one download
+
+    ENVIRONMENT = {  # field -> variable
+        "model_id": "MODEL_ID", "backend": "BACKEND", "max_duration_s": "MAX_DURATION_S",
+        "max_upload_mb": "MAX_UPLOAD_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
+        "batch_size": "BATCH_SIZE", "cookies": "YTDLP_COOKIES", "allow_private_urls": "ALLOW_PRIVATE_URLS",
+        "download_deadline_s": "DOWNLOAD_DEADLINE_S",
+    }
+
+    @classmethod
+    def from_env(cls, environ=None) -> "ServeSettings":
+        """The settings the environment gives; unset or empty variables keep the defaults.
+
+        Raises:
+            ConfigError: a variable that does not parse, naming it.
+        """
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, variable in cls.ENVIRONMENT.items():
+            raw = (environ.get(variable) or "").strip()
+            if not raw:
+                continue
+            kind = hints[name]
+            kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
+            try:
+                values[name] = _env_flag(raw) if kind is bool else kind(raw)
+            except ValueError:
+                raise ConfigError(f"{variable}={raw!r} is not a valid {kind.__name__}") from None
+        settings = cls(**values)
+        return dataclasses.replace(settings, backend=settings.backend.lower())
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    @property
+    def limits(self) -> Limits:
+        """The limits every request of this server holds."""
+        return Limits(max_duration_s=self.max_duration_s, max_bytes=self.max_bytes,
+                      download_deadline_s=self.download_deadline_s, allow_private_urls=self.allow_private_urls)

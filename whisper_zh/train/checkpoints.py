@@ -1,0 +1,140 @@
+"""Checkpoints a run can trust, and where a run resumes.
+
+A checkpoint counts only when complete (every file the Trainer writes, weights whose
+size matches their header); a half-written one (a kill mid-save) is moved aside, never
+loaded or pushed. With the output folder gone (a Colab reset), the Hub repo's
+``last-checkpoint`` is downloaded instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import zipfile
+from typing import Optional
+
+from whisper_zh.distributed import process_state
+from whisper_zh.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """True when the Trainer finished writing ``path``: its ``trainer_state.json`` (written
+    last) parses and names this step, and the weights, optimizer and scheduler files are
+    whole (their headers and central directories read back)."""
+    from safetensors import safe_open
+
+    step = checkpoint_step(path)
+    state_file = os.path.join(path, "trainer_state.json")
+    if step is None or not os.path.isfile(state_file):
+        return False
+    try:
+        with open(state_file) as f:
+            if json.load(f).get("global_step") != step:
+                return False
+        weights = glob.glob(os.path.join(path, "model*.safetensors"))
+        if not weights:
+            return False
+        for w in weights:
+            with safe_open(w, "pt") as handle:
+                handle.keys()
+            _check_safetensors_size(w)
+        for name in ("optimizer.pt", "scheduler.pt"):
+            with zipfile.ZipFile(os.path.join(path, name)) as z:
+                z.namelist()
+    except Exception:  # any unreadable file means the checkpoint is not whole
+        return False
+    return True
+
+
+def checkpoint_step(path: str) -> Optional[int]:
+    """N for a ``.../checkpoint-N`` folder, else None."""
+    match = CHECKPOINT_RE.match(os.path.basename(path.rstrip("/")))
+    return int(match.group(1)) if match else None
+
+
+def _check_safetensors_size(path: str) -> None:
+    """safe_open reads only the header: check the data it describes is all there."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if os.path.getsize(path) < 8 + header_len + end:
+        raise ValueError(f"{path} is truncated")
+
+
+def find_resumable_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` in ``output_dir``, or None.
+
+    Incomplete ones (a run killed while saving) are moved aside to
+    ``_incomplete-checkpoint-N`` so the Trainer never loads or rotates them (and, by the
+    leading underscore, never pushes them with the output directory)."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = sorted((step, name) for name in os.listdir(output_dir) if (step := checkpoint_step(name)) is not None)
+    for _, name in reversed(found):
+        path = os.path.join(output_dir, name)
+        if is_complete_checkpoint(path):
+            return path
+        aside = os.path.join(output_dir, "_incomplete-" + name)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+        logger.warning("skipping %s: incomplete (the run stopped while saving it); moved to %s", path, aside)
+    return None
+
+
+def fetch_hub_checkpoint(repo_id: str, output_dir: str) -> Optional[str]:
+    """Download the Hub repo's ``last-checkpoint/`` (pushed by ``hub_strategy="checkpoint"``)
+    into ``output_dir/checkpoint-N``; None when the repo or the folder does not exist."""
+    import huggingface_hub
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    tmp = os.path.join(output_dir, "_hub-download")  # "_*" is never pushed with the output dir
+    try:
+        huggingface_hub.snapshot_download(repo_id, allow_patterns=["last-checkpoint/*"], local_dir=tmp)
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    source = os.path.join(tmp, "last-checkpoint")
+    state_file = os.path.join(source, "trainer_state.json")
+    if not os.path.isfile(state_file):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    with open(state_file) as f:
+        step = json.load(f)["global_step"]
+    target = os.path.join(output_dir, f"checkpoint-{step}")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(source, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not is_complete_checkpoint(target):
+        logger.warning("the Hub's last-checkpoint of %s is incomplete; starting afresh", repo_id)
+        return None
+    logger.info("downloaded %s/last-checkpoint (step %d) to %s", repo_id, step, target)
+    return target
+
+
+def find_resume_point(config: TrainConfig, state=None) -> Optional[str]:
+    """Where training continues: the newest complete checkpoint in ``output_dir``, else
+    (with a Hub repo) the Hub's ``last-checkpoint``, downloaded into ``output_dir``; None
+    to start afresh (or when ``config.resume`` is off). The main process looks first (and
+    downloads); the other processes of a multi-GPU run then find what it left."""
+    if not config.resume:
+        return None
+    state = state or process_state()
+    with state.main_process_first():
+        resume_from = find_resumable_checkpoint(config.output_dir)
+        if resume_from is None and config.hub_model_id and state.is_main_process:
+            resume_from = fetch_hub_checkpoint(config.hub_model_id, config.output_dir)
+    return resume_from
