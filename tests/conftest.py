@@ -45,6 +45,18 @@ def whisper_base() -> Path:
 
 
 @pytest.fixture(scope="session")
+def whisper_base_ct2(whisper_base) -> Path:
+    """whisper-base as CTranslate2 int8, converted once per test run for every test that
+    needs it. The conversion is the engine's own (``resolve_ct2_model``), cached in this
+    run's HF_HOME: every later ``auto``/``ct2`` load of ``whisper_base`` in this run (in
+    this process, the app, and the CLI subprocesses, which inherit HF_HOME) finds it there
+    instead of converting again. Tests needing ``DIR/ct2`` link it into a copy of ``DIR``."""
+    from whisper_zh.serve.models import resolve_ct2_model
+
+    return Path(resolve_ct2_model(str(whisper_base)))
+
+
+@pytest.fixture(scope="session")
 def tiny_whisper(whisper_base, tmp_path_factory) -> Path:
     """A random 2-layer Whisper with the real tokenizer and feature extractor."""
     from whisper_zh.testing import make_tiny_whisper

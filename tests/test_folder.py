@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from _ct2_base import base_ct2
+from _checks import GREEDY, is_chinese
 from _media_helpers import plain_clips
 from whisper_zh.cli import main as cli_main
 from whisper_zh.serve.folder import FAILED
 from whisper_zh.serve.folder import MediaFile, find_media, is_folder_job, transcribe_folder
 from whisper_zh.serve.subtitles import check_formats, output_paths
+from whisper_zh.serve.subtitles import to_srt
 from whisper_zh.text import cer
+from whisper_zh.serve.types import TranscribeOptions
 from whisper_zh.serve.engine import Transcriber
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +75,11 @@ def test_formats_are_checked_against_the_writers():
 
 
 @pytest.fixture(scope="module")
-def engine(whisper_base) -> Transcriber:
-    return Transcriber(str(base_ct2(whisper_base)), backend="ct2", device="cpu")
+def engine(whisper_base_ct2) -> Transcriber:
+    """At temperature 0 (no sampled retries), so that a folder's outputs can be compared
+    with the engine's own transcription of each file, exactly."""
+    return Transcriber(str(whisper_base_ct2), backend="ct2", device="cpu",
+                       options=TranscribeOptions(temperatures=GREEDY))
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +115,13 @@ def test_folder_transcribes_resumes_and_survives_bad_files(tmp_path, engine, zh_
     report = summary.report()
     assert "3 transcribed (1 without speech), 0 skipped (already done), 1 failed" in report
     assert "broken.mp4: AudioDecodeError" in report and "x real time" in report
-    for name, reference in references.items():
+    for name in references:
         stem = out / Path(name).with_suffix("")
-        cues = list(srt.parse(stem.with_suffix(".srt").read_text(encoding="utf-8")))
-        text = "".join(c.content for c in cues)
-        assert cues and cer([reference], [text]) < 0.5, (name, text)
+        written = stem.with_suffix(".srt").read_text(encoding="utf-8")
+        cues = list(srt.parse(written))
+        # the engine's own transcription of the file, laid out as subtitles
+        assert written == to_srt(engine.transcribe(src / name).segments), name
+        assert cues and is_chinese("".join(c.content for c in cues)), written
         assert stem.with_suffix(".txt").read_text(encoding="utf-8").strip() == "\n".join(c.content for c in cues)
     assert (out / "quiet.srt").read_text(encoding="utf-8") == ""  # no speech: done, with empty outputs
     assert sorted(p.name for p in out.rglob("*")) == sorted(
@@ -154,7 +161,8 @@ def test_cli_exit_status_and_summary(tmp_path, engine, zh_cv_mini, rows, capsys)
 
 @pytest.mark.slow
 def test_torchrun_splits_files_between_processes(tmp_path, engine, zh_cv_mini, rows):
-    """Two processes (gloo on a CPU): each file transcribed exactly once, one summary."""
+    """Two processes (gloo on a CPU): each file transcribed exactly once, one summary, and
+    each file's text in its own outputs (nearer its own sentence than any other's)."""
     src, out = tmp_path / "in", tmp_path / "out"
     names = ["a/1.mp3", "b/1.mp3", "b/2.mp3"]  # split 2 + 1
     references = folder_of_clips(src, zh_cv_mini, rows, names)
@@ -173,5 +181,8 @@ def test_torchrun_splits_files_between_processes(tmp_path, engine, zh_cv_mini, r
     by_process = {f["process_index"] for f in summary["files"]}
     assert by_process == {0, 1}  # both processes worked
     for name, reference in references.items():
-        text = (out / Path(name).with_suffix(".txt")).read_text(encoding="utf-8")
-        assert cer([reference], ["".join(text.split())]) < 0.5, (name, text)
+        text = "".join((out / Path(name).with_suffix(".txt")).read_text(encoding="utf-8").split())
+        # whisper-base scores ~0.2 on its own sentence and ~0.9 on another: which is nearest
+        # does not hang on a character or two
+        scores = {other: cer([sentence], [text]) for other, sentence in references.items()}
+        assert min(scores, key=scores.get) == name, (name, text, scores)
