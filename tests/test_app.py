@@ -532,13 +532,21 @@ def test_every_way_in_waits_in_one_queue_of_concurrency_limit(clips):
         assert engine.most == limit, (limit, engine.most)
 
 
-class SteppedEngine(SlowEngine):
+class SteppedEngine:
     """Stands in for the engine: ``steps`` model steps of ``seconds`` each, a progress
-    report after each (as both backends do); counts the steps that ran."""
+    report after each (as both backends do); counts the steps that ran and how many
+    transcriptions run at once."""
 
     def __init__(self, seconds: float, steps: int):
-        super().__init__(seconds)
-        self.steps, self.calls = steps, 0
+        import threading
+
+        from whisper_zh.serve.types import TranscribeOptions
+
+        self.seconds, self.steps, self.calls, self.running, self.most = seconds, steps, 0, 0, 0
+        self.lock = threading.Lock()
+        self.options = TranscribeOptions()
+        self.device = "cpu"
+        self.backend = type("Backend", (), {"name": "stepped"})()
 
     def iter_segments(self, audio, options=None, progress=None):
         import time
