@@ -51,9 +51,9 @@ def whisper_base_ct2(whisper_base) -> Path:
     run's HF_HOME: every later ``auto``/``ct2`` load of ``whisper_base`` in this run (in
     this process, the app, and the CLI subprocesses, which inherit HF_HOME) finds it there
     instead of converting again. Tests needing ``DIR/ct2`` link it into a copy of ``DIR``."""
-    from whisper_zh.serve.models import resolve_ct2_model
+    from _ct2_base import base_ct2
 
-    return Path(resolve_ct2_model(str(whisper_base)))
+    return base_ct2(whisper_base)
 
 
 @pytest.fixture(scope="session")
