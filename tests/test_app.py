@@ -445,7 +445,7 @@ def test_ct2_route_streams_partial_text_and_writes_bilingual_subtitles(whisper_b
         # a corpus CER over 90 s (about 1000 characters): whisper-base scores about 0.19
         assert utterance_cer("".join(r["sentence"] for r in rows), final[1]) < 0.5
 
-        status, text, _, files = _call(client, "transcribe_file", clips_first(zh_cv_mini), output="bilingual")
+        status, text, _, files, _ = _call(client, "transcribe_file", clips_first(zh_cv_mini), output="bilingual")
         bilingual = next(Path(f) for f in files if f.endswith(".bilingual.srt")).read_text(encoding="utf-8")
         # every cue: number, times, the Chinese line, then the translation's line(s) where
         # the translation has some for it. What whisper-base writes for the translation, and

@@ -288,7 +288,7 @@ def test_live_tab_handlers(engine, clips):
     assert "Listening" in status and any(texts[:len(texts) // 2])  # text while the person speaks
     live = state
     finishing = handlers.live_finish(state)
-    state, status, text, rows, files = next(finishing)
+    state, status, text, rows, files, _ = next(finishing)
     try:
         assert state is None and "of live audio" in status
         assert live.audio_s == pytest.approx(len(audio) / SR, abs=0.002)  # resampled, nothing lost
