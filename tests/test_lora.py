@@ -4,7 +4,6 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import read_state, tiny_args, wait_for
+from test_train import kill_at_checkpoint, read_state, tiny_args
 from whisper_zh.errors import ConfigError
 from whisper_zh.train.checkpoints import find_resumable_checkpoint, is_complete_checkpoint
 from whisper_zh.train.config import TrainConfig
@@ -155,17 +154,7 @@ def test_a_lora_run_killed_mid_way_resumes_with_each_step_once(tmp_path, zh_cv_m
     cmd = [sys.executable, "-m", "whisper_zh", "train",
            *tiny_args(zh_cv_mini, tiny_whisper, out, cache, max_steps=10, ct2_quantization="", **LORA)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            assert wait_for(lambda: is_complete_checkpoint(str(out / "checkpoint-4")), 600, first), \
-                (tmp_path / "first.log").read_text()[-3000:]
-            first.send_signal(signal.SIGKILL)
-            first.wait()
-        finally:
-            if first.poll() is None:
-                first.kill()
-    assert first.returncode == -signal.SIGKILL
+    kill_at_checkpoint(cmd, out / "checkpoint-4", tmp_path / "first.log")
     done_step = read_state(find_resumable_checkpoint(str(out)))["global_step"]
     assert 4 <= done_step < 10, "the run must be killed mid-way"
 

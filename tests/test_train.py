@@ -143,6 +143,23 @@ def wait_for(predicate, timeout, proc):
     return False
 
 
+def kill_at_checkpoint(cmd, checkpoint, log_path) -> None:
+    """Run ``cmd`` (a training command) until ``checkpoint`` is complete, then SIGKILL it,
+    as a machine that dies mid-run would; its output goes to ``log_path``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        run = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            assert wait_for(lambda: is_complete_checkpoint(str(checkpoint)), 600, run), \
+                log_path.read_text()[-3000:]
+            run.send_signal(signal.SIGKILL)
+            run.wait()
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == -signal.SIGKILL
+
+
 def read_state(checkpoint):
     with open(os.path.join(checkpoint, "trainer_state.json")) as f:
         return json.load(f)
@@ -153,17 +170,7 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path, zh_cv_mini, tiny_wh
     cmd = [sys.executable, "-m", "whisper_zh", "train",
            *tiny_args(zh_cv_mini, tiny_whisper, out, cache, max_steps=14)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        assert wait_for(lambda: is_complete_checkpoint(str(out / "checkpoint-4")), 600, first), \
-            (tmp_path / "first.log").read_text()[-3000:]
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == -signal.SIGKILL
+    kill_at_checkpoint(cmd, out / "checkpoint-4", tmp_path / "first.log")
     last_complete = find_resumable_checkpoint(str(out))
     done_step = read_state(last_complete)["global_step"]
     assert 4 <= done_step < 14, "the run must be killed mid-way"

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import os
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace

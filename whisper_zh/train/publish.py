@@ -79,13 +79,9 @@ def merge_adapter(model, output_dir: str):
 
 def export_final_ct2(config: TrainConfig) -> Optional[str]:
     """The final model as CTranslate2 (``output_dir/ct2``), which the app's engine and
-    faster-whisper load directly; skipped (with a log line) without ``ctranslate2``."""
+    faster-whisper load directly (ctranslate2 is part of the base install); none when
+    ``ct2_quantization`` is empty."""
     if not config.ct2_quantization:
-        return None
-    try:
-        import ctranslate2  # noqa: F401
-    except ImportError:
-        logger.warning("ctranslate2 is not installed (pip install 'whisper-zh[ct2]'): no %s/ copy exported", CT2_DIR)
         return None
     out = export_ct2(config.output_dir, os.path.join(config.output_dir, CT2_DIR), config.ct2_quantization)
     logger.info("exported a CTranslate2 %s copy to %s", config.ct2_quantization, out)
