@@ -20,6 +20,7 @@ loss, the 1-minute load average after training (other processes slow steps down)
 
     python bench/lora_vs_full.py                           # 60 steps x 8, full and LoRA r=32
     python bench/lora_vs_full.py --steps 2 --ranks 8       # smoke run
+    python bench/lora_vs_full.py --no-full --no-zero-shot --ranks 32 --lr-lora 1e-4 3e-4   # a sweep
 
 Prints a markdown table and writes ``bench/results/lora_vs_full-<host>.json``.
 Units: CER as a fraction of reference characters; seconds.
@@ -61,17 +62,17 @@ def score(model_dir: Path, recording) -> dict:
                                 "loadavg_1min")}
 
 
-def fine_tune(args, lora_r: int) -> tuple[Path, dict]:
+def fine_tune(args, lora_r: int, learning_rate: float) -> tuple[Path, dict]:
     from whisper_zh.train.config import TrainConfig
     from whisper_zh.train.pipeline import train
 
-    output_dir = Path(args.work_dir) / (f"lora-r{lora_r}" if lora_r else "full")
+    output_dir = Path(args.work_dir) / (f"lora-r{lora_r}-lr{learning_rate:g}" if lora_r else "full")
     shutil.rmtree(output_dir, ignore_errors=True)
     config = TrainConfig(
         dataset=args.train_data, model_name_or_path=args.model, cache_dir=os.path.join(args.work_dir, "cache"),
         output_dir=str(output_dir), train_split="train", eval_split="", test_split="", zero_shot_eval=False,
         max_steps=args.steps, max_epochs=0, save_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr_lora if lora_r else args.lr_full, lora_r=lora_r,
+        learning_rate=learning_rate, lora_r=lora_r,
         freeze_encoder=not args.train_encoder, precision="fp32", logging_steps=max(1, min(10, args.steps // 6)),
         resume=False, seed=args.seed, ct2_quantization="int8")
     started = time.perf_counter()
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr-full", type=float, default=3e-5, help="as bench/timestamps.py")
-    parser.add_argument("--lr-lora", type=float, default=1e-3)
+    parser.add_argument("--lr-lora", type=float, nargs="+", default=[1e-3],
+                        help="LoRA learning rates to compare (each with each of --ranks)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[32], help="LoRA ranks to compare")
     parser.add_argument("--no-full", action="store_true", help="skip the full fine-tune")
     parser.add_argument("--no-zero-shot", action="store_true", help="skip scoring the base model")
@@ -157,10 +159,11 @@ def main(argv=None) -> int:
             model_dir, _ = prepare_model_dir(args.model, Path(tmp), "cpu")
             report["models"].append({"name": "zero-shot", **score(model_dir, recording)})
         save()
-    for lora_r in ([] if args.no_full else [0]) + args.ranks:
+    runs = ([] if args.no_full else [(0, args.lr_full)]) + [(r, lr) for r in args.ranks for lr in args.lr_lora]
+    for lora_r, learning_rate in runs:
         name = f"LoRA r={lora_r}, alpha {2 * lora_r}" if lora_r else "full fine-tune"
-        print(name, flush=True)
-        model_dir, training = fine_tune(args, lora_r)
+        print(name, f"lr {learning_rate:g}", flush=True)
+        model_dir, training = fine_tune(args, lora_r, learning_rate)
         report["models"].append({"name": name, **training, **score(model_dir, recording)})
         save()
         print(markdown(report), flush=True)
