@@ -2,9 +2,9 @@
 
 Configured by environment variables (the Space's "Variables and secrets" tab), all read by
 :class:`whisper_zh.serve.settings.ServeSettings`: MODEL_ID (the repo ``whisper-zh train`` pushed;
-default openai/whisper-small), BACKEND, MAX_DURATION_S, MAX_UPLOAD_MB, CONCURRENCY_LIMIT,
-MAX_QUEUE, BATCH_SIZE, YTDLP_COOKIES, ALLOW_PRIVATE_URLS, DOWNLOAD_DEADLINE_S, API_KEY, MCP_SERVER
-(see the README). The same port serves the OpenAI audio API (``/v1/audio/transcriptions``).
+default openai/whisper-small), BACKEND, MAX_DURATION_S, MAX_UPLOAD_MB, MAX_CACHE_MB,
+CONCURRENCY_LIMIT, MAX_QUEUE, BATCH_SIZE, YTDLP_COOKIES, ALLOW_PRIVATE_URLS, DOWNLOAD_DEADLINE_S,
+DECODE_DEADLINE_S, API_KEY, MCP_SERVER (see the README). The same port serves the OpenAI audio API (``/v1/audio/transcriptions``).
 """
 
 import os

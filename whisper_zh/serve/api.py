@@ -69,14 +69,13 @@ from whisper_zh.serve.jobs import WAIT_POLL_S, Job, Slots, load_input, translati
 from whisper_zh.serve.settings import ServeSettings
 from whisper_zh.serve.subtitles import output_paths
 from whisper_zh.serve.types import Segment, TranscribeOptions
+from whisper_zh.serve.uploads import Refused
 from whisper_zh.text import CHARACTER_LANGUAGES, LANGUAGE_NAMES, SCRIPT_NAMES
 
 logger = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
-# multipart framing and the small fields around the file: what a form may hold beyond MAX_UPLOAD_MB
-FORM_OVERHEAD = 64 * 2**10
 KEEPALIVE_S = 15.0  # an SSE comment this often while nothing else is sent, so proxies keep the stream
 
 
@@ -215,16 +214,17 @@ def _authorize(request, api_key: Optional[str]) -> None:
                             "operator set it.", code="invalid_api_key")
 
 
-async def _read_form(request, max_bytes: Optional[int]) -> dict[str, list]:
+async def _read_form(request, settings: ServeSettings) -> dict[str, list]:
     """The multipart form, refused (413) once it is larger than the upload limit allows,
-    whether or not the client said its length."""
+    whether or not the client said its length; 503 when the server's upload space is full
+    (:class:`~whisper_zh.serve.uploads.UploadBudget`, in front of every route)."""
     from starlette.requests import ClientDisconnect, Request
 
-    limit = None if max_bytes is None else max_bytes + FORM_OVERHEAD
-    too_large = ApiError(413, f"The upload is over the {max_bytes / 2**20:g} MB limit.", param="file",
-                         code="file_too_large") if limit is not None else None
+    limit = settings.max_request_bytes
+    too_large = ApiError(413, f"The upload is over the {settings.max_upload_mb:g} MB limit.", param="file",
+                         code="file_too_large")
     declared = request.headers.get("content-length", "")
-    if limit is not None and declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and int(declared) > limit:
         raise too_large
     received = 0
 
@@ -232,7 +232,7 @@ async def _read_form(request, max_bytes: Optional[int]) -> dict[str, list]:
         nonlocal received
         message = await request.receive()
         received += len(message.get("body", b""))
-        if limit is not None and received > limit:
+        if received > limit:
             raise too_large
         return message
 
@@ -242,6 +242,8 @@ async def _read_form(request, max_bytes: Optional[int]) -> dict[str, list]:
         raise Cancelled("the client left while sending the file") from None
     except ApiError:
         raise
+    except Refused as err:
+        raise ApiError(err.status, err.message, code="server_busy") from None
     except Exception as err:  # the multipart parser's errors: a malformed body
         raise ApiError(400, f"The body is not a multipart form this API reads: {err}") from None
     fields: dict[str, list] = {}
@@ -412,7 +414,7 @@ async def _transcribe(request, task: str):
     try:
         service = _service(request)
         _authorize(request, service.settings.api_key)
-        fields = await _read_form(request, service.settings.max_bytes)
+        fields = await _read_form(request, service.settings)
         call = parse_call(fields, task, service.settings)
         workdir = Path(tempfile.mkdtemp(prefix="whisper-zh-api-"))
         upload = workdir / f"upload{call.suffix}"

@@ -26,7 +26,7 @@ from typing import Iterator, Optional
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import AudioDecodeError, Cancelled, WhisperZhError
 from whisper_zh.media import format_duration
-from whisper_zh.serve import api
+from whisper_zh.serve import api, uploads
 from whisper_zh.serve.engine import Transcriber, get_transcriber
 from whisper_zh.serve.jobs import Job, Slots, load_input, uncovered_lines
 from whisper_zh.serve.live import LiveTranscriber
@@ -498,12 +498,14 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
 
 
 def launch_options(settings: Optional[ServeSettings] = None) -> dict:
-    """``demo.launch`` arguments the app needs: the upload size cap (enforced by the
-    server, 413 beyond it), the theme and CSS, the OpenAI audio API's routes beside the
+    """``demo.launch`` arguments the app needs: the upload size caps (enforced by the
+    server while the bytes arrive: 413 beyond a file's or a request's, 503 beyond the
+    server's total, :mod:`whisper_zh.serve.uploads`), the theme and CSS, the OpenAI audio API's routes beside the
     page's (:mod:`whisper_zh.serve.api`) and Gradio's MCP server when ``MCP_SERVER`` is
     on. Other arguments may be added (``share=True`` in Colab)."""
     import gradio as gr
 
     settings = settings or ServeSettings.from_env()
     return dict(max_file_size=f"{settings.max_upload_mb:g}mb", css=CSS, theme=gr.themes.Soft(),
-                app_kwargs={"routes": api.routes()}, mcp_server=settings.mcp_server)
+                app_kwargs={"routes": api.routes(), "middleware": uploads.middleware(settings)},
+                mcp_server=settings.mcp_server)

@@ -42,6 +42,8 @@ class Limits:
 
 
 UNLIMITED = Limits(max_duration_s=None, max_bytes=None)
+# multipart framing and the small fields around the file: what a request may carry beyond MAX_UPLOAD_MB
+FORM_OVERHEAD = 64 * 2**10
 
 
 def _env_flag(value: str) -> bool:
@@ -60,7 +62,9 @@ class ServeSettings:
     model_id: str = DEFAULT_MODEL  # MODEL_ID: Hub id or local directory
     backend: str = "auto"  # BACKEND: auto | transformers | ct2
     max_duration_s: float = Limits.max_duration_s  # MAX_DURATION_S: longest input accepted
-    max_upload_mb: float = 500.0  # MAX_UPLOAD_MB: largest upload or download accepted
+    max_upload_mb: float = 500.0  # MAX_UPLOAD_MB: largest upload or download accepted (a whole request's files)
+    # MAX_CACHE_MB: uploads the server holds at once, kept and arriving (serve/uploads.py)
+    max_cache_mb: float = 4000.0
     # CONCURRENCY_LIMIT: transcriptions at once; a second would double peak memory
     concurrency_limit: int = 1
     max_queue: int = 32  # MAX_QUEUE: requests allowed to wait
@@ -76,7 +80,7 @@ class ServeSettings:
 
     ENVIRONMENT = {  # field -> variable
         "model_id": "MODEL_ID", "backend": "BACKEND", "max_duration_s": "MAX_DURATION_S",
-        "max_upload_mb": "MAX_UPLOAD_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
+        "max_upload_mb": "MAX_UPLOAD_MB", "max_cache_mb": "MAX_CACHE_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
         "batch_size": "BATCH_SIZE", "cookies": "YTDLP_COOKIES", "allow_private_urls": "ALLOW_PRIVATE_URLS",
         "download_deadline_s": "DOWNLOAD_DEADLINE_S", "decode_deadline_s": "DECODE_DEADLINE_S",
         "api_key": "API_KEY", "mcp_server": "MCP_SERVER",
@@ -108,6 +112,15 @@ class ServeSettings:
     @property
     def max_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """What one request's body may hold: an input at the upload limit and its form."""
+        return self.max_bytes + FORM_OVERHEAD
+
+    @property
+    def max_cache_bytes(self) -> int:
+        return int(self.max_cache_mb * 2**20)
 
     @property
     def limits(self) -> Limits:
