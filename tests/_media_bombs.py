@@ -145,6 +145,20 @@ def wav_float_with_nan(out: Path, seconds: float, every_s: float = 0.0) -> Path:
     return out
 
 
+def joined_files(out: Path, first: str, first_s: float, mp3_s: float) -> Path:
+    """A ``first`` file ("wav" or "flac") of ``first_s`` seconds of tone with ``mp3_s``
+    seconds of MP3 appended, as ``cat a.wav b.mp3 > out`` makes: players (and ffmpeg)
+    play the first part only."""
+    head = out.with_name(out.stem + "-head." + first)
+    sf.write(str(head), _tone(first_s), 16000)
+    tail = out.with_name(out.stem + "-tail.mp3")
+    _ffmpeg("-f", "lavfi", "-i", f"sine=f=300:d={mp3_s}:sample_rate=16000", "-b:a", "64k", str(tail))
+    out.write_bytes(head.read_bytes() + tail.read_bytes())
+    head.unlink()
+    tail.unlink()
+    return out
+
+
 @dataclass(frozen=True)
 class BombClass:
     name: str

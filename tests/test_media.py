@@ -281,6 +281,28 @@ def test_samples_that_are_not_finite_become_silence(suffix, tmp_path):
     assert np.sqrt(np.mean(audio ** 2)) == pytest.approx(0.3 / np.sqrt(2), abs=0.02)
 
 
+@pytest.mark.parametrize("first", ["wav", "flac"])
+def test_a_file_of_several_joined_says_what_was_left_out(first, tmp_path):
+    """A WAV or FLAC with ten minutes of MP3 appended decodes as a player plays it (the
+    first second), and the notes say that the rest was not decoded; a whole file, with
+    or without a video stream, has no note."""
+    path = bombs.joined_files(tmp_path / f"joined.{first}", first, 1, 600)
+    decoded = media.decode_media(path, max_duration_s=3600)
+    assert len(decoded.audio) == 16000
+    assert len(decoded.notes) == 1
+    assert ("4.4 MB" in decoded.notes[0] and "0:01" in decoded.notes[0]) if first == "wav" else \
+        "could not be decoded" in decoded.notes[0]
+    whole = bombs.joined_files(tmp_path / "whole.wav", "wav", 1, 0.1)  # a few hundred bytes after it
+    assert media.decode_media(whole, max_duration_s=60).notes == ()
+
+
+def test_whole_files_have_no_notes(clip, tmp_path):
+    video = make_video(clip, tmp_path / "v.mp4")
+    for path in (clip, video):
+        decoded = media.decode_media(path, max_duration_s=60)
+        assert decoded.notes == () and len(decoded.audio) > 16000
+
+
 def test_every_ffmpeg_run_has_a_deadline(tmp_path, monkeypatch):
     """An ffmpeg that never finishes (here: one that sleeps) is killed at the deadline,
     both reading the header and decoding."""

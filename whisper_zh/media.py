@@ -84,6 +84,63 @@ _INPUT_OPTIONS = ("-max_pixels", str(_MAX_PIXELS))
 _AUDIO_ONLY = ("-map", "0:a:0?", "-vn", "-sn", "-dn")
 
 
+# What ffmpeg's log says beyond its errors (``-loglevel level+verbose`` tags each line):
+# how much of the input the demuxer read, how many packets failed to decode, whether
+# the input has a video stream.
+_LOG_LEVEL = re.compile(r"\[(panic|fatal|error|warning|info|verbose|debug|trace)\] ?")
+_BYTES_READ = re.compile(r"Statistics: (\d+) bytes read")
+_DECODE_ERRORS = re.compile(r"\(audio\): .*?(\d+) decode errors")
+_VIDEO_STREAM = re.compile(r"Stream #0:\d+.*: Video: ")
+# A decode that leaves more of the file than this unread has not decoded the file
+# (several files joined into one: players, and ffmpeg, stop after the first part).
+_UNREAD_NOTE_BYTES = 1 << 20
+
+
+@dataclass
+class _FfmpegLog:
+    errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=3))
+    bytes_read: Optional[int] = None
+    decode_errors: int = 0
+    video: bool = False
+
+    def read(self, stream) -> None:
+        # ffmpeg can log without end on a crafted file: only the last errors are kept
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            level = _LOG_LEVEL.search(line)
+            if level and level.group(1) in ("panic", "fatal", "error"):
+                self.errors.append(line[:level.start()] + line[level.end():])
+            elif match := _BYTES_READ.search(line):
+                self.bytes_read = int(match.group(1))
+            elif match := _DECODE_ERRORS.search(line):
+                self.decode_errors += int(match.group(1))
+            elif _VIDEO_STREAM.search(line):
+                self.video = True
+
+    def notes(self, size: int, seconds: float) -> list[str]:
+        """What the user must be told: parts of the file that were not decoded."""
+        notes = []
+        unread = size - (self.bytes_read or size)
+        if not self.video and unread > max(_UNREAD_NOTE_BYTES, size // 10):
+            notes.append(f"only the first {format_duration(seconds)} of the file could be read as audio; "
+                         f"its other {unread / 2**20:.1f} MB ({100 * unread / size:.0f} %) are not part of that "
+                         f"audio (several files joined into one?) and were left out")
+        if self.decode_errors:
+            notes.append(f"{self.decode_errors} piece{'s' if self.decode_errors > 1 else ''} of the audio could "
+                         f"not be decoded and {'were' if self.decode_errors > 1 else 'was'} skipped "
+                         f"(a damaged file, or several files joined into one?)")
+        return notes
+
+
+@dataclass(frozen=True)
+class DecodedMedia:
+    """A decoded input and what the user must know about it: ``notes`` say which parts of
+    the file were not decoded (none for a whole, healthy file)."""
+
+    audio: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
 class _Samples:
     """Mono float32 samples appended block by block into one array, so that peak
     memory is the result plus one block. Past ``limit`` samples it raises
@@ -194,13 +251,14 @@ def _decode_soundfile(source: AudioSource, sr: int, limit: Optional[int], messag
         return out.result()
 
 
-def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples, deadline_s: Optional[float] = None) -> np.ndarray:
+def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples, deadline_s: Optional[float] = None) -> DecodedMedia:
     """Decode with ffmpeg into ``out`` as its output arrives, one pipe buffer at a time;
     ``-t`` stops ffmpeg itself one block past the limit, and the process is killed as
-    soon as ``out`` refuses, or once ``deadline_s`` seconds have passed."""
+    soon as ``out`` refuses, or once ``deadline_s`` seconds have passed. The notes say
+    what ffmpeg's log shows was left out (bytes never read, packets that failed)."""
     data = source if isinstance(source, (bytes, bytearray)) else None
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", *_INPUT_OPTIONS,
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "level+verbose", "-threads", "0", *_INPUT_OPTIONS,
         "-i", "pipe:0" if data is not None else os.fspath(source),
         *_AUDIO_ONLY, "-ac", "1", "-ar", str(sr), "-f", "f32le",
     ]
@@ -208,8 +266,8 @@ def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples, deadline_s: Opti
         cmd += ["-t", f"{(out.limit + _PIPE_BYTES) / sr:.6f}"]
     proc = subprocess.Popen(cmd + ["pipe:1"], stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-    errors: collections.deque = collections.deque(maxlen=3)  # ffmpeg can log without end on a crafted file
-    helpers = [threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True)]
+    log = _FfmpegLog()
+    helpers = [threading.Thread(target=log.read, args=(proc.stderr,), daemon=True)]
     if data is not None:
         helpers.append(threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True))
     for thread in helpers:
@@ -247,9 +305,10 @@ def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples, deadline_s: Opti
     if expired.is_set() and returncode != 0:
         raise MediaLimitError(_too_slow(deadline_s))
     if returncode != 0:
-        message = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
-        raise AudioDecodeError(message[-1] if message else f"ffmpeg exited with {returncode}")
-    return out.result()
+        raise AudioDecodeError(log.errors[-1] if log.errors else f"ffmpeg exited with {returncode}")
+    audio = out.result()
+    size = len(data) if data is not None else os.path.getsize(source)
+    return DecodedMedia(audio, tuple(log.notes(size, len(audio) / sr)))
 
 
 def _feed(pipe, data: bytes) -> None:
@@ -259,7 +318,7 @@ def _feed(pipe, data: bytes) -> None:
 
 
 def _decode(source: AudioSource, sr: int, max_duration_s: Optional[float],
-            deadline_s: Optional[float] = None) -> np.ndarray:
+            deadline_s: Optional[float] = None) -> DecodedMedia:
     limit = None if max_duration_s is None else int(max_duration_s * sr) + sr // 10  # rounding slack
     message = "" if max_duration_s is None else _too_long(None, max_duration_s)
     audio = None
@@ -269,14 +328,14 @@ def _decode(source: AudioSource, sr: int, max_duration_s: Optional[float],
         raise
     except Exception as err:  # not a format libsndfile reads, or corrupt: ffmpeg's turn
         logger.debug("soundfile could not decode the input (%s); trying ffmpeg", type(err).__name__)
+    if audio is not None:
+        return DecodedMedia(audio)
     # outside the except block, so that the failed attempt's buffers are already freed
-    if audio is None:
-        try:
-            audio = _decode_ffmpeg(source, sr, _Samples(limit, 0, message), deadline_s)
-        except AudioDecodeError as err:
-            name = "audio data" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
-            raise AudioDecodeError(f"cannot decode {name}: {err}") from None
-    return audio
+    try:
+        return _decode_ffmpeg(source, sr, _Samples(limit, 0, message), deadline_s)
+    except AudioDecodeError as err:
+        name = "audio data" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+        raise AudioDecodeError(f"cannot decode {name}: {err}") from None
 
 
 def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -289,11 +348,11 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
         FileNotFoundError: the path does not exist.
         AudioDecodeError: empty file, not media, or media without an audio track.
     """
-    return _checked_decode(source, sr, None)
+    return _checked_decode(source, sr, None).audio
 
 
 def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float],
-                    deadline_s: Optional[float] = None) -> np.ndarray:
+                    deadline_s: Optional[float] = None) -> DecodedMedia:
     if not isinstance(source, (bytes, bytearray)):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -302,11 +361,13 @@ def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float
             raise AudioDecodeError(f"empty file: {path}")
     elif len(source) == 0:
         raise AudioDecodeError("empty audio data")
-    audio = _decode(source, sr, max_duration_s, deadline_s)
-    if audio.size == 0:
+    decoded = _decode(source, sr, max_duration_s, deadline_s)
+    if decoded.audio.size == 0:
         raise AudioDecodeError("the input has no audio samples")
-    clean_samples(audio)
-    return audio
+    clean_samples(decoded.audio)
+    for note in decoded.notes:
+        logger.warning("%s: %s", "audio data" if isinstance(source, (bytes, bytearray)) else os.fspath(source), note)
+    return decoded
 
 
 def frame_energy_db(audio: np.ndarray, sr: int = SAMPLE_RATE, frame_s: float = 0.02) -> np.ndarray:
@@ -368,6 +429,14 @@ def format_duration(seconds: float) -> str:
 def load_media(path: Union[str, os.PathLike], *, max_duration_s: Optional[float] = None,
                max_bytes: Optional[int] = None, deadline_s: Optional[float] = None,
                sr: int = SAMPLE_RATE) -> np.ndarray:
+    """:func:`decode_media`'s waveform (its notes are logged as warnings)."""
+    return decode_media(path, max_duration_s=max_duration_s, max_bytes=max_bytes, deadline_s=deadline_s,
+                        sr=sr).audio
+
+
+def decode_media(path: Union[str, os.PathLike], *, max_duration_s: Optional[float] = None,
+                 max_bytes: Optional[int] = None, deadline_s: Optional[float] = None,
+                 sr: int = SAMPLE_RATE) -> DecodedMedia:
     """:func:`load_audio` with limits checked *before* decoding, so a 10-hour upload is
     refused in milliseconds instead of filling memory (one hour is 230 MB of float32),
     and again *while* decoding, for the headers that say nothing or lie: decoding stops
@@ -375,9 +444,12 @@ def load_media(path: Union[str, os.PathLike], *, max_duration_s: Optional[float]
     decoded limit whatever the file expands to. ffmpeg's reading of the header and its
     decoding each stop after ``deadline_s`` seconds. Video streams are never decoded.
 
+    A file a player stops early in (a WAV or FLAC with an hour of MP3 appended: each
+    plays its first part) is decoded as a player would, and the notes say so.
+
     Returns:
-        float32 array of shape ``(n_samples,)`` at ``sr`` Hz, finite, within [-1, 1]
-        (:func:`clean_samples`).
+        ``audio``: float32 array of shape ``(n_samples,)`` at ``sr`` Hz, finite, within
+        [-1, 1] (:func:`clean_samples`); ``notes``: the parts of the file not decoded.
 
     Raises:
         MediaLimitError: larger than ``max_bytes``, longer than ``max_duration_s``, or
