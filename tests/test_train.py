@@ -17,7 +17,7 @@ import torch
 
 from whisper_zh.errors import ConfigError
 from whisper_zh.train.config import TrainConfig
-from whisper_zh.train.checkpoints import find_resumable_checkpoint, is_complete_checkpoint
+from whisper_zh.train.checkpoints import checkpoint_step, find_resumable_checkpoint, is_complete_checkpoint
 from whisper_zh.hub import is_hub_id
 from whisper_zh.train.trainer import resolve_gradient_checkpointing, resolve_precision, resolve_schedule
 
@@ -197,6 +197,8 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path, zh_cv_mini, tiny_wh
     logged_steps = [e["step"] for e in final["log_history"] if "loss" in e]
     assert logged_steps == list(range(1, 15)), "every step once: none lost, none repeated"
     assert final["best_model_checkpoint"] is not None
+    kept = sorted((checkpoint_step(p.name), p) for p in out.glob("checkpoint-*"))
+    assert [step for step, p in kept if (p / "optimizer.pt").exists()] == [14], "only the newest keeps Adam state"
     summary = json.loads(second.stdout.strip().splitlines()[-1])
     assert summary["global_step"] == 14 and summary["eval_cer"] is not None
     # the final model, processor and card are in the output directory
@@ -205,6 +207,31 @@ def test_sigkill_mid_run_then_same_command_resumes(tmp_path, zh_cv_mini, tiny_wh
         assert (out / name).exists(), name
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["language"] == "zh" and generation["task"] == "transcribe"
+
+
+def test_only_the_newest_checkpoint_keeps_its_optimizer_state(tmp_path):
+    """The best checkpoint needs its weights, resuming needs the newest's optimizer state:
+    the others' (two thirds of a full fine-tune's checkpoint) are deleted once a newer one
+    is saved, on the main process only, and not while a push to the Hub is uploading."""
+    from types import SimpleNamespace
+
+    from whisper_zh.train.checkpoints import OptimizerStateInNewestOnly
+
+    out = tmp_path / "out"
+    for step in (4, 8, 12):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
+            (out / f"checkpoint-{step}" / name).write_bytes(b"x")
+    args = SimpleNamespace(output_dir=str(out))
+    uploading = SimpleNamespace(push_in_progress=SimpleNamespace(is_done=lambda: False))
+    OptimizerStateInNewestOnly(uploading).on_save(args, SimpleNamespace(is_world_process_zero=True), None)
+    OptimizerStateInNewestOnly().on_save(args, SimpleNamespace(is_world_process_zero=False), None)
+    assert all((out / f"checkpoint-{step}" / "optimizer.pt").exists() for step in (4, 8, 12))
+    OptimizerStateInNewestOnly().on_save(args, SimpleNamespace(is_world_process_zero=True), None)
+    assert [step for step in (4, 8, 12) if (out / f"checkpoint-{step}" / "optimizer.pt").exists()] == [12]
+    for step in (4, 8, 12):  # weights, scheduler and state stay
+        assert {p.name for p in (out / f"checkpoint-{step}").iterdir()} >= {
+            "model.safetensors", "scheduler.pt", "trainer_state.json"}
 
 
 def test_incomplete_checkpoints_are_never_resumed(tmp_path):

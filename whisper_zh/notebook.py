@@ -353,9 +353,11 @@ def storage_budget(config, work_dir: str, splits=None) -> dict:
     what is free there. ``splits``: the table of :func:`describe_source` (or a number of clips).
 
     Checkpoints follow from the model's parameter count P (read from its config, no
-    weights loaded): fp32 weights (4P bytes) and the Adam optimizer state (8P) in each
-    of the two checkpoints the Trainer keeps, one more copy (``last-checkpoint``) with a
-    Hub repo, the final model (4P) and its int8 CTranslate2 copy (~P); the cache is
+    weights loaded): the newest checkpoint holds fp32 weights (4P bytes) and the Adam
+    optimizer state (8P), the best one its weights only (the others' optimizer state is
+    deleted, :class:`~whisper_zh.train.checkpoints.OptimizerStateInNewestOnly`); then the
+    final model (4P, where a Hub run's Trainer also copies each pushed checkpoint's
+    weights) and its int8 CTranslate2 copy (~P); the cache is
     the clips of the splits used (the training split capped at ``max_train_samples``)
     times :data:`CACHE_BYTES_PER_CLIP`. Files deleted through the Drive mount stay in
     Drive's bin (counted against the quota) for 30 days."""
@@ -371,10 +373,10 @@ def storage_budget(config, work_dir: str, splits=None) -> dict:
         cap = config.max_train_samples or None
         clips = sum(min(n, cap) if cap and "train" in used else n
                     for n, used in zip(splits["clips"], splits["used as"]) if used and n)
-    checkpoints = 2 + (1 if config.hub_model_id else 0)
     parts = {
         "prepared cache": (clips or 0) * CACHE_BYTES_PER_CLIP,
-        f"{checkpoints} checkpoints (weights + optimizer)": checkpoints * (weights + optimizer),
+        "newest checkpoint (weights + optimizer)": weights + optimizer,
+        "best checkpoint (weights)": weights,
         "final model": weights,
         "ct2 int8 copy": params if config.ct2_quantization else 0,
     }

@@ -18,6 +18,8 @@ import struct
 import zipfile
 from typing import Optional
 
+from transformers import TrainerCallback
+
 from whisper_zh.distributed import process_state
 from whisper_zh.errors import ConfigError
 from whisper_zh.train.config import TrainConfig
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+OPTIMIZER_STATE = "optimizer.pt"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -57,7 +60,7 @@ def is_complete_checkpoint(path: str) -> bool:
             with safe_open(w, "pt") as handle:
                 handle.keys()
             _check_safetensors_size(w)
-        for name in ("optimizer.pt", "scheduler.pt"):
+        for name in (OPTIMIZER_STATE, "scheduler.pt"):
             with zipfile.ZipFile(os.path.join(path, name)) as z:
                 z.namelist()
     except Exception:  # any unreadable file means the checkpoint is not whole
@@ -94,6 +97,41 @@ def _check_safetensors_size(path: str) -> None:
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if os.path.getsize(path) < 8 + header_len + end:
         raise ValueError(f"{path} is truncated")
+
+
+class OptimizerStateInNewestOnly(TrainerCallback):
+    """Resuming needs the optimizer state of the newest checkpoint only; the best one,
+    kept for ``load_best_model_at_end``, needs only its weights. So once a checkpoint is
+    saved, the others lose their Adam state: two thirds of a full fine-tune's checkpoint
+    (whisper-small: 1.9 of 2.9 GB on Drive). The newest always keeps it, so a run killed
+    while saving the next one resumes from a whole checkpoint
+    (:func:`find_resumable_checkpoint` looks at the newest first).
+
+    ``trainer``: while its push of an earlier checkpoint to the Hub is still uploading,
+    nothing is deleted (the next save does it)."""
+
+    def __init__(self, trainer=None):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        push = getattr(self.trainer, "push_in_progress", None)
+        if state.is_world_process_zero and (push is None or push.is_done()):
+            drop_stale_optimizer_state(args.output_dir)
+
+
+def drop_stale_optimizer_state(output_dir: str) -> list[str]:
+    """Delete the optimizer state of every ``checkpoint-N`` in ``output_dir`` but the
+    newest; returns the files deleted."""
+    found = sorted((step, name) for name in os.listdir(output_dir) if (step := checkpoint_step(name)) is not None)
+    dropped = []
+    for _, name in found[:-1]:
+        path = os.path.join(output_dir, name, OPTIMIZER_STATE)
+        if os.path.isfile(path):
+            size = os.path.getsize(path)
+            os.remove(path)
+            dropped.append(path)
+            logger.info("deleted %s (%.0f MB): only the newest checkpoint's is needed to resume", path, size / 2**20)
+    return dropped
 
 
 def find_resumable_checkpoint(output_dir: str) -> Optional[str]:

@@ -20,7 +20,7 @@ import os
 
 from whisper_zh.distributed import process_state
 from whisper_zh.errors import ConfigError, DataError
-from whisper_zh.train.checkpoints import check_resume_kind, find_resume_point
+from whisper_zh.train.checkpoints import OptimizerStateInNewestOnly, check_resume_kind, find_resume_point
 from whisper_zh.train.config import TrainConfig
 from whisper_zh.train.data import prepare_data
 from whisper_zh.train.examples import mel_filters_of
@@ -107,6 +107,7 @@ def train(config: TrainConfig) -> TrainResult:
         mel_filters=mel_filters_of(processor.feature_extractor),
         return_timestamps=config.eval_timestamps,
     )
+    trainer.add_callback(OptimizerStateInNewestOnly(trainer))
 
     zero_shot = zero_shot_metrics(trainer, data.test, config) if config.zero_shot_eval else {}
     resumed_from = find_resume_point(config, state)

@@ -313,7 +313,9 @@ def build_training_arguments(config: TrainConfig, schedule: Schedule, precision:
         eval_steps=schedule.eval_steps if has_eval else None,
         save_strategy="steps",
         save_steps=schedule.save_steps,
-        save_total_limit=2,  # the best and the newest: a whisper-small checkpoint is ~3 GB on Drive
+        # the best and the newest, only the newest with its optimizer state (OptimizerStateInNewestOnly):
+        # 2.9 + 1 GB of whisper-small on Drive
+        save_total_limit=2,
         load_best_model_at_end=has_eval,
         metric_for_best_model="cer" if has_eval else None,
         greater_is_better=False if has_eval else None,
