@@ -237,14 +237,26 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
     ct2_dir = str(model_dir / "ct2")
     quant = "float16" if cuda else "int8"
 
-    def engine(backend: str, **overrides):
+    def engine(backend: str, ramp: bool = True, **overrides):
         def load():
+            from whisper_zh.serve import ct2_backend
             from whisper_zh.serve.types import TranscribeOptions
             from whisper_zh.serve.engine import Transcriber
 
             transcriber = Transcriber(str(model_dir), backend=backend, device=device)
             options = TranscribeOptions(**overrides)
-            return lambda audio: ((s.start, s.end, s.text) for s in transcriber.iter_segments(audio, options))
+
+            def transcribe(audio):
+                # the lanes' ramp (1, 2, 4, 8 chunks in the first steps) against every lane
+                # from the first step: what the first text's earlier arrival costs in total
+                plan = ct2_backend.lane_plan
+                if not ramp:
+                    ct2_backend.lane_plan = _lanes_at_once
+                try:
+                    yield from ((s.start, s.end, s.text) for s in transcriber.iter_segments(audio, options))
+                finally:
+                    ct2_backend.lane_plan = plan
+            return transcribe
         return load
 
     def faster_whisper(batched: bool, **overrides):
@@ -273,6 +285,7 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
     rows = [
         (f"whisper-zh engine, ct2 {quant} (defaults: 8 lanes, beam 5)", engine("ct2")),
         (f"whisper-zh engine, ct2 {quant} (8 lanes, greedy)", engine("ct2", beam_size=1)),
+        (f"whisper-zh engine, ct2 {quant} (8 lanes from the first step, no ramp; beam 5)", engine("ct2", ramp=False)),
         (f"faster-whisper {quant} sequential (defaults: beam 5)", faster_whisper(False)),
         (f"faster-whisper {quant} sequential (greedy)", faster_whisper(False, beam_size=1)),
         (f"faster-whisper {quant} BatchedInferencePipeline (defaults: batch 8, beam 5)", faster_whisper(True)),
@@ -282,6 +295,19 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
     if with_pipeline:
         rows.append((f"transformers pipeline, {weights} (chunk_length_s=30, defaults)", hf_pipeline))
     return rows
+
+
+def _lanes_at_once(n_chunks: int, batch_size: int) -> list[tuple[int, list[int]]]:
+    """The lane plan before the ramp: every lane from the first step, consecutive chunks
+    dealt as evenly as they go."""
+    lanes = min(max(batch_size, 1), n_chunks)
+    per_lane, extra = divmod(n_chunks, lanes) if lanes else (0, 0)
+    plan, first = [], 0
+    for j in range(lanes):
+        length = per_lane + (1 if j < extra else 0)
+        plan.append((0, list(range(first, first + length))))
+        first += length
+    return plan
 
 
 def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = False) -> dict:

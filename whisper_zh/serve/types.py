@@ -80,7 +80,9 @@ class TranscribeOptions:
     script: str = "simplified"  # simplified | traditional | original (as the model wrote it)
     batch_size: int = 8  # windows of up to 30 s decoded together by one model call
     beam_size: Optional[int] = None  # None: the backend's default (DEFAULT_BEAM_SIZE); 1 = greedy
-    best_of: int = 5  # candidates sampled at each fallback temperature
+    # candidates sampled at each fallback temperature (ct2; transformers' Whisper generate has
+    # no best-of and samples one, so there the fallback is openai/whisper's with best_of=1)
+    best_of: int = 5
     # Text that leads every window's prompt (<|startofprev|>), not only the first one's:
     # a style to imitate ("以下是普通话的句子。" pushes towards Simplified and punctuation)
     # and names or terms the model should prefer ("小米 澎湃OS").
