@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_S = 60  # Gradio sweeps its cache every half hour; most requests end sooner
 _DISK_LOOK_S = 1.0  # the upload folder is walked at most this often (its size changes slowly)
 _API_PREFIX = "/v1/"
+_SMALL_BODY = 64 * 2**10  # a page's own calls (queue joins, ...): not an upload worth a new look at the disk
 
 
 class Refused(MultiPartException):
@@ -139,7 +140,8 @@ class UploadBudget:
                 logger.info("request to %s refused (%d): %s", scope.get("path"), refusal.status, refusal.message)
             with self._lock:
                 self._in_flight -= held
-                self._looked = -float("inf")  # what this request stored is on disk now
+                if held > _SMALL_BODY:
+                    self._looked = -float("inf")  # what this upload stored is on disk now
 
     def _disk(self, folder: Optional[str]) -> int:
         now = time.monotonic()
