@@ -230,3 +230,21 @@ def test_a_128_mel_whisper_trains_exports_and_transcribes_through_the_engine(tmp
                           "--srt", str(tmp_path / "clip.srt")], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "clip.srt").exists()
+
+
+def test_the_learning_rate_follows_the_kind_of_run_unless_given(tmp_path, zh_cv_mini, tiny_whisper):
+    """No --learning-rate: 1e-5 for a full fine-tune, 1e-4 for LoRA (bench/lora_vs_full.py);
+    a given one wins, on the command line and through the notebook's 0 ("the default")."""
+    from whisper_zh import notebook as nb
+    from whisper_zh.train.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE, TrainConfig
+    from whisper_zh.train.trainer import build_training_arguments, plan_training
+
+    assert (FULL_LEARNING_RATE, LORA_LEARNING_RATE) == (1e-5, 1e-4)
+    assert TrainConfig().peak_learning_rate == FULL_LEARNING_RATE
+    assert TrainConfig(lora_r=32).peak_learning_rate == LORA_LEARNING_RATE
+    assert TrainConfig(lora_r=32, learning_rate=3e-4).peak_learning_rate == 3e-4
+    lora = nb.make_config(str(tmp_path), str(zh_cv_mini), lora_r=8, learning_rate=0.0)
+    assert lora.learning_rate is None and lora.peak_learning_rate == LORA_LEARNING_RATE
+    plan = plan_training(lora, n_train=16)
+    arguments = build_training_arguments(lora, plan.schedule, plan.precision, plan.gradient_checkpointing)
+    assert arguments.learning_rate == LORA_LEARNING_RATE

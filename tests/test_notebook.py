@@ -209,6 +209,7 @@ def test_committed_notebook_is_clean():
         default.generation_max_length, default.logging_steps)
     # 0: derived from the data (a form cannot say None)
     assert values["SAVE_STEPS"] == values["EVAL_STEPS"] == values["MAX_TRAIN_SAMPLES"] == 0
+    assert values["LEARNING_RATE"] == 0 and default.learning_rate is None  # by the kind of run
     assert values["REQUIRE_GPU"] is True and values["SMOKE_RUN"] is False and values["MDC_DATASET_ID"] == ""
     # The parameters come first; every other cell calls the package.
     assert code[0] is parameters[0]

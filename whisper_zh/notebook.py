@@ -41,8 +41,9 @@ COLAB_LOCAL_DIR = "/content"
 SMOKE_RUN = dict(max_train_samples=64, max_steps=20, save_steps=10, eval_steps=10, eval_max_samples=16,
                  test_split="", zero_shot_eval=False, ct2_quantization="", hub_model_id=None,
                  output_dir="smoke-run")
-# Parameters that Colab's forms cannot leave empty: 0 there means "derived from the data".
-DERIVED_WHEN_ZERO = ("save_steps", "eval_steps", "warmup_steps", "max_train_samples")
+# Parameters that Colab's forms cannot leave empty: 0 there means "derived from the data" (the
+# learning rate: from the kind of run, TrainConfig.peak_learning_rate).
+DERIVED_WHEN_ZERO = ("save_steps", "eval_steps", "warmup_steps", "max_train_samples", "learning_rate")
 
 
 # --------------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def save_results(result: TrainResult, config: Optional[TrainConfig] = None, data
             "train_clips": counts.get(config.train_split),
             "test_clips": counts.get(config.test_split),
             "global_batch_size": plan.schedule.global_batch_size if plan else None,
-            "learning_rate": config.learning_rate,
+            "learning_rate": config.peak_learning_rate,
             "lora_r": config.lora_r,
             "lora_alpha": (config.lora_alpha or 2 * config.lora_r) if config.uses_lora else None,
             "lora_target_modules": config.lora_modules() if config.uses_lora else None,

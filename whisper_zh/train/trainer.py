@@ -299,7 +299,7 @@ def build_training_arguments(config: TrainConfig, schedule: Schedule, precision:
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size or config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
+        learning_rate=config.peak_learning_rate,
         warmup_steps=schedule.warmup_steps,
         weight_decay=config.weight_decay,
         max_steps=schedule.max_steps,
