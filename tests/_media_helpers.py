@@ -59,6 +59,26 @@ def joined_clips(dataset: Path, seconds: float, split: str = "test") -> tuple[np
     return np.concatenate(pieces), rows, starts
 
 
+def two_voices(dataset: Path, turns_each: int = 4) -> tuple[np.ndarray, list[tuple[float, float, int]]]:
+    """A conversation of two real voices taking turns, half a second of silence after each
+    turn: Biaobei's (zh-multi-dev, beside ``dataset``) and zh-cv-mini's one speaker.
+
+    Returns:
+        (waveform, [(start, end, voice 0 or 1) of each turn])
+    """
+    multi = dataset.parent / "zh-multi-dev" / "clips"
+    voices = [[load_audio(multi / f"zhmd_bb_{k:06d}.mp3") for k in range(1, turns_each + 1)],
+              [load_audio(dataset / "clips" / row["path"]) for row in read_split(dataset, "validated")[:turns_each]]]
+    parts, turns, at = [], [], 0.0
+    for k in range(turns_each):
+        for voice in (0, 1):
+            piece = voices[voice][k]
+            parts += [piece, np.zeros(SAMPLE_RATE // 2, np.float32)]
+            turns.append((at, at + len(piece) / SAMPLE_RATE, voice))
+            at += len(piece) / SAMPLE_RATE + 0.5
+    return np.concatenate(parts), turns
+
+
 def write_wav(path: Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     sf.write(str(path), audio, sr, subtype="PCM_16")
     return path

@@ -41,6 +41,7 @@ import numpy as np
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import Cancelled, ConfigError, QueueFullError
 from whisper_zh.media import format_duration, load_media
+from whisper_zh.serve.diarize import check_installed as check_diarize_installed
 from whisper_zh.serve.diarize import diarize as label_speakers
 from whisper_zh.serve.download import download_audio
 from whisper_zh.serve.engine import Transcriber
@@ -146,6 +147,9 @@ class Job:
         ...     ...
         >>> result = job.finish(audio)                  # the English pass, if asked for
         >>> job.write(result, output_paths("subs", "talk", job.formats))
+
+    Raises:
+        MissingExtraError: ``diarize`` without the ``diarize`` extra, at once, before any work.
     """
 
     def __init__(self, engine: Transcriber, options: Optional[TranscribeOptions] = None,
@@ -154,6 +158,8 @@ class Job:
         self.engine = engine
         self.diarize = diarize or num_speakers is not None
         self.num_speakers = num_speakers
+        if self.diarize:
+            check_diarize_installed()
         self.options = options or engine.options
         self.formats = check_formats(formats)
         self.language = "en" if self.options.task == "translate" else self.options.language
