@@ -85,12 +85,16 @@ def write_wav(path: Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
 
 
 def make_video(audio_path: Path, out: Path) -> Path:
-    """An mp4 with a still picture and ``audio_path`` as its AAC sound track."""
+    """A video of a still picture with ``audio_path`` as its sound track: an mp4 (MPEG-4
+    and AAC), or for an ``out`` named .webm a WebM (VP8 and Opus, which every Chromium
+    plays, proprietary codecs or not)."""
     seconds = len(load_audio(audio_path)) / SAMPLE_RATE
+    codecs = (["-c:v", "libvpx", "-b:v", "100k", "-c:a", "libopus"] if out.suffix == ".webm"
+              else ["-c:v", "mpeg4", "-c:a", "aac"])
     # -t rather than -shortest, which overshoots by seconds against an endless picture
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
            "-f", "lavfi", "-i", "color=c=0x336699:s=320x240:r=5", "-i", str(audio_path),
-           "-map", "0:v", "-map", "1:a", "-c:v", "mpeg4", "-c:a", "aac", "-t", f"{seconds:.3f}", str(out)]
+           "-map", "0:v", "-map", "1:a", *codecs, "-t", f"{seconds:.3f}", str(out)]
     subprocess.run(cmd, check=True, capture_output=True)
     return out
 
