@@ -349,14 +349,18 @@ def test_a_linked_video_plays_with_its_subtitles_while_the_request_lasts(whisper
     make_video(clips["long"], clips["folder"] / "long.mp4")
     handlers = Handlers(ServeSettings(model_id=str(whisper_base), max_duration_s=60, batch_size=4,
                                       allow_private_urls=True), transcriber=Greedy(engine))
+    line = "\t".join([".127.0.0.1", "TRUE", "/", "FALSE", "2000000000", "SID", "v"])
+    cookies = _write(tmp_path / "cookies.txt", f"# Netscape HTTP Cookie File\n{line}\n".encode())
     with serve_directory(clips["folder"]) as (base, _):
-        for last in handlers.run(Request("url", f"{base}/clip.mp4")):
+        for last in handlers.run(Request("url", f"{base}/clip.mp4", cookies=str(cookies))):
             if last.video:  # looked at before the request's folder goes, when the generator ends
                 played = Path(last.video[0])
                 assert played.read_bytes() == clips["mp4"].read_bytes()
                 assert played.is_relative_to(work) and not played.is_relative_to(clips["folder"])
+                # kept alone: the copy of the cookies served the download only
+                assert list(played.parent.iterdir()) == [played]
                 vtt = Path(next(f for f in last.files if f.endswith(".vtt"))).read_text(encoding="utf-8")
-        assert not played.exists() and list(work.iterdir()) == []
+        assert not played.exists() and list(work.iterdir()) == [] and not cookies.exists()
         _, cues = last.video
         assert last.text == expected(clips["mp4"])
         assert [c["timestamp"][0] for c in cues] == pytest.approx(
