@@ -59,18 +59,42 @@ def joined_clips(dataset: Path, seconds: float, split: str = "test") -> tuple[np
     return np.concatenate(pieces), rows, starts
 
 
+def two_voices(dataset: Path, turns_each: int = 4) -> tuple[np.ndarray, list[tuple[float, float, int]]]:
+    """A conversation of two real voices taking turns, half a second of silence after each
+    turn: Biaobei's (zh-multi-dev, beside ``dataset``) and zh-cv-mini's one speaker.
+
+    Returns:
+        (waveform, [(start, end, voice 0 or 1) of each turn])
+    """
+    multi = dataset.parent / "zh-multi-dev" / "clips"
+    voices = [[load_audio(multi / f"zhmd_bb_{k:06d}.mp3") for k in range(1, turns_each + 1)],
+              [load_audio(dataset / "clips" / row["path"]) for row in read_split(dataset, "validated")[:turns_each]]]
+    parts, turns, at = [], [], 0.0
+    for k in range(turns_each):
+        for voice in (0, 1):
+            piece = voices[voice][k]
+            parts += [piece, np.zeros(SAMPLE_RATE // 2, np.float32)]
+            turns.append((at, at + len(piece) / SAMPLE_RATE, voice))
+            at += len(piece) / SAMPLE_RATE + 0.5
+    return np.concatenate(parts), turns
+
+
 def write_wav(path: Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     sf.write(str(path), audio, sr, subtype="PCM_16")
     return path
 
 
 def make_video(audio_path: Path, out: Path) -> Path:
-    """An mp4 with a still picture and ``audio_path`` as its AAC sound track."""
+    """A video of a still picture with ``audio_path`` as its sound track: an mp4 (MPEG-4
+    and AAC), or for an ``out`` named .webm a WebM (VP8 and Opus, which every Chromium
+    plays, proprietary codecs or not)."""
     seconds = len(load_audio(audio_path)) / SAMPLE_RATE
+    codecs = (["-c:v", "libvpx", "-b:v", "100k", "-c:a", "libopus"] if out.suffix == ".webm"
+              else ["-c:v", "mpeg4", "-c:a", "aac"])
     # -t rather than -shortest, which overshoots by seconds against an endless picture
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
            "-f", "lavfi", "-i", "color=c=0x336699:s=320x240:r=5", "-i", str(audio_path),
-           "-map", "0:v", "-map", "1:a", "-c:v", "mpeg4", "-c:a", "aac", "-t", f"{seconds:.3f}", str(out)]
+           "-map", "0:v", "-map", "1:a", *codecs, "-t", f"{seconds:.3f}", str(out)]
     subprocess.run(cmd, check=True, capture_output=True)
     return out
 

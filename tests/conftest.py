@@ -35,6 +35,16 @@ def zh_cv_mini() -> Path:
 
 
 @pytest.fixture(scope="session")
+def conversation(zh_cv_mini):
+    """Two real voices taking turns, four turns each (``_media_helpers.two_voices``):
+    (waveform, [(start, end, voice)])."""
+    from _media_helpers import two_voices
+
+    _need_shared("data/zh-multi-dev")
+    return two_voices(zh_cv_mini)
+
+
+@pytest.fixture(scope="session")
 def whisper_base() -> Path:
     """The real OpenAI whisper-base, transformers format, built offline once per machine."""
     out = Path(os.environ.get("WHISPER_ZH_BASE", CACHE / "whisper-base"))

@@ -187,10 +187,23 @@ def test_url_route(client, clips, expected, monkeypatch):
     monkeypatch.setattr(netguard, "_is_internal", lambda address: False)
     with serve_directory(clips["folder"]) as (base, requested):
         shutil.copy(clips["mp3"], clips["folder"] / "clip.mp3")
-        _check_result(_call(client, "transcribe_url", f"{base}/clip.mp3", "simplified", None),
-                      expected(clips["mp3"]))
+        audio = _call(client, "transcribe_url", f"{base}/clip.mp3", "simplified", None)
+        _check_result(audio, expected(clips["mp3"]))
+        assert audio[-1]["value"] is None  # nothing to play
+        video = _call(client, "transcribe_url", f"{base}/clip.mp4", "simplified", None)
+        _check_result(video, expected(clips["mp4"]))
+        # the page served the linked video (after the request's folder was gone) and its subtitles
+        player = video[-1]
+        assert Path(player["value"]).read_bytes() == clips["mp4"].read_bytes()
+        assert normalize(_vtt_text(Path(player["subtitles"]))) == normalize(video[1])
         assert "404 not found" in _error(client, "transcribe_url", f"{base}/gone.mp3", "simplified", None)
         assert "limit is 1:00" in _error(client, "transcribe_url", f"{base}/long.flac", "simplified", None)
+
+
+def _vtt_text(path: Path) -> str:
+    """The cues' text of a WebVTT file, run together."""
+    blocks = path.read_text(encoding="utf-8").split("\n\n")[1:]  # after the WEBVTT header
+    return "".join(line for block in blocks for line in block.splitlines() if "-->" not in line)
 
 
 @pytest.mark.slow
@@ -318,6 +331,48 @@ def test_video_plays_with_its_subtitles_and_speakers(whisper_base, clips):
     assert audio_only.video is None
 
 
+@pytest.mark.slow
+def test_a_linked_video_plays_with_its_subtitles_while_the_request_lasts(whisper_base, engine, clips, expected,
+                                                                         tmp_path, monkeypatch):
+    """A link to a video comes back for the page's player as an upload does, with the cues
+    of the files; the download is kept in the request's own folder while the request lasts
+    (Gradio copies what it serves by then) and goes with it; the limits hold for a video."""
+    import tempfile
+
+    from whisper_zh.errors import MediaLimitError
+    from whisper_zh.serve.app import Handlers, Request
+    from whisper_zh.serve.settings import ServeSettings
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    make_video(clips["long"], clips["folder"] / "long.mp4")
+    handlers = Handlers(ServeSettings(model_id=str(whisper_base), max_duration_s=60, batch_size=4,
+                                      allow_private_urls=True), transcriber=Greedy(engine))
+    line = "\t".join([".127.0.0.1", "TRUE", "/", "FALSE", "2000000000", "SID", "v"])
+    cookies = _write(tmp_path / "cookies.txt", f"# Netscape HTTP Cookie File\n{line}\n".encode())
+    with serve_directory(clips["folder"]) as (base, _):
+        for last in handlers.run(Request("url", f"{base}/clip.mp4", cookies=str(cookies))):
+            if last.video:  # looked at before the request's folder goes, when the generator ends
+                played = Path(last.video[0])
+                assert played.read_bytes() == clips["mp4"].read_bytes()
+                assert played.is_relative_to(work) and not played.is_relative_to(clips["folder"])
+                # kept alone: the copy of the cookies served the download only
+                assert list(played.parent.iterdir()) == [played]
+                vtt = Path(next(f for f in last.files if f.endswith(".vtt"))).read_text(encoding="utf-8")
+        assert not played.exists() and list(work.iterdir()) == [] and not cookies.exists()
+        _, cues = last.video
+        assert last.text == expected(clips["mp4"])
+        assert [c["timestamp"][0] for c in cues] == pytest.approx(
+            [float(t) for t in re.findall(r"^00:00:(\d\d\.\d{3}) -->", vtt, flags=re.M)], abs=1e-3)
+        assert normalize("".join(c["text"] for c in cues)) == normalize(last.text)
+
+        assert list(handlers.run(Request("url", f"{base}/silence.wav")))[-1].video is None
+        with pytest.raises(MediaLimitError, match="limit is 1:00"):
+            list(handlers.run(Request("url", f"{base}/long.mp4")))
+    assert list(work.iterdir()) == []
+
+
 class _NoModel:
     """Stands in where no model is needed: silence never reaches one."""
 
@@ -406,6 +461,71 @@ def test_screenshot(app_url, clips, expected):
     # the page's characters are drawn differently from other characters and from boxes
     assert not _same_drawing(page_text, other), f"{chinese!r} and 一一… are drawn alike: boxes"
     assert not _same_drawing(page_text, tofu), f"{chinese!r} is drawn as the missing-glyph box"
+
+
+# the page's player once its subtitle track has loaded: the cues, and where the video stands
+_PLAYER_CUES = """() => {
+    const video = document.querySelector('#player video');
+    const track = video && video.querySelector('track');
+    const cues = track && video.textTracks.length ? video.textTracks[0].cues : null;
+    if (!cues || !cues.length) return null;
+    return {src: video.currentSrc, track: track.src, shown: getComputedStyle(document.querySelector('#player')).display,
+            cues: [...cues].map(c => ({start: c.startTime, end: c.endTime, text: c.text}))};
+}"""
+# show a moment of the first cue: seek into it, wait until the frame there can be drawn
+_SHOW_FIRST_CUE = """async () => {
+    const video = document.querySelector('#player video');
+    const cue = video.textTracks[0].cues[0];
+    video.pause();
+    video.textTracks[0].mode = 'showing';
+    const seeked = new Promise(resolve => video.addEventListener('seeked', resolve, {once: true}));
+    video.currentTime = (cue.startTime + cue.endTime) / 2;
+    await seeked;
+    while (video.readyState < 2) await new Promise(resolve => setTimeout(resolve, 50));
+    video.scrollIntoView({block: 'center'});
+    return {time: video.currentTime, active: [...video.textTracks[0].activeCues].map(c => c.text),
+            width: video.videoWidth, error: video.error && video.error.code};
+}"""
+
+
+@pytest.mark.slow
+def test_uploaded_video_plays_with_its_subtitles_in_a_browser(app_url, clips, expected):
+    """A video uploaded on the page in headless Chromium: the page's <video> carries a
+    subtitle track whose cues are the transcript the engine wrote for that video, the
+    video itself plays (a WebM: VP8 and Opus), and a frame inside a cue shows the cue.
+    The screenshot is kept in tests/artifacts/app-video.png."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    video = make_video(clips["mp3"], clips["folder"] / "talk.webm")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url, wait_until="load")
+        page.get_by_role("tab", name="📁 File").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="📁 File").click()
+        page.locator("input[type=file]").first.set_input_files(str(video))
+        page.get_by_role("button", name="Transcribe file").click()
+        page.wait_for_function(_PLAYER_CUES, timeout=120_000)
+        player = page.evaluate(_PLAYER_CUES)
+        shown = page.evaluate(_SHOW_FIRST_CUE)
+        page.wait_for_timeout(500)  # the cue's box is drawn after the frame
+        page.screenshot(path=str(ARTIFACTS / "app-video.png"), full_page=True)
+        page.locator("#player video").screenshot(path=str(ARTIFACTS / "app-video-player.png"))
+        text = page.evaluate("() => [...document.querySelectorAll('textarea')].map(t => t.value).find(v => v)")
+        browser.close()
+    transcript = expected(video)
+    assert text == transcript
+    assert player["src"].endswith(".webm") and player["track"].endswith(".vtt") and player["shown"] != "none"
+    cues = player["cues"]
+    # the cues are the engine's transcript of this video, laid out as subtitles, in time order
+    assert normalize("".join(c["text"] for c in cues)) == normalize(transcript)
+    assert all(a["start"] < a["end"] <= b["start"] for a, b in zip(cues, cues[1:]))
+    assert shown["error"] is None and shown["width"] == 320, shown  # decoded, not merely listed
+    assert shown["active"] == [cues[0]["text"]], shown
+    assert (ARTIFACTS / "app-video-player.png").stat().st_size > 2_000
 
 
 def _same_drawing(a: np.ndarray, b: np.ndarray) -> bool:

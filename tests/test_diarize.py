@@ -3,7 +3,6 @@ conversation built from real clips (bench/diarize.py measures more, with transcr
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 
 import numpy as np
@@ -60,32 +59,8 @@ def test_missing_extra_names_the_install(monkeypatch):
         D._weights_path()
 
 
-def _clips(folder, names):
-    from whisper_zh.media import load_audio
-
-    return [load_audio(str(folder / name)) for name in names]
-
-
-@pytest.fixture(scope="module")
-def conversation(zh_cv_mini):
-    """Biaobei's voice (zh-multi-dev) and zh-cv-mini's, four turns each, alternating."""
-    multi = zh_cv_mini.parent / "zh-multi-dev" / "clips"
-    if not multi.exists():
-        pytest.skip(f"{multi} is missing")
-    with open(zh_cv_mini / "validated.tsv", encoding="utf-8") as f:
-        cv_names = [row["path"] for row in csv.DictReader(f, delimiter="\t")][:4]
-    voices = [_clips(multi, [f"zhmd_bb_{k:06d}.mp3" for k in range(1, 5)]), _clips(zh_cv_mini / "clips", cv_names)]
-    parts, turns, at = [], [], 0.0
-    for k in range(4):
-        for voice in (0, 1):
-            piece = voices[voice][k]
-            parts += [piece, np.zeros(int(0.5 * SR), np.float32)]
-            turns.append((at, at + len(piece) / SR, voice))
-            at += len(piece) / SR + 0.5
-    return np.concatenate(parts), turns
-
-
 def test_two_real_voices_are_told_apart(conversation):
+    """The ``conversation`` fixture (conftest.py): two voices, four turns each, alternating."""
     audio, turns = conversation
     # one segment a turn, except one that runs over a change of speaker, with words
     # spread evenly over the two turns it covers (as aligned words would be)

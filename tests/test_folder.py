@@ -4,8 +4,10 @@ failures that do not stop the rest, and the files split over two processes by to
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +17,13 @@ import pytest
 import soundfile as sf
 
 from _checks import GREEDY, is_chinese
-from _media_helpers import plain_clips
+from _media_helpers import plain_clips, write_wav
 from whisper_zh.cli import main as cli_main
+from whisper_zh.errors import MissingExtraError
+from whisper_zh.media import load_media
+from whisper_zh.serve import diarize
 from whisper_zh.serve.folder import FAILED
+from whisper_zh.serve.jobs import Job
 from whisper_zh.serve.folder import MediaFile, find_media, is_folder_job, transcribe_folder
 from whisper_zh.serve.subtitles import check_formats, output_paths
 from whisper_zh.serve.subtitles import to_srt
@@ -186,3 +192,68 @@ def test_torchrun_splits_files_between_processes(tmp_path, engine, zh_cv_mini, r
         # does not hang on a character or two
         scores = {other: cer([sentence], [text]) for other, sentence in references.items()}
         assert min(scores, key=scores.get) == name, (name, text, scores)
+
+
+def _needs_diarize_extra():
+    # not imported: the package's own module needs pkg_resources (see serve/diarize.py)
+    if importlib.util.find_spec("resemblyzer") is None:
+        pytest.skip('speaker labels need pip install "whisper-zh[diarize]"')
+
+
+@pytest.mark.slow
+def test_folder_labels_speakers_as_one_file_does(tmp_path, engine, zh_cv_mini, rows, conversation, capsys):
+    """--diarize on a folder: each file's outputs are those of the same file through the
+    one job flow alone, speakers included; a conversation's two voices are told apart
+    and one voice is one speaker; --num-speakers reaches every file."""
+    _needs_diarize_extra()
+    audio, turns = conversation
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "talks").mkdir(parents=True)
+    write_wav(src / "talks" / "two.wav", audio)
+    folder_of_clips(src, zh_cv_mini, rows[:1], ["one.mp3"])
+    formats = ["srt", "vtt", "txt", "json"]
+
+    summary = transcribe_folder(src, out, formats, engine, diarize=True, progress=False)
+    assert (len(summary.done), len(summary.failed)) == (2, 0), summary.report()
+    for name in ("talks/two.wav", "one.mp3"):
+        job = Job(engine, engine.options, formats, diarize=True)
+        alone = job.write(job.run(load_media(src / name)),
+                          output_paths(tmp_path / "alone", Path(name).with_suffix(""), formats))
+        for fmt, path in alone.items():
+            folder = out / Path(name).with_suffix(f".{fmt}")
+            assert folder.read_text(encoding="utf-8") == path.read_text(encoding="utf-8"), (name, fmt)
+
+    cues = [c.content for c in _srt(out / "talks" / "two.srt")]
+    assert cues and all(re.match("S[12]：", c) for c in cues), cues
+    segments = json.loads((out / "talks" / "two.json").read_text(encoding="utf-8"))["segments"]
+    # each segment's speaker is the voice of the turn it lies in, after naming the voices
+    # (measured: every one; a margin of one)
+    voice_of = [next(v for a, b, v in turns if a - 0.5 <= (s["start"] + s["end"]) / 2 <= b + 0.5) for s in segments]
+    naming = {voice: next(s["speaker"] for s, v in zip(segments, voice_of) if v == voice) for voice in (0, 1)}
+    assert naming[0] != naming[1], segments
+    assert sum(s["speaker"] == naming[v] for s, v in zip(segments, voice_of)) >= len(segments) - 1, segments
+    assert {c.content[:3] for c in _srt(out / "one.srt")} == {"S1："}
+
+    # the command line: no longer refused, and the count given reaches each file
+    assert cli_main(["transcribe", str(src / "talks"), "-o", str(tmp_path / "cli"), "--model", str(engine.model_id),
+                     "--formats", "json", "--diarize", "--num-speakers", "1"]) == 0
+    assert "1 file: 1 transcribed" in capsys.readouterr().out
+    labelled = json.loads((tmp_path / "cli" / "two.json").read_text(encoding="utf-8"))["segments"]
+    assert labelled and {s["speaker"] for s in labelled} == {"S1"}
+
+
+def test_folder_without_the_diarize_extra_stops_before_the_first_file(tmp_path, engine, zh_cv_mini, rows,
+                                                                      monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(diarize.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "resemblyzer" else find_spec(name, *args))
+    folder_of_clips(tmp_path / "in", zh_cv_mini, rows[:1], ["one.mp3"])
+    with pytest.raises(MissingExtraError, match=r"whisper-zh\[diarize\]"):
+        transcribe_folder(tmp_path / "in", tmp_path / "out", ["srt"], engine, diarize=True, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def _srt(path: Path) -> list:
+    import srt
+
+    return list(srt.parse(path.read_text(encoding="utf-8")))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import subprocess
 import threading
 
 import numpy as np
@@ -110,6 +111,44 @@ def test_download_direct_media_link(site, tmp_path, monkeypatch, clip):
     np.testing.assert_array_equal(media.load_audio(path), media.load_audio(clip))
 
 
+def test_download_video_when_asked(site, tmp_path, clip):
+    """video=True: a link to a video gives the video; a link to audio, the audio."""
+    base, _ = site
+    video = make_video(clip, tmp_path / "site" / "clip.mp4")
+    path = download_audio(f"{base}/clip.mp4", tmp_path / "dl", allow_private=True, video=True)
+    assert path.read_bytes() == video.read_bytes() and media.has_video(path)
+    path = download_audio(f"{base}/clip.mp3", tmp_path / "dl2", allow_private=True, video=True)
+    assert path.read_bytes() == clip.read_bytes()
+    with pytest.raises(MediaLimitError, match="limit"):
+        download_audio(f"{base}/clip.mp4", tmp_path / "dl3", allow_private=True, video=True, max_bytes=1000)
+
+
+def _chosen(selector: str, formats: list[dict]) -> str:
+    """The format yt-dlp picks with ``selector`` from a page offering ``formats``."""
+    import yt_dlp
+
+    page = {"id": "v", "title": "v", "extractor": "test", "extractor_key": "Test",
+            "webpage_url": "https://example.com/v", "formats": [dict(f) for f in formats]}
+    with yt_dlp.YoutubeDL({"quiet": True, "simulate": True, "format": selector}) as ydl:
+        return ydl.process_ie_result(page, download=False)["format_id"]
+
+
+def test_video_format_is_a_small_muxed_file_else_audio():
+    """A YouTube-like page's formats: the page's video is one file with sound (yt-dlp may
+    not run ffmpeg to join streams) of at most 480 lines; without one, the audio alone."""
+    def fmt(name, height=None, vcodec="none", acodec="none", protocol="https", tbr=100):
+        return dict(format_id=name, url=f"https://example.com/{name}", height=height, vcodec=vcodec,
+                    acodec=acodec, protocol=protocol, ext="mp4", tbr=tbr)
+
+    page = [fmt("audio", acodec="opus", tbr=160), fmt("muxed-360", 360, "avc1", "mp4a", tbr=500),
+            fmt("muxed-720", 720, "avc1", "mp4a", tbr=2000), fmt("video-480", 480, "avc1", tbr=1000),
+            fmt("video-1080", 1080, "avc1", tbr=4000), fmt("muxed-240-ffmpeg", 240, "avc1", "mp4a", "m3u8")]
+    assert _chosen(download.VIDEO_FORMAT, page) == "muxed-360"
+    assert _chosen(download.AUDIO_FORMAT, page) == "audio"
+    separate = [f for f in page if not f["format_id"].startswith("muxed")]
+    assert _chosen(download.VIDEO_FORMAT, separate) == "audio"
+
+
 def test_download_404_is_a_clear_error(site, tmp_path, monkeypatch):
     base, _ = site
     with pytest.raises(DownloadError, match="404 Not Found"):
@@ -160,6 +199,22 @@ def test_probe_duration(clip, tmp_path):
     assert probe_duration(video) == pytest.approx(len(audio) / 16000, abs=0.2)
     (tmp_path / "x.txt").write_text("not media")
     assert probe_duration(tmp_path / "x.txt") is None
+
+
+def test_has_video(clip, tmp_path):
+    """Moving pictures, not an audio file's cover: what the page plays beside its subtitles."""
+    assert media.has_video(make_video(clip, tmp_path / "v.mp4"))
+    assert not media.has_video(clip)
+    # an m4a with album art: a picture stream that ffmpeg, not soundfile, reads
+    covered = tmp_path / "covered.m4a"
+    subprocess.run([media.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(clip), "-f", "lavfi", "-i",
+                    "color=s=64x64", "-frames:v", "1", "-map", "0:a", "-map", "1:v", "-c:a", "aac", "-c:v", "mjpeg",
+                    "-disposition:v", "attached_pic", str(covered)], check=True)
+    assert "attached pic" in subprocess.run([media.ffmpeg_exe(), "-hide_banner", "-i", str(covered)],
+                                            capture_output=True, text=True).stderr
+    assert not media.has_video(covered)
+    (tmp_path / "x.txt").write_text("not media")
+    assert not media.has_video(tmp_path / "x.txt")
 
 
 def test_video_audio_track_decodes(clip, tmp_path):

@@ -10,10 +10,12 @@ The package follows the data's two journeys:
   in, a compact cache out) -> ``examples`` (training examples, collator, log-mel) ->
   ``trainer`` -> ``checkpoints`` -> ``evaluate`` -> ``publish`` (results, card, ct2/,
   the Hub) -> ``pipeline`` (:func:`train`);
-* ``whisper_zh.serve`` -- ``settings`` -> ``types`` -> ``netguard`` -> ``download`` ->
-  ``segmentation`` -> ``models`` -> the two backends -> ``engine`` -> ``subtitles`` ->
-  ``jobs`` (one flow from input to files) -> ``folder`` / ``live`` / ``api`` (the OpenAI
-  audio API) -> ``app``;
+* ``whisper_zh.serve`` -- ``settings`` -> ``types`` -> ``netguard`` -> ``download`` (a
+  link's audio, or for the page a small video that plays there with its subtitles) ->
+  ``segmentation`` -> ``models`` -> the two backends -> ``engine`` -> ``diarize`` (who
+  speaks: ``--diarize``, the page's checkbox, ``Job(..., diarize=True)``; needs the
+  ``[diarize]`` extra) -> ``subtitles`` -> ``jobs`` (one flow from input to files) ->
+  ``folder`` / ``live`` / ``api`` (the OpenAI audio API) -> ``app``;
 
 on a few modules both use (``errors``, ``audio``, ``text``, ``hub``, ``media``,
 ``distributed``, ``logs``), with ``cli`` and ``notebook`` at the edges. Each layer imports

@@ -265,7 +265,7 @@ def transcribe_parser(settings) -> ArgumentParser:
     dec.add_argument("--diarize", action="store_true",
                      help='label who speaks (S1, S2 ...) in every format; needs pip install "whisper-zh[diarize]"')
     dec.add_argument("--num-speakers", type=int, default=None, metavar="N",
-                     help="with --diarize: how many speakers there are (default: counted)")
+                     help="with --diarize: how many speakers there are (in each file; default: counted)")
     dec.add_argument("--batch-size", type=int, default=settings.batch_size or TranscribeOptions.batch_size,
                      help="windows decoded together (default: $BATCH_SIZE or %(default)s)")
     dec.add_argument("--beam-size", type=int, default=None,
@@ -304,8 +304,6 @@ def transcribe_command(argv: Sequence[str]) -> int:
     if args.num_speakers is not None and args.num_speakers < 1:
         raise ConfigError(f"--num-speakers must be at least 1, not {args.num_speakers}")
     if len(args.sources) > 1 or is_folder_job(args.sources[0]):
-        if args.diarize or args.num_speakers:
-            raise ConfigError("--diarize works on one input at a time")
         return _transcribe_folders(args, options, formats or DEFAULT_FORMATS, style, limits)
     return _transcribe_one(args, options, formats, style, limits)
 
@@ -380,7 +378,8 @@ def _transcribe_folders(args, options, formats: Sequence[str], style, limits) ->
     with logging_redirect_tqdm():
         summary = transcribe_folder(args.sources, args.output_dir, formats, args.model, options,
                                     backend=args.backend, device=args.device, overwrite=args.overwrite,
-                                    style=style, limits=limits)
+                                    style=style, limits=limits, diarize=args.diarize,
+                                    num_speakers=args.num_speakers)
     if summary.is_main_process:
         print(summary.report())
         if args.summary_json:

@@ -405,17 +405,44 @@ def probe_duration(path: Union[str, os.PathLike], deadline_s: Optional[float] = 
             return info.frames / info.samplerate
     except Exception:
         pass
+    match = _DURATION_RE.search(_ffmpeg_header(path, deadline_s))
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+# a picture stream that is a cover (an mp3's or m4a's album art) is not a video
+_VIDEO_STREAM_RE = re.compile(r"^\s*Stream #.*?: Video: (?!.*\(attached pic\))", re.M)
+
+
+def has_video(path: Union[str, os.PathLike], deadline_s: Optional[float] = None) -> bool:
+    """Whether a media file holds moving pictures as well as sound (its header, nothing
+    decoded): what a page can play beside its subtitles.
+
+    Raises:
+        MediaLimitError: ffmpeg took longer than ``deadline_s`` seconds to read the header.
+    """
+    path = os.fspath(path)
+    try:
+        import soundfile as sf
+
+        sf.info(path)
+        return False  # a container soundfile reads holds sound only
+    except Exception:
+        pass
+    return bool(_VIDEO_STREAM_RE.search(_ffmpeg_header(path, deadline_s)))
+
+
+def _ffmpeg_header(path: str, deadline_s: Optional[float]) -> str:
+    """What ffmpeg prints about a file's container and streams."""
     # ffmpeg with no output prints the header and exits 1 ("At least one output file")
     try:
         proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *_INPUT_OPTIONS, "-i", path],
                               capture_output=True, timeout=deadline_s)
     except subprocess.TimeoutExpired:  # run() has killed it
         raise MediaLimitError(_too_slow(deadline_s)) from None
-    match = _DURATION_RE.search(proc.stderr.decode("utf-8", "replace"))
-    if not match:
-        return None
-    hours, minutes, seconds = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return proc.stderr.decode("utf-8", "replace")
 
 
 def format_duration(seconds: float) -> str:

@@ -13,7 +13,6 @@ read here, at the edge, unless given), so a Space is configured in its "Variable
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from whisper_zh.errors import AudioDecodeError, Cancelled, WhisperZhError
 from whisper_zh.media import format_duration
 from whisper_zh.serve import api, uploads
 from whisper_zh.serve.engine import Transcriber, get_transcriber
-from whisper_zh.serve.jobs import Job, Slots, load_input, uncovered_lines
+from whisper_zh.serve.jobs import Job, Slots, open_input, uncovered_lines
 from whisper_zh.serve.live import LiveTranscriber
 from whisper_zh.serve.netguard import is_url
 from whisper_zh.serve.settings import ServeSettings
@@ -89,8 +88,8 @@ class Update:
     text: str = ""
     rows: tuple = ()
     files: Optional[list[str]] = None
-    # an uploaded video and its cues (the chosen output's: {"text", "timestamp": [start, end]}),
-    # for the page's player
+    # the input's video (an upload, or a link's download) and its cues (the chosen output's:
+    # {"text", "timestamp": [start, end]}), for the page's player
     video: Optional[tuple[str, list]] = None
 
 
@@ -149,12 +148,14 @@ class Handlers:
             source = self._source(request)
             report(0.0, desc="downloading" if request.kind == "url" else "decoding")
             try:
-                audio = load_input(source, workdir, self.settings.limits,
-                                   cookies=request.cookies or self.settings.cookies,
-                                   progress=lambda f, msg: report(f, desc=msg))
+                # a recording is not played back; an upload or a link that is a video is
+                loaded = open_input(source, workdir, self.settings.limits, video=request.kind != "microphone",
+                                    cookies=request.cookies or self.settings.cookies,
+                                    progress=lambda f, msg: report(f, desc=msg))
             except AudioDecodeError:
                 raise UserError("This file is not audio or video that ffmpeg can decode "
                                 "(corrupt, empty, or without a sound track).") from None
+            audio = loaded.audio
             duration = len(audio) / SAMPLE_RATE
             yield Update(f"Decoded {format_duration(duration)} of audio; transcribing…")
             options = TranscribeOptions(
@@ -197,12 +198,14 @@ class Handlers:
                 found = len({s.speaker for s in result.segments})
                 status += f" {found} speaker{'s' * (found != 1)}."
             video = None
-            if request.kind == "file" and _is_video(source):
+            if loaded.video is not None:
                 # the cues of the files, handed over as data: gr.Video writes its own WebVTT
-                # into Gradio's cache, which outlives this request's folder
+                # into Gradio's cache, which outlives this request's folder (a link's video,
+                # kept in that folder, is copied into the cache with this update too)
                 cues = (bilingual_cues(result.segments, result.translation) if job.bilingual
                         else make_cues(result.segments))
-                video = (source, [{"text": _escaped(c.text), "timestamp": [c.start, c.end]} for c in cues])
+                video = (str(loaded.video), [{"text": _escaped(c.text), "timestamp": [c.start, c.end]}
+                                             for c in cues])
             yield Update(status, _text(result.segments, job.language), _rows(result.segments),
                          [str(files[f]) for f in formats], video)
         finally:
@@ -278,12 +281,6 @@ def _rows(segments: list) -> tuple:
 def _escaped(text: str) -> str:
     """Cue text as WebVTT needs it (gr.Video writes it as given)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _is_video(path: str) -> bool:
-    """By the file's name: the upload widget keeps it, and a browser plays by type anyway."""
-    kind, _ = mimetypes.guess_type(path)
-    return bool(kind) and kind.startswith("video/")
 
 
 def _stem(request: Request) -> str:
@@ -378,25 +375,29 @@ _SOURCES = {"microphone": "a recording, as an audio file", "file": "an audio or 
 
 def _shown(update: Update) -> tuple:
     """An Update as the page's outputs: status, text, segments table, files, video player
-    (hidden unless the input was a video)."""
+    (empty, and so hidden by :data:`CSS`, unless the input was a video)."""
     import gradio as gr
 
     status, text, rows, files, video = astuple(update)
-    player = (gr.update(value=video[0], subtitles=video[1], visible=True) if video
-              else gr.update(value=None, visible=False))
+    player = (gr.update(value=video[0], subtitles=video[1]) if video
+              else gr.update(value=None, subtitles=None))
     return status, text, [list(row) for row in rows], files, player
 
 
+# The player is hidden by style, not by Gradio's `visible`: a gr.Video made visible by the
+# update that gives it a value shows an empty box in the browser (Gradio 6.31).
 CSS = """
 #title { text-align: center; }
 #title h1 { margin-bottom: 0.2em; }
 .status-line { min-height: 1.5em; }
+#player:not(:has(video)) { display: none; }
 """
 
 DESCRIPTION = """
 # 中文语音转文字 · Chinese speech to text
 Record, upload an audio or video file, paste a YouTube link, or talk live. Any length up to
-the limit; you get the text, timed segments, and `.srt` / `.vtt` / `.txt` subtitle files.
+the limit; you get the text, timed segments, and `.srt` / `.vtt` / `.txt` subtitle files. A
+video, uploaded or linked, plays here with its subtitles.
 """
 
 
@@ -463,7 +464,7 @@ def build_app(model_id: Optional[str] = None, *, settings: Optional[ServeSetting
                     f"and {settings.max_upload_mb:.0f} MB per input")
             with gr.Column(scale=7):
                 status = gr.Markdown(elem_classes="status-line")
-                player = gr.Video(label="Video with subtitles", visible=False, interactive=False)
+                player = gr.Video(label="Video with subtitles", interactive=False, elem_id="player")
                 text = gr.Textbox(label="Transcript", lines=8, max_lines=20, buttons=["copy"])
                 files = gr.File(label="Subtitles and text", file_count="multiple", interactive=False)
                 segments = gr.Dataframe(headers=["start", "end", "text"], datatype=["str", "str", "str"],

@@ -80,6 +80,13 @@ def _weights_path() -> Path:
     return path
 
 
+def check_installed() -> None:
+    """Raise :class:`MissingExtraError` when speaker labels cannot be made, so that a job
+    asking for them stops before it transcribes rather than after (a folder job: before
+    its first file, not once a file)."""
+    _weights_path()
+
+
 @lru_cache(maxsize=1)
 def _mel_filters() -> np.ndarray:
     """librosa.filters.mel(sr=16000, n_fft=400, n_mels=40): Slaney's mel scale and area

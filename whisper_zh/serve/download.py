@@ -37,6 +37,17 @@ _READ_BYTES = 1 << 20  # the most one read of a response returns, so a gzip bomb
 
 _MAX_COOKIES_BYTES = 1 << 20
 
+# plain HTTP(S) and yt-dlp's native HLS/DASH: the protocols it downloads itself
+_NATIVE = "[protocol~='^(https?|m3u8_native|http_dash_segments)$']"
+# audio-only when the site has it (a tenth of a video's bytes); a muxed file otherwise
+# (its audio track is decoded)
+AUDIO_FORMAT = f"bestaudio{_NATIVE}/best{_NATIVE}"
+# For a page that plays the video beside its subtitles: one file with both pictures and
+# sound ("best" is a muxed format), since joining separate video and audio streams takes
+# ffmpeg, which links may not run; at most 480 lines, which a player shows well and the
+# byte limit allows for. A site without such a file gives what AUDIO_FORMAT picks.
+VIDEO_FORMAT = f"best[height<=?480]{_NATIVE}/{AUDIO_FORMAT}"
+
 
 @dataclass
 class _Budget:
@@ -202,6 +213,7 @@ def _explain_ytdlp_error(message: str, url: str) -> str:
 
 
 def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
+                   video: bool = False,
                    cookies: Optional[str] = None,
                    max_duration_s: Optional[float] = None,
                    max_bytes: Optional[int] = None,
@@ -212,7 +224,9 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
     """Download the audio of a YouTube video or any page yt-dlp supports into ``out_dir``.
 
     Only the best audio-only format is fetched when the site offers one (a tenth of the
-    bytes of the video); a direct link to a media file is fetched as is. Playlists are
+    bytes of the video); a direct link to a media file is fetched as is. With ``video``, a
+    video with its sound in one file, of at most 480 lines, when the site has one
+    (:data:`VIDEO_FORMAT`), for a page to play; its audio alone otherwise. Playlists are
     refused (one link, one transcript). ``out_dir`` should be a per-request temporary
     directory, which the caller deletes.
 
@@ -221,6 +235,7 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
     address check.
 
     Args:
+        video: fetch a video to watch rather than audio alone (the same limits hold).
         cookies: path of a Netscape cookies.txt (the app's ``YTDLP_COOKIES``), the way
             through YouTube's "confirm you're not a bot" check. Checked, then copied into
             ``out_dir``: the file itself is never written.
@@ -271,11 +286,8 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
         def error(self, msg):
             pass
 
-    # plain HTTP(S) and yt-dlp's native HLS/DASH: the protocols it downloads itself
-    native = "[protocol~='^(https?|m3u8_native|http_dash_segments)$']"
     options = {
-        # audio-only when the site has it; a muxed file otherwise (we decode its audio track)
-        "format": f"bestaudio{native}/best{native}",
+        "format": VIDEO_FORMAT if video else AUDIO_FORMAT,
         "outtmpl": {"default": str(out_dir / "download.%(ext)s")},
         "paths": {"home": str(out_dir), "temp": str(out_dir)},
         "noplaylist": True,

@@ -2,6 +2,7 @@
 
     $ whisper-zh transcribe interviews/ --output-dir subs --formats srt,vtt,txt
     $ whisper-zh transcribe 'archive/**/*.mp4' -o subs
+    $ whisper-zh transcribe interviews/ -o subs --diarize                 # who speaks, file by file
     $ accelerate launch -m whisper_zh transcribe archive/ -o subs         # files split over the GPUs
 
     >>> summary = transcribe_folder(["interviews/"], "subs", ("srt", "txt"), "you/whisper-small-zh")
@@ -17,6 +18,10 @@ A file whose outputs all exist is skipped, and each output is written to a tempo
 name and renamed into place, so a run that was killed resumes where it stopped and never
 leaves a half-written file behind. A file that fails (not decodable, too long, ...) is
 recorded with its reason and the rest go on.
+
+Every file goes through the one job flow (:class:`~whisper_zh.serve.jobs.Job`), so its
+outputs are what ``whisper-zh transcribe`` writes for that file alone, speaker labels
+included (``diarize``, ``--diarize``): each file's speakers are told apart within it.
 
 Under ``accelerate launch`` or ``torchrun`` the pending files are split between the
 processes with accelerate's ``PartialState.split_between_processes``, the main process
@@ -279,7 +284,8 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
                       options: Optional[TranscribeOptions] = None, *,
                       backend: Optional[str] = None, device: Optional[str] = None,
                       overwrite: bool = False, progress: bool = True,
-                      style: Optional[SubtitleStyle] = None, limits: Limits = UNLIMITED) -> FolderSummary:
+                      style: Optional[SubtitleStyle] = None, limits: Limits = UNLIMITED,
+                      diarize: bool = False, num_speakers: Optional[int] = None) -> FolderSummary:
     """Transcribe every media file ``inputs`` name into ``output_dir``.
 
     Args:
@@ -294,6 +300,9 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
         progress: show a tqdm bar over the seconds of audio (on the main process).
         style: the subtitles' layout (default: by language, :func:`whisper_zh.serve.subtitles.default_style`).
         limits: the longest and largest input transcribed (larger ones fail, and the rest go on).
+        diarize: label who speaks in every file's outputs, as for one file (:class:`~whisper_zh.serve.jobs.Job`);
+            each file's speakers are its own (S1 of one file is not S1 of the next).
+        num_speakers: how many speakers each file holds, when known (implies ``diarize``).
 
     Returns:
         The summary of all files, every process's included (the same on every process).
@@ -301,6 +310,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
     Raises:
         InputNotFoundError: an input does not exist or a pattern matches nothing.
         ConfigError: an unknown format.
+        MissingExtraError: ``diarize`` without the ``diarize`` extra (before the first file).
     """
     from tqdm.auto import tqdm
 
@@ -320,7 +330,8 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
             gpu = str(state.device) if state.device is not None and state.device.type == "cuda" else None
             transcriber = Transcriber(transcriber, backend=backend, device=device or gpu, options=options)
     options = options or (transcriber.options if isinstance(transcriber, Transcriber) else TranscribeOptions())
-    job = Job(transcriber, options, formats, style=style) if pending else None
+    job = Job(transcriber, options, formats, style=style, diarize=diarize,
+              num_speakers=num_speakers) if pending else None
     results: list[FileResult] = []
     with state.split_between_processes(pending) as mine:
         weights = [probe_duration(m.path) for m, _ in mine]

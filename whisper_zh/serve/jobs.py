@@ -4,7 +4,8 @@ Every way in -- ``whisper-zh transcribe`` on one file, folder jobs, the page, th
 microphone -- goes through :class:`Job`, so each rule is decided here once:
 
 * **Limits** hold while the work happens: a link's download and a file's decoding stop
-  at :class:`~whisper_zh.serve.settings.Limits` (:func:`load_input`).
+  at :class:`~whisper_zh.serve.settings.Limits` (:func:`open_input`), a link's video
+  included.
 * **Bilingual output** adds Whisper's English of the same audio (its ``translate``
   task) for the second subtitle line. The English pass keeps the request's prompt and
   hotwords: they name the people and terms the speech holds, which the translation
@@ -40,7 +41,8 @@ import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import Cancelled, ConfigError, QueueFullError
-from whisper_zh.media import format_duration, load_media
+from whisper_zh.media import format_duration, has_video, load_media
+from whisper_zh.serve.diarize import check_installed as check_diarize_installed
 from whisper_zh.serve.diarize import diarize as label_speakers
 from whisper_zh.serve.download import download_audio
 from whisper_zh.serve.engine import Transcriber
@@ -67,28 +69,60 @@ WAIT_POLL_S = 0.25  # how often a waiting call looks for a free slot or a gone c
 NO_TEXT = "speech detected, no text"
 
 
-def load_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike], limits: Limits = Limits(), *,
-               cookies: Optional[str] = None, progress: Optional[ProgressCallback] = None) -> np.ndarray:
-    """A media path or an http(s) link -> the 16 kHz waveform, ``limits`` held while
-    downloading and decoding. A link is downloaded into ``workdir/download`` (deleted once
-    decoded); ``workdir`` belongs to the caller, who removes it.
+@dataclass(frozen=True)
+class Input:
+    """An input ready for a job: its waveform, and the video to play beside its
+    subtitles (:func:`open_input` with ``video=True``, when there is one)."""
+
+    audio: np.ndarray
+    video: Optional[Path] = None
+
+
+def open_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike], limits: Limits = Limits(), *,
+               video: bool = False, cookies: Optional[str] = None,
+               progress: Optional[ProgressCallback] = None) -> Input:
+    """A media path or an http(s) link -> its 16 kHz waveform, ``limits`` held while
+    downloading and decoding. A link is downloaded into ``workdir/download``, deleted once
+    decoded; ``workdir`` belongs to the caller, who removes it.
+
+    With ``video`` (a page that plays what it transcribes), a link fetches a small video
+    with its sound when the site has one (:func:`~whisper_zh.serve.download.download_audio`),
+    and a file or download that holds moving pictures is :attr:`Input.video`: a download
+    is then kept in ``workdir/download`` until the caller removes ``workdir``, which it
+    does once the video is served.
 
     Raises:
         MediaLimitError, AudioDecodeError, InputNotFoundError, DownloadError, UnsafeURLError.
     """
     source = os.fspath(source)
-    if is_url(source):
-        download = Path(workdir) / "download"
-        path = download_audio(source, download, cookies=cookies, max_duration_s=limits.max_duration_s,
-                              max_bytes=limits.max_bytes, allow_private=limits.allow_private_urls,
-                              deadline_s=limits.download_deadline_s, progress=progress)
-        try:
-            return load_media(path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
-                              deadline_s=limits.decode_deadline_s)
-        finally:
+    if not is_url(source):
+        audio = load_media(source, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
+                           deadline_s=limits.decode_deadline_s)
+        return Input(audio, Path(source) if video and has_video(source, limits.decode_deadline_s) else None)
+    download = Path(workdir) / "download"
+    path = download_audio(source, download, video=video, cookies=cookies, max_duration_s=limits.max_duration_s,
+                          max_bytes=limits.max_bytes, allow_private=limits.allow_private_urls,
+                          deadline_s=limits.download_deadline_s, progress=progress)
+    keep = False
+    try:
+        audio = load_media(path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
+                           deadline_s=limits.decode_deadline_s)
+        keep = video and has_video(path, limits.decode_deadline_s)
+    finally:
+        if not keep:
             shutil.rmtree(download, ignore_errors=True)
-    return load_media(source, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
-                      deadline_s=limits.decode_deadline_s)
+    if not keep:
+        return Input(audio)
+    for other in download.iterdir():  # the cookies' copy: it served the download only
+        if other.is_file() and other != path:
+            other.unlink()
+    return Input(audio, path)
+
+
+def load_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike], limits: Limits = Limits(), *,
+               cookies: Optional[str] = None, progress: Optional[ProgressCallback] = None) -> np.ndarray:
+    """:func:`open_input`'s waveform alone: the command line and the API keep no video."""
+    return open_input(source, workdir, limits, cookies=cookies, progress=progress).audio
 
 
 def uncovered_lines(coverage: Optional[Coverage]) -> list[str]:
@@ -146,6 +180,9 @@ class Job:
         ...     ...
         >>> result = job.finish(audio)                  # the English pass, if asked for
         >>> job.write(result, output_paths("subs", "talk", job.formats))
+
+    Raises:
+        MissingExtraError: ``diarize`` without the ``diarize`` extra, at once, before any work.
     """
 
     def __init__(self, engine: Transcriber, options: Optional[TranscribeOptions] = None,
@@ -154,6 +191,8 @@ class Job:
         self.engine = engine
         self.diarize = diarize or num_speakers is not None
         self.num_speakers = num_speakers
+        if self.diarize:
+            check_diarize_installed()
         self.options = options or engine.options
         self.formats = check_formats(formats)
         self.language = "en" if self.options.task == "translate" else self.options.language
