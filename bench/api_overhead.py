@@ -10,7 +10,7 @@ the engine skips without a model call, so that what is left is each path's own c
 the form or Gradio's upload, the queue, decoding the file, the answer); and real speech, to
 show that cost beside the decoding. Each input is transcribed, in turn, by:
 
-- **the work itself**: ``load_input`` + ``Job.run`` in the server's process, no HTTP: the
+- **the work itself**: ``open_input`` + ``Job.run`` in the server's process, no HTTP: the
   floor every way in pays;
 - **the API, json**: the official ``openai`` client's ``audio.transcriptions.create``;
 - **the API, srt**: the same, answered with the subtitle file the page offers;
@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
     from _media_helpers import joined_clips
     from whisper_zh.serve.app import build_app, launch_options
     from whisper_zh.serve.engine import Transcriber
-    from whisper_zh.serve.jobs import Job, load_input
+    from whisper_zh.serve.jobs import Job, open_input
     from whisper_zh.serve.settings import ServeSettings
     from whisper_zh.serve.types import TranscribeOptions
 
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
             options = TranscribeOptions(batch_size=settings.batch_size or TranscribeOptions.batch_size)
 
             def direct():
-                return Job(engine, options).run(load_input(path, work, settings.limits))
+                return Job(engine, options).run(open_input(path, work, settings.limits).audio)
 
             def api_call(fmt="json"):
                 with open(path, "rb") as f:
@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
 
             rows_out = []
             floor, jobs = _timed(direct, runs)
-            rows_out.append(("the work itself (load_input + Job.run, in process)", floor, None))
+            rows_out.append(("the work itself (open_input + Job.run, in process)", floor, None))
             for name, function in (("API, json (openai client)", api_call),
                                    ("API, srt (openai client)", lambda: api_call("srt")),
                                    ("API, stream (openai client, read to the end)", api_stream),

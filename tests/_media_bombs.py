@@ -151,11 +151,16 @@ def joined_files(out: Path, first: str, first_s: float, mp3_s: float) -> Path:
     play the first part only."""
     head = out.with_name(out.stem + "-head." + first)
     sf.write(str(head), _tone(first_s), 16000)
-    tail = out.with_name(out.stem + "-tail.mp3")
-    _ffmpeg("-f", "lavfi", "-i", f"sine=f=300:d={mp3_s}:sample_rate=16000", "-b:a", "64k", str(tail))
+    tail = mp3_tone(out.with_name(out.stem + "-tail.mp3"), mp3_s)
     out.write_bytes(head.read_bytes() + tail.read_bytes())
     head.unlink()
     tail.unlink()
+    return out
+
+
+def mp3_tone(out: Path, seconds: float) -> Path:
+    """``seconds`` of a 300 Hz tone as 64 kb/s MP3."""
+    _ffmpeg("-f", "lavfi", "-i", f"sine=f=300:d={seconds}:sample_rate=16000", "-b:a", "64k", str(out))
     return out
 
 

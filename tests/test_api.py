@@ -186,6 +186,33 @@ def test_every_response_format(client, media):
     assert only_words.words and getattr(only_words, "segments", None) is None
 
 
+def test_what_was_not_transcribed_reaches_the_client(url, media, tmp_path):
+    """A FLAC with MP3 appended (``cat a.flac b.mp3``) decodes as its FLAC part; the answer
+    says that part of the file was skipped: in the JSON and in the X-Notices header."""
+    import json
+
+    import httpx
+
+    import _media_bombs as bombs
+
+    joined = tmp_path / "joined.flac"
+    joined.write_bytes(media["speech"].read_bytes() + bombs.mp3_tone(tmp_path / "tail.mp3", 30).read_bytes())
+    for fmt in ("json", "srt"):
+        with open(joined, "rb") as f:
+            response = httpx.post(f"{url}/v1/audio/transcriptions", timeout=300,
+                                  files={"file": ("joined.flac", f, "audio/flac")},
+                                  data={"model": "whisper-1", "response_format": fmt})
+        assert response.status_code == 200, response.text
+        notices = json.loads(response.headers["x-notices"])
+        assert any("could not be decoded" in n for n in notices), notices
+        if fmt == "json":
+            assert response.json()["notices"] == notices and response.json()["text"]
+    with open(media["speech"], "rb") as f:  # a whole file: no notices
+        whole = httpx.post(f"{url}/v1/audio/transcriptions", timeout=300, files={"file": ("s.flac", f, "audio/flac")},
+                           data={"model": "whisper-1"})
+    assert "x-notices" not in whole.headers and "notices" not in whole.json()
+
+
 def test_traditional_script_and_hotwords(client, media):
     from whisper_zh.text import to_traditional
 

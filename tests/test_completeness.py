@@ -12,7 +12,7 @@ import pytest
 
 from whisper_zh.media import load_audio
 from whisper_zh.serve.ct2_backend import lane_plan
-from whisper_zh.serve.jobs import uncovered_lines
+from whisper_zh.serve.jobs import notice_lines
 from whisper_zh.serve.segmentation import (
     SpeechMap,
     complete,
@@ -127,8 +127,8 @@ def test_lane_plan_ramps_up_then_runs_every_lane():
 def test_coverage_lines_and_stream():
     coverage = Coverage(speech_s=100.0, uncovered=((706.2, 719.4),), uncovered_s=12.0)
     assert coverage.share == pytest.approx(0.88)
-    assert uncovered_lines(coverage) == ["11:46–11:59: speech detected, no text"]
-    assert uncovered_lines(None) == [] and Coverage(0.0).share == 1.0
+    assert notice_lines(None, coverage) == ["11:46–11:59: speech detected, no text"]
+    assert notice_lines(None, None) == [] and Coverage(0.0).share == 1.0
 
     def segments():
         yield Segment(0.0, 1.0, "你好")

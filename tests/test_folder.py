@@ -165,6 +165,30 @@ def test_cli_exit_status_and_summary(tmp_path, engine, zh_cv_mini, rows, capsys)
     assert "no such file" in capsys.readouterr().err
 
 
+def test_what_was_not_transcribed_is_said_for_folders_and_one_file(tmp_path, engine, zh_cv_mini, rows, capsys):
+    """A real clip as WAV with a few MB of MP3 appended (``cat``): decoded as a player plays
+    it, and both the folder summary and a single-file run say the rest was left out."""
+    import soundfile as sf
+
+    import _media_bombs as bombs
+    from whisper_zh.media import load_audio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    clip = src / "clip.wav"
+    sf.write(str(clip), load_audio(zh_cv_mini / "clips" / rows[0]["path"]), 16000)
+    joined = src / "joined.wav"
+    joined.write_bytes(clip.read_bytes() + bombs.mp3_tone(tmp_path / "tail.mp3", 300).read_bytes())
+    clip.unlink()
+    summary = transcribe_folder(src, tmp_path / "out", ("txt",), engine, progress=False)
+    (result,) = summary.done
+    assert len(result.notices) == 1 and "could be read as audio" in result.notices[0], result.notices
+    assert f"{joined}: {result.notices[0]}" in summary.report()
+    assert (tmp_path / "out" / "joined.txt").read_text(encoding="utf-8").strip()  # the WAV part's text
+    assert cli_main(["transcribe", str(joined), "--model", str(engine.model_id), "--txt", str(tmp_path / "one.txt")]) == 0
+    assert f"{joined}: {result.notices[0]}" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_torchrun_splits_files_between_processes(tmp_path, engine, zh_cv_mini, rows):
     """Two processes (gloo on a CPU): each file transcribed exactly once, one summary, and

@@ -153,16 +153,16 @@ def test_silence_is_no_speech(tiny_engine, generate_calls, tmp_path):
 
 
 def test_max_duration(tiny_engine, generate_calls, tmp_path):
-    """An operator's limit holds where the input comes in (the job flow's load_input),
+    """An operator's limit holds where the input comes in (the job flow's open_input),
     before the engine runs; the engine itself decodes whatever it is given."""
-    from whisper_zh.serve.jobs import load_input
+    from whisper_zh.serve.jobs import open_input
     from whisper_zh.serve.settings import Limits
 
     path = write_wav(tmp_path / "long.wav", noise(61.0))
     with pytest.raises(MediaLimitError, match="limit is 1:00"):
-        load_input(path, tmp_path, Limits(max_duration_s=60))
+        open_input(path, tmp_path, Limits(max_duration_s=60))
     assert generate_calls == []
-    assert load_input(path, tmp_path, Limits(max_duration_s=62)).shape == (61 * SR,)
+    assert open_input(path, tmp_path, Limits(max_duration_s=62)).audio.shape == (61 * SR,)
 
 
 def test_decode_clips_decodes_each_clip_on_its_own(tiny_engine, generate_calls):

@@ -316,7 +316,7 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
     from whisper_zh.audio import SAMPLE_RATE
     from whisper_zh.media import format_duration
     from whisper_zh.serve.engine import Transcriber
-    from whisper_zh.serve.jobs import NO_SPEECH, Job, load_input, uncovered_lines
+    from whisper_zh.serve.jobs import NO_SPEECH, Job, notice_lines, open_input
     from whisper_zh.serve.netguard import is_url
     from whisper_zh.serve.subtitles import (
         DEFAULT_FORMATS,
@@ -331,17 +331,18 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
     with tempfile.TemporaryDirectory(prefix="whisper-zh-") as tmp:
         if is_url(source):
             logger.info("downloading %s", source)
-        audio = load_input(source, tmp, limits, cookies=args.cookies, progress=_progress_line)
+        loaded = open_input(source, tmp, limits, cookies=args.cookies, progress=_progress_line)
         if is_url(source):
             print(file=sys.stderr)
     engine = Transcriber(args.model, backend=args.backend, device=args.device, options=options)
+    audio = loaded.audio
     logger.info("%s: %s of audio", engine, format_duration(len(audio) / SAMPLE_RATE))
     formats = formats or (DEFAULT_FORMATS if args.output_dir else ())
     job = Job(engine, options, tuple(dict.fromkeys([*formats, *targets])) or ("txt",), style=style,
               diarize=args.diarize, num_speakers=args.num_speakers)
     result = job.run(audio, progress=_progress_line)
     print(file=sys.stderr)
-    for line in uncovered_lines(result.coverage):
+    for line in notice_lines(loaded, result.coverage):
         print(f"{source}: {line}", file=sys.stderr)
     if result.no_speech:
         print(f"{source}: {NO_SPEECH}", file=sys.stderr)

@@ -90,7 +90,8 @@ _AUDIO_ONLY = ("-map", "0:a:0?", "-vn", "-sn", "-dn")
 _LOG_LEVEL = re.compile(r"\[(panic|fatal|error|warning|info|verbose|debug|trace)\] ?")
 _BYTES_READ = re.compile(r"Statistics: (\d+) bytes read")
 _DECODE_ERRORS = re.compile(r"\(audio\): .*?(\d+) decode errors")
-_VIDEO_STREAM = re.compile(r"Stream #0:\d+.*: Video: ")
+# a stream of moving pictures in ffmpeg's header (a cover picture is not one)
+_VIDEO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (?!.*\(attached pic\))")
 # A decode that leaves more of the file than this unread has not decoded the file
 # (several files joined into one: players, and ffmpeg, stop after the first part).
 _UNREAD_NOTE_BYTES = 1 << 20
@@ -135,10 +136,12 @@ class _FfmpegLog:
 @dataclass(frozen=True)
 class DecodedMedia:
     """A decoded input and what the user must know about it: ``notes`` say which parts of
-    the file were not decoded (none for a whole, healthy file)."""
+    the file were not decoded (none for a whole, healthy file); ``video``, whether it
+    also holds moving pictures (never decoded), as :func:`has_video` says."""
 
     audio: np.ndarray
     notes: tuple[str, ...] = ()
+    video: bool = False
 
 
 class _Samples:
@@ -308,7 +311,7 @@ def _decode_ffmpeg(source: AudioSource, sr: int, out: _Samples, deadline_s: Opti
         raise AudioDecodeError(log.errors[-1] if log.errors else f"ffmpeg exited with {returncode}")
     audio = out.result()
     size = len(data) if data is not None else os.path.getsize(source)
-    return DecodedMedia(audio, tuple(log.notes(size, len(audio) / sr)))
+    return DecodedMedia(audio, tuple(log.notes(size, len(audio) / sr)), log.video)
 
 
 def _feed(pipe, data: bytes) -> None:
@@ -413,9 +416,6 @@ def probe_duration(path: Union[str, os.PathLike], deadline_s: Optional[float] = 
 
 
 # a picture stream that is a cover (an mp3's or m4a's album art) is not a video
-_VIDEO_STREAM_RE = re.compile(r"^\s*Stream #.*?: Video: (?!.*\(attached pic\))", re.M)
-
-
 def has_video(path: Union[str, os.PathLike], deadline_s: Optional[float] = None) -> bool:
     """Whether a media file holds moving pictures as well as sound (its header, nothing
     decoded): what a page can play beside its subtitles.
@@ -431,7 +431,7 @@ def has_video(path: Union[str, os.PathLike], deadline_s: Optional[float] = None)
         return False  # a container soundfile reads holds sound only
     except Exception:
         pass
-    return bool(_VIDEO_STREAM_RE.search(_ffmpeg_header(path, deadline_s)))
+    return any(_VIDEO_STREAM.search(line) for line in _ffmpeg_header(path, deadline_s).splitlines())
 
 
 def _ffmpeg_header(path: str, deadline_s: Optional[float]) -> str:

@@ -8,7 +8,7 @@
 
 A call is the page's work by another door, under the same rules:
 
-* **One job flow**: the upload goes through :func:`~whisper_zh.serve.jobs.load_input` with
+* **One job flow**: the upload goes through :func:`~whisper_zh.serve.jobs.open_input` with
   the server's :class:`~whisper_zh.serve.settings.Limits`, then a
   :class:`~whisper_zh.serve.jobs.Job`; ``srt`` and ``vtt`` are the files the page offers.
 * **One set of slots** (:class:`Slots`): the page's jobs and the API's calls each hold one
@@ -65,7 +65,7 @@ from whisper_zh.errors import (
     WhisperZhError,
 )
 from whisper_zh.serve.engine import Transcriber
-from whisper_zh.serve.jobs import WAIT_POLL_S, Job, Slots, load_input, translation_options
+from whisper_zh.serve.jobs import WAIT_POLL_S, Job, Slots, notice_lines, open_input, translation_options
 from whisper_zh.serve.settings import ServeSettings
 from whisper_zh.serve.subtitles import output_paths
 from whisper_zh.serve.types import Segment, TranscribeOptions
@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
+NOTICES_HEADER = "X-Notices"
 KEEPALIVE_S = 15.0  # an SSE comment this often while nothing else is sent, so proxies keep the stream
 
 
@@ -278,7 +279,8 @@ class _Run:
         settings = self.service.settings
         try:
             with self.service.slots.hold(cancelled=self.cancel.is_set):
-                audio = load_input(self.upload, self.workdir, settings.limits, progress=self._check)
+                loaded = open_input(self.upload, self.workdir, settings.limits, progress=self._check)
+                audio = loaded.audio
                 self.upload.unlink(missing_ok=True)
                 self._put("ready", len(audio) / SAMPLE_RATE)
                 fmt = self.call.response_format
@@ -291,7 +293,7 @@ class _Run:
                 if fmt in ("srt", "vtt"):  # the very files the page offers
                     files = job.write(result, output_paths(self.workdir, "transcript", job.formats))
                     body = files[fmt].read_text(encoding="utf-8")
-                self._put("done", (result, body))
+                self._put("done", (result, body, tuple(notice_lines(loaded, result.coverage))))
         except BaseException as err:  # noqa: BLE001 -- handed to the request, which answers it
             if not isinstance(err, (WhisperZhError, MemoryError)):
                 logger.exception("API call failed")
@@ -338,16 +340,23 @@ def _usage(duration_s: float) -> dict:
     return {"type": "duration", "seconds": math.ceil(duration_s)}
 
 
-def _answer(call: Call, result, body: Optional[str]):
+def _answer(call: Call, result, body: Optional[str], notices: tuple[str, ...] = ()):
+    """The answer in ``call``'s format. ``notices`` (what was not transcribed,
+    :func:`~whisper_zh.serve.jobs.notice_lines`) ride along where a client can see
+    them: a ``notices`` list in the JSON formats, the ``X-Notices`` header (a JSON list)
+    with every format."""
     from starlette.responses import JSONResponse, PlainTextResponse
 
+    headers = {NOTICES_HEADER: json.dumps(list(notices))} if notices else None
+    extra = {"notices": list(notices)} if notices else {}
     if call.response_format == "json":
-        return JSONResponse({"text": result.text, "usage": _usage(result.duration_s)})
+        return JSONResponse({"text": result.text, "usage": _usage(result.duration_s), **extra}, headers=headers)
     if call.response_format == "verbose_json":
-        return JSONResponse(verbose_json(call, result))
+        return JSONResponse({**verbose_json(call, result), **extra}, headers=headers)
     if call.response_format == "text":
-        return PlainTextResponse(result.text + "\n")
-    return PlainTextResponse(body, media_type="text/vtt" if call.response_format == "vtt" else "text/plain")
+        return PlainTextResponse(result.text + "\n", headers=headers)
+    return PlainTextResponse(body, media_type="text/vtt" if call.response_format == "vtt" else "text/plain",
+                             headers=headers)
 
 
 def _sse(data: dict) -> str:
@@ -374,7 +383,8 @@ async def _events(run: _Run, language: str):
                             "end": round(value.end, 3), "text": value.text})
                 count += 1
             elif kind == "done":
-                yield _sse({"type": "transcript.text.done", "text": value[0].text})
+                done = {"type": "transcript.text.done", "text": value[0].text}
+                yield _sse({**done, "notices": list(value[2])} if value[2] else done)
                 return
             elif kind == "error":
                 yield _sse(as_api_error(value).body())

@@ -27,7 +27,7 @@ from whisper_zh.errors import AudioDecodeError, Cancelled, WhisperZhError
 from whisper_zh.media import format_duration
 from whisper_zh.serve import api, uploads
 from whisper_zh.serve.engine import Transcriber, get_transcriber
-from whisper_zh.serve.jobs import Job, Slots, open_input, uncovered_lines
+from whisper_zh.serve.jobs import Job, Slots, notice_lines, open_input
 from whisper_zh.serve.live import LiveTranscriber
 from whisper_zh.serve.netguard import is_url
 from whisper_zh.serve.settings import ServeSettings
@@ -180,7 +180,7 @@ class Handlers:
                     yield Update(f"Transcribed {done[0]:.0%} of {format_duration(duration)}…",
                                  _text(segments, job.language), _rows(segments))
             if not segments:
-                yield Update(NO_SPEECH)
+                yield Update(" ".join([NO_SPEECH, *(f"{line}." for line in notice_lines(loaded, job.coverage))]))
                 return
             if job.diarize:
                 yield Update("Transcribed; telling the speakers apart…", _text(segments, job.language),
@@ -193,7 +193,7 @@ class Handlers:
             elapsed = time.perf_counter() - started
             status = (f"{format_duration(duration)} of audio, {len(segments)} segment{'s' * (len(segments) != 1)}, "
                       f"transcribed in {elapsed:.1f} s ({self.transcriber.backend.name}, {self.transcriber.device}).")
-            status = " ".join([status, *(f"{line}." for line in uncovered_lines(result.coverage))])
+            status = " ".join([status, *(f"{line}." for line in notice_lines(loaded, result.coverage))])
             if job.diarize:
                 found = len({s.speaker for s in result.segments})
                 status += f" {found} speaker{'s' * (found != 1)}."

@@ -44,9 +44,9 @@ from typing import Optional, Sequence, Union
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.distributed import process_state
 from whisper_zh.errors import InputNotFoundError
-from whisper_zh.media import format_duration, load_media, probe_duration
+from whisper_zh.media import format_duration, probe_duration
 from whisper_zh.serve.engine import Transcriber
-from whisper_zh.serve.jobs import Job
+from whisper_zh.serve.jobs import Job, notice_lines, open_input
 from whisper_zh.serve.netguard import is_url
 from whisper_zh.serve.settings import UNLIMITED, Limits
 from whisper_zh.serve.subtitles import (
@@ -99,6 +99,8 @@ class FileResult:
         segments: segments transcribed (0: no speech found; its outputs are empty files).
         error: why it failed, ``"ExceptionName: message"``.
         process_index: the process that handled it (0 without accelerate/torchrun).
+        notices: what was not transcribed, a line each (:func:`~whisper_zh.serve.jobs.notice_lines`):
+            parts of the file not decoded, speech left without text.
     """
 
     source: str
@@ -109,6 +111,7 @@ class FileResult:
     segments: int = 0
     error: Optional[str] = None
     process_index: int = 0
+    notices: tuple[str, ...] = ()
 
 
 @dataclass
@@ -156,6 +159,7 @@ class FolderSummary:
             f"{self.audio_s / 3600:.2f} h of audio ({format_duration(self.audio_s)}) in "
             f"{format_duration(self.elapsed_s)}{processes}: {self.speed:.1f}x real time",
         ]
+        lines += [f"{f.source}: {notice}" for f in self.done for notice in f.notices]
         lines += [f"failed: {f.source}: {f.error}" for f in self.failed]
         return "\n".join(lines)
 
@@ -258,16 +262,20 @@ def _transcribe_one(job: Job, media: MediaFile, targets: dict[str, Path], limits
             shown += step
 
     try:
-        audio = load_media(media.path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
-                           deadline_s=limits.decode_deadline_s)
+        loaded = open_input(media.path, media.path.parent, limits)  # a file: the folder is not written
+        audio = loaded.audio
         duration = len(audio) / SAMPLE_RATE
         if weight is None:
             weight = duration
             bar.total += duration
         result = job.run(audio, progress=advance)
         job.write(result, targets)
+        notices = tuple(notice_lines(loaded, result.coverage))
+        for notice in notices:
+            logger.warning("%s: %s", media.path, notice)
         return FileResult(str(media.path), DONE, tuple(map(str, targets.values())), duration,
-                          time.perf_counter() - started, len(result.segments), process_index=process_index)
+                          time.perf_counter() - started, len(result.segments), process_index=process_index,
+                          notices=notices)
     # The boundary of one file: whatever goes wrong with it (a corrupt file, a decoder or
     # model error, a full disk) is recorded for the summary and the other files go on.
     except Exception as err:  # noqa: BLE001

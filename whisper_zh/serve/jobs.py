@@ -6,6 +6,10 @@ microphone -- goes through :class:`Job`, so each rule is decided here once:
 * **Limits** hold while the work happens: a link's download and a file's decoding stop
   at :class:`~whisper_zh.serve.settings.Limits` (:func:`open_input`), a link's video
   included.
+* **What was not transcribed is said**, never dropped: the parts of a file that could not
+  be decoded (:attr:`Input.notes`) and the speech left without text
+  (:attr:`JobResult.coverage`: speech the VAD heard that even the completeness pass could
+  not transcribe), one line each for every entry point (:func:`notice_lines`).
 * **Bilingual output** adds Whisper's English of the same audio (its ``translate``
   task) for the second subtitle line. The English pass keeps the request's prompt and
   hotwords: they name the people and terms the speech holds, which the translation
@@ -16,9 +20,6 @@ microphone -- goes through :class:`Job`, so each rule is decided here once:
 * **Silence** is a result without segments, not an error: its files are written, empty
   and valid, so a script finds every output it asked for and a resumed folder job skips
   the file; each entry point then *says* "no speech found" (:attr:`JobResult.no_speech`).
-* **Speech without text** is said, not dropped: :attr:`JobResult.coverage` lists the spans
-  where the VAD heard speech that even the completeness pass could not transcribe, and
-  each entry point shows them (:func:`uncovered_lines`).
 * **Speakers** (``diarize=True``) are labelled after the first pass, on the whole
   recording (:mod:`whisper_zh.serve.diarize`): segments shown as they come have none yet;
   the result's and the files' have them, split where the speaker changes.
@@ -41,7 +42,7 @@ import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import Cancelled, ConfigError, QueueFullError
-from whisper_zh.media import format_duration, has_video, load_media
+from whisper_zh.media import decode_media, format_duration
 from whisper_zh.serve.diarize import check_installed as check_diarize_installed
 from whisper_zh.serve.diarize import diarize as label_speakers
 from whisper_zh.serve.download import download_audio
@@ -71,11 +72,14 @@ NO_TEXT = "speech detected, no text"
 
 @dataclass(frozen=True)
 class Input:
-    """An input ready for a job: its waveform, and the video to play beside its
-    subtitles (:func:`open_input` with ``video=True``, when there is one)."""
+    """An input ready for a job: its waveform, the video to play beside its subtitles
+    (:func:`open_input` with ``video=True``, when there is one), and the notes the user
+    must see with the transcript: the parts of the file that could not be decoded
+    (:class:`~whisper_zh.media.DecodedMedia`)."""
 
     audio: np.ndarray
     video: Optional[Path] = None
+    notes: tuple[str, ...] = ()
 
 
 def open_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike], limits: Limits = Limits(), *,
@@ -96,40 +100,37 @@ def open_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike]
     """
     source = os.fspath(source)
     if not is_url(source):
-        audio = load_media(source, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
-                           deadline_s=limits.decode_deadline_s)
-        return Input(audio, Path(source) if video and has_video(source, limits.decode_deadline_s) else None)
+        decoded = decode_media(source, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
+                               deadline_s=limits.decode_deadline_s)
+        return Input(decoded.audio, Path(source) if video and decoded.video else None, decoded.notes)
     download = Path(workdir) / "download"
     path = download_audio(source, download, video=video, cookies=cookies, max_duration_s=limits.max_duration_s,
                           max_bytes=limits.max_bytes, allow_private=limits.allow_private_urls,
                           deadline_s=limits.download_deadline_s, progress=progress)
     keep = False
     try:
-        audio = load_media(path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
-                           deadline_s=limits.decode_deadline_s)
-        keep = video and has_video(path, limits.decode_deadline_s)
+        decoded = decode_media(path, max_duration_s=limits.max_duration_s, max_bytes=limits.max_bytes,
+                               deadline_s=limits.decode_deadline_s)
+        keep = video and decoded.video
     finally:
         if not keep:
             shutil.rmtree(download, ignore_errors=True)
     if not keep:
-        return Input(audio)
+        return Input(decoded.audio, notes=decoded.notes)
     for other in download.iterdir():  # the cookies' copy: it served the download only
         if other.is_file() and other != path:
             other.unlink()
-    return Input(audio, path)
+    return Input(decoded.audio, path, decoded.notes)
 
 
-def load_input(source: Union[str, os.PathLike], workdir: Union[str, os.PathLike], limits: Limits = Limits(), *,
-               cookies: Optional[str] = None, progress: Optional[ProgressCallback] = None) -> np.ndarray:
-    """:func:`open_input`'s waveform alone: the command line and the API keep no video."""
-    return open_input(source, workdir, limits, cookies=cookies, progress=progress).audio
-
-
-def uncovered_lines(coverage: Optional[Coverage]) -> list[str]:
-    """One line per span of speech left without text: "11:46–11:59: speech detected, no text"."""
-    if coverage is None:
-        return []
-    return [f"{format_duration(start)}–{format_duration(end)}: {NO_TEXT}" for start, end in coverage.uncovered]
+def notice_lines(loaded: Optional[Input], coverage: Optional[Coverage]) -> list[str]:
+    """What every entry point tells the user beside the transcript, a line each: the
+    parts of the input not decoded, then the spans of speech left without text
+    ("11:46–11:59: speech detected, no text")."""
+    lines = list(loaded.notes) if loaded is not None else []
+    if coverage is not None:
+        lines += [f"{format_duration(start)}–{format_duration(end)}: {NO_TEXT}" for start, end in coverage.uncovered]
+    return lines
 
 
 def translation_options(options: TranscribeOptions) -> TranscribeOptions:
@@ -204,6 +205,12 @@ class Job:
     @property
     def bilingual(self) -> bool:
         return "bilingual" in self.formats
+
+    @property
+    def coverage(self) -> Optional[Coverage]:
+        """After :meth:`iter_segments`: the share of detected speech with text, and the
+        spans without (None when the engine could not tell)."""
+        return self._coverage
 
     def iter_segments(self, audio: np.ndarray, progress: Optional[ProgressCallback] = None) -> Iterator[Segment]:
         """The first pass: each segment as soon as it is decoded."""
