@@ -33,6 +33,11 @@ backend reports it, ``no_speech_prob``; the fields Whisper's decoder state would
 ``transcript.text.delta`` and a ``transcript.text.segment`` (with times) per segment as it
 is decoded, then ``transcript.text.done``.
 
+What was not transcribed is said (:func:`~whisper_zh.serve.jobs.notice_lines`: parts of the
+file that could not be decoded, speech left without text): a ``notices`` list in the
+``json`` and ``verbose_json`` answers and in ``transcript.text.done``, and the
+``X-Notices`` header (a JSON list) with every format; absent when there is nothing to say.
+
 The routes look up the work's state through the Gradio app serving them
 (:func:`attach` in ``build_app``, :func:`routes` in ``launch_options``), so that
 ``demo.launch(**launch_options())`` is all a Space runs.
