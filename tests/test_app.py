@@ -256,7 +256,7 @@ def test_a_bomb_then_out_of_memory_then_a_good_request(client, clips, expected, 
     def out_of_memory(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(whisper_zh.serve.jobs, "load_media", out_of_memory)
+    monkeypatch.setattr(whisper_zh.serve.jobs, "decode_media", out_of_memory)
     assert "ran out of memory" in _error(client, "transcribe_file", clips["mp3"], "simplified")
     monkeypatch.undo()
     _check_result(_call(client, "transcribe_file", clips["mp3"], "simplified"), expected(clips["mp3"]))
