@@ -68,7 +68,7 @@ def main() -> None:
               f"| {ref_rate:.1f} | | |")
         for prompt in args.prompt:
             started = time.perf_counter()
-            hyps = engine.transcribe_clips(clips, TranscribeOptions(prompt=prompt or None))
+            hyps = engine.decode_clips(clips, TranscribeOptions(prompt=prompt or None))
             elapsed = time.perf_counter() - started
             texts = [h.strip() for h in hyps]
             row = {"prompt": prompt, "split": split, "clips": len(texts),
