@@ -116,7 +116,7 @@ def test_download_video_when_asked(site, tmp_path, clip):
     base, _ = site
     video = make_video(clip, tmp_path / "site" / "clip.mp4")
     path = download_audio(f"{base}/clip.mp4", tmp_path / "dl", allow_private=True, video=True)
-    assert path.read_bytes() == video.read_bytes() and media.has_video(path)
+    assert path.read_bytes() == video.read_bytes() and media.decode_media(path).video
     path = download_audio(f"{base}/clip.mp3", tmp_path / "dl2", allow_private=True, video=True)
     assert path.read_bytes() == clip.read_bytes()
     with pytest.raises(MediaLimitError, match="limit"):
@@ -147,6 +147,11 @@ def test_video_format_is_a_small_muxed_file_else_audio():
     assert _chosen(download.AUDIO_FORMAT, page) == "audio"
     separate = [f for f in page if not f["format_id"].startswith("muxed")]
     assert _chosen(download.VIDEO_FORMAT, separate) == "audio"
+    # a long video: its 360p file is over the byte limit, its audio is not
+    sized = [dict(f, filesize=900 * 2**20 if f["format_id"].startswith("muxed") else 170 * 2**20) for f in page]
+    assert _chosen(download.video_format(500 * 2**20), sized) == "audio"
+    assert _chosen(download.video_format(1000 * 2**20), sized) == "muxed-360"
+    assert _chosen(download.video_format(500 * 2**20), page) == "muxed-360"  # sizes not said: as before
 
 
 def test_download_404_is_a_clear_error(site, tmp_path, monkeypatch):
@@ -201,10 +206,10 @@ def test_probe_duration(clip, tmp_path):
     assert probe_duration(tmp_path / "x.txt") is None
 
 
-def test_has_video(clip, tmp_path):
+def test_decoding_tells_a_video(clip, tmp_path):
     """Moving pictures, not an audio file's cover: what the page plays beside its subtitles."""
-    assert media.has_video(make_video(clip, tmp_path / "v.mp4"))
-    assert not media.has_video(clip)
+    assert media.decode_media(make_video(clip, tmp_path / "v.mp4")).video
+    assert not media.decode_media(clip).video
     # an m4a with album art: a picture stream that ffmpeg, not soundfile, reads
     covered = tmp_path / "covered.m4a"
     subprocess.run([media.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(clip), "-f", "lavfi", "-i",
@@ -212,9 +217,7 @@ def test_has_video(clip, tmp_path):
                     "-disposition:v", "attached_pic", str(covered)], check=True)
     assert "attached pic" in subprocess.run([media.ffmpeg_exe(), "-hide_banner", "-i", str(covered)],
                                             capture_output=True, text=True).stderr
-    assert not media.has_video(covered)
-    (tmp_path / "x.txt").write_text("not media")
-    assert not media.has_video(tmp_path / "x.txt")
+    assert not media.decode_media(covered).video
 
 
 def test_video_audio_track_decodes(clip, tmp_path):

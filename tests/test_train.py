@@ -222,14 +222,30 @@ def test_only_the_newest_checkpoint_keeps_its_optimizer_state(tmp_path):
         (out / f"checkpoint-{step}").mkdir(parents=True)
         for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
             (out / f"checkpoint-{step}" / name).write_bytes(b"x")
-    args = SimpleNamespace(output_dir=str(out))
-    uploading = SimpleNamespace(push_in_progress=SimpleNamespace(is_done=lambda: False))
-    OptimizerStateInNewestOnly(uploading).on_save(args, SimpleNamespace(is_world_process_zero=True), None)
+    args, main = SimpleNamespace(output_dir=str(out)), SimpleNamespace(is_world_process_zero=True)
+
+    def kept():
+        return [step for step in (4, 8, 12, 16) if (out / f"checkpoint-{step}" / "optimizer.pt").exists()]
+
     OptimizerStateInNewestOnly().on_save(args, SimpleNamespace(is_world_process_zero=False), None)
-    assert all((out / f"checkpoint-{step}" / "optimizer.pt").exists() for step in (4, 8, 12))
-    OptimizerStateInNewestOnly().on_save(args, SimpleNamespace(is_world_process_zero=True), None)
-    assert [step for step in (4, 8, 12) if (out / f"checkpoint-{step}" / "optimizer.pt").exists()] == [12]
-    for step in (4, 8, 12):  # weights, scheduler and state stay
+    assert kept() == [4, 8, 12]
+    # the Trainer has begun pushing checkpoint-12, the newest, when on_save comes
+    upload = SimpleNamespace(done=False)
+    upload.is_done = lambda: upload.done
+    trainer = SimpleNamespace(push_in_progress=upload)
+    callback = OptimizerStateInNewestOnly(trainer)
+    callback.on_save(args, main, None)
+    assert kept() == [12]
+    # checkpoint-16 is saved while 12 still uploads (no new push starts): 12 keeps its state
+    (out / "checkpoint-16").mkdir()
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
+        (out / "checkpoint-16" / name).write_bytes(b"x")
+    callback.on_save(args, main, None)
+    assert kept() == [12, 16]
+    upload.done = True
+    callback.on_save(args, main, None)
+    assert kept() == [16]
+    for step in (4, 8, 12, 16):  # weights, scheduler and state stay
         assert {p.name for p in (out / f"checkpoint-{step}").iterdir()} >= {
             "model.safetensors", "scheduler.pt", "trainer_state.json"}
 

@@ -101,6 +101,8 @@ def test_the_servers_upload_space_is_bounded_and_frees_up(server):
     full = _upload(url, int(0.9 * MB))
     assert full.status_code == 503 and "upload space is full" in full.text
     assert full.headers.get("retry-after")
+    # the page's own small calls are not uploads: they go on (here to an answer of Gradio's own)
+    assert httpx.post(f"{url}gradio_api/queue/join", json={"fn_index": 999}, timeout=60).status_code != 503
     assert _kept(folder) <= 2.5 * MB
     for path in folder.rglob("*"):  # what Gradio's delete_cache sweep does
         if path.is_file():
@@ -141,4 +143,18 @@ def test_the_api_answers_a_full_server_in_its_own_words(server):
                           files={"file": ("a.wav", os.urandom(int(0.9 * MB)), "audio/wav")},
                           data={"model": "whisper-1"})
     assert response.status_code == 503
-    assert "upload space is full" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["message"].startswith("The server's upload space is full") and error["code"] == "server_busy"
+
+
+def test_the_upload_space_must_hold_two_uploads():
+    """An upload counts twice while it arrives: a total below two would refuse one alone."""
+    from whisper_zh.errors import ConfigError
+    from whisper_zh.serve.settings import ServeSettings
+
+    assert ServeSettings(max_upload_mb=100).max_cache_bytes == 800 * MB  # the default: eight uploads
+    assert ServeSettings(max_upload_mb=100, max_cache_mb=250).max_cache_bytes == 250 * MB
+    with pytest.raises(ConfigError, match="MAX_CACHE_MB=150 must be at least twice MAX_UPLOAD_MB"):
+        ServeSettings(max_upload_mb=100, max_cache_mb=150)
+    with pytest.raises(ConfigError, match="MAX_CACHE_MB"):
+        ServeSettings.from_env({"MAX_UPLOAD_MB": "100", "MAX_CACHE_MB": "150"})

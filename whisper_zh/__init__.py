@@ -15,7 +15,7 @@ The package follows the data's two journeys:
   ``segmentation`` -> ``models`` -> the two backends -> ``engine`` -> ``diarize`` (who
   speaks: ``--diarize``, the page's checkbox, ``Job(..., diarize=True)``; needs the
   ``[diarize]`` extra) -> ``subtitles`` -> ``jobs`` (one flow from input to files) ->
-  ``folder`` / ``live`` / ``api`` (the OpenAI audio API) -> ``app``;
+  ``uploads`` (what a server's requests may hold) -> ``folder`` / ``live`` / ``api`` (the OpenAI audio API) -> ``app``;
 
 on a few modules both use (``errors``, ``audio``, ``text``, ``hub``, ``media``,
 ``distributed``, ``logs``), with ``cli`` and ``notebook`` at the edges. Each layer imports

@@ -137,7 +137,7 @@ class _FfmpegLog:
 class DecodedMedia:
     """A decoded input and what the user must know about it: ``notes`` say which parts of
     the file were not decoded (none for a whole, healthy file); ``video``, whether it
-    also holds moving pictures (never decoded), as :func:`has_video` says."""
+    also holds moving pictures (never decoded; a cover picture is not one)."""
 
     audio: np.ndarray
     notes: tuple[str, ...] = ()
@@ -413,25 +413,6 @@ def probe_duration(path: Union[str, os.PathLike], deadline_s: Optional[float] = 
         return None
     hours, minutes, seconds = match.groups()
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-# a picture stream that is a cover (an mp3's or m4a's album art) is not a video
-def has_video(path: Union[str, os.PathLike], deadline_s: Optional[float] = None) -> bool:
-    """Whether a media file holds moving pictures as well as sound (its header, nothing
-    decoded): what a page can play beside its subtitles.
-
-    Raises:
-        MediaLimitError: ffmpeg took longer than ``deadline_s`` seconds to read the header.
-    """
-    path = os.fspath(path)
-    try:
-        import soundfile as sf
-
-        sf.info(path)
-        return False  # a container soundfile reads holds sound only
-    except Exception:
-        pass
-    return any(_VIDEO_STREAM.search(line) for line in _ffmpeg_header(path, deadline_s).splitlines())
 
 
 def _ffmpeg_header(path: str, deadline_s: Optional[float]) -> str:

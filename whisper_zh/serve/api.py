@@ -36,7 +36,8 @@ is decoded, then ``transcript.text.done``.
 What was not transcribed is said (:func:`~whisper_zh.serve.jobs.notice_lines`: parts of the
 file that could not be decoded, speech left without text): a ``notices`` list in the
 ``json`` and ``verbose_json`` answers and in ``transcript.text.done``, and the
-``X-Notices`` header (a JSON list) with every format; absent when there is nothing to say.
+``X-Notices`` header (a JSON list of the first ten) with every format; absent when there is
+nothing to say.
 
 The routes look up the work's state through the Gradio app serving them
 (:func:`attach` in ``build_app``, :func:`routes` in ``launch_options``), so that
@@ -82,6 +83,7 @@ logger = logging.getLogger(__name__)
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
 NOTICES_HEADER = "X-Notices"
+MAX_HEADER_NOTICES = 10
 KEEPALIVE_S = 15.0  # an SSE comment this often while nothing else is sent, so proxies keep the stream
 
 
@@ -236,7 +238,10 @@ async def _read_form(request, settings: ServeSettings) -> dict[str, list]:
 
     async def counted():
         nonlocal received
-        message = await request.receive()
+        try:
+            message = await request.receive()
+        except Refused as err:  # the server's total (Starlette's form parser would make it a 400)
+            raise ApiError(err.status, err.message, code="server_busy") from None
         received += len(message.get("body", b""))
         if received > limit:
             raise too_large
@@ -248,8 +253,6 @@ async def _read_form(request, settings: ServeSettings) -> dict[str, list]:
         raise Cancelled("the client left while sending the file") from None
     except ApiError:
         raise
-    except Refused as err:
-        raise ApiError(err.status, err.message, code="server_busy") from None
     except Exception as err:  # the multipart parser's errors: a malformed body
         raise ApiError(400, f"The body is not a multipart form this API reads: {err}") from None
     fields: dict[str, list] = {}
@@ -352,7 +355,10 @@ def _answer(call: Call, result, body: Optional[str], notices: tuple[str, ...] = 
     with every format."""
     from starlette.responses import JSONResponse, PlainTextResponse
 
-    headers = {NOTICES_HEADER: json.dumps(list(notices))} if notices else None
+    shown = list(notices[:MAX_HEADER_NOTICES])
+    if len(notices) > MAX_HEADER_NOTICES:  # a header must stay small for proxies; the JSON has them all
+        shown.append(f"... and {len(notices) - MAX_HEADER_NOTICES} more")
+    headers = {NOTICES_HEADER: json.dumps(shown)} if notices else None
     extra = {"notices": list(notices)} if notices else {}
     if call.response_format == "json":
         return JSONResponse({"text": result.text, "usage": _usage(result.duration_s), **extra}, headers=headers)

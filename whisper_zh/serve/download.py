@@ -49,6 +49,15 @@ AUDIO_FORMAT = f"bestaudio{_NATIVE}/best{_NATIVE}"
 VIDEO_FORMAT = f"best[height<=?480]{_NATIVE}/{AUDIO_FORMAT}"
 
 
+def video_format(max_bytes: Optional[int]) -> str:
+    """:data:`VIDEO_FORMAT` within ``max_bytes``: a long video whose file the site says is
+    over the limit gives way to its audio (a tenth of the bytes), which may fit."""
+    if max_bytes is None:
+        return VIDEO_FORMAT
+    within = f"[filesize<?{max_bytes}][filesize_approx<?{max_bytes}]"
+    return f"best[height<=?480]{within}{_NATIVE}/{AUDIO_FORMAT}"
+
+
 @dataclass
 class _Budget:
     """What one link may cost: wall-clock time, requests, and bytes received (after any
@@ -287,7 +296,7 @@ def download_audio(url: str, out_dir: Union[str, os.PathLike], *,
             pass
 
     options = {
-        "format": VIDEO_FORMAT if video else AUDIO_FORMAT,
+        "format": video_format(max_bytes) if video else AUDIO_FORMAT,
         "outtmpl": {"default": str(out_dir / "download.%(ext)s")},
         "paths": {"home": str(out_dir), "temp": str(out_dir)},
         "noplaylist": True,

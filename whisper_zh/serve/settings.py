@@ -63,8 +63,9 @@ class ServeSettings:
     backend: str = "auto"  # BACKEND: auto | transformers | ct2
     max_duration_s: float = Limits.max_duration_s  # MAX_DURATION_S: longest input accepted
     max_upload_mb: float = 500.0  # MAX_UPLOAD_MB: largest upload or download accepted (a whole request's files)
-    # MAX_CACHE_MB: uploads the server holds at once, kept and arriving (serve/uploads.py)
-    max_cache_mb: float = 4000.0
+    # MAX_CACHE_MB: uploads the server holds at once, kept and arriving (serve/uploads.py);
+    # None: 8 x MAX_UPLOAD_MB
+    max_cache_mb: Optional[float] = None
     # CONCURRENCY_LIMIT: transcriptions at once; a second would double peak memory
     concurrency_limit: int = 1
     max_queue: int = 32  # MAX_QUEUE: requests allowed to wait
@@ -120,7 +121,14 @@ class ServeSettings:
 
     @property
     def max_cache_bytes(self) -> int:
-        return int(self.max_cache_mb * 2**20)
+        return int(self.max_cache_mb * 2**20) if self.max_cache_mb is not None else 8 * self.max_bytes
+
+    def __post_init__(self):
+        # an upload's bytes count twice while they arrive (held, and already in the upload
+        # folder): below two uploads' worth, one upload alone would be refused
+        if self.max_cache_mb is not None and self.max_cache_bytes < 2 * self.max_request_bytes:
+            raise ConfigError(f"MAX_CACHE_MB={self.max_cache_mb:g} must be at least twice MAX_UPLOAD_MB "
+                              f"({self.max_upload_mb:g}): an upload counts twice while it arrives")
 
     @property
     def limits(self) -> Limits:

@@ -9,9 +9,11 @@ here). So:
 * **A request** may send at most :attr:`ServeSettings.max_request_bytes` (one input at
   ``MAX_UPLOAD_MB`` plus the form around it): 413 when its ``Content-Length`` says more,
   or as soon as the bytes received pass it, whether or not it said its length.
-* **The server** holds at most ``MAX_CACHE_MB`` of uploads: the files in Gradio's upload
-  folder plus the bodies of the requests still being received or worked on (an API call's
-  upload lives in its work directory until the call ends). A request that would pass it
+* **The server** holds at most ``MAX_CACHE_MB`` (default 8 x ``MAX_UPLOAD_MB``) of
+  uploads: the files in Gradio's upload folder (its cache, outputs included) plus the
+  multipart bodies still being received or worked on (an API call's upload lives in its
+  work directory until the call ends). Only uploads are refused for it: a page's own
+  small calls (queue joins, cancels) still go through when the space is full. A request that would pass it
   is answered 503 with ``Retry-After``, before or while its bytes arrive, so ten visitors
   uploading at once cannot fill the disk between two looks at it. (Bytes a parser has
   already written count twice until their request ends: on the safe side.)
@@ -38,7 +40,7 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_S = 60  # Gradio sweeps its cache every half hour; most requests end sooner
 _DISK_LOOK_S = 1.0  # the upload folder is walked at most this often (its size changes slowly)
 _API_PREFIX = "/v1/"
-_SMALL_BODY = 64 * 2**10  # a page's own calls (queue joins, ...): not an upload worth a new look at the disk
+_SMALL_BODY = 64 * 2**10  # an upload this small is not worth a new look at the disk
 
 
 class Refused(MultiPartException):
@@ -84,6 +86,10 @@ class UploadBudget:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         own_errors = not scope.get("path", "").startswith(_API_PREFIX)
+        headers = dict(scope.get("headers") or [])
+        # the total is of uploads (multipart forms); a page's own calls (queue joins,
+        # cancels: small JSON) go through even when the space is full
+        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
         request_limit = self.settings.max_request_bytes
         cache_limit = self.settings.max_cache_bytes
         folder = self.upload_folder(scope)
@@ -103,6 +109,8 @@ class UploadBudget:
             if count:
                 if own_errors and held + count > request_limit:
                     raise refuse(413, self._too_large())
+                if not upload:
+                    return message
                 with self._lock:
                     if self._in_flight + self._disk(folder) + count > cache_limit:
                         raise refuse(503, self._full())
@@ -115,21 +123,23 @@ class UploadBudget:
             if message["type"] == "http.response.start":
                 started = True
                 if refusal is not None:  # the route's answer to our error: our status
-                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
+                    answer = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
                     if refusal.status == 503:
-                        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
-                    message = {**message, "status": refusal.status, "headers": headers}
+                        answer.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+                    message = {**message, "status": refusal.status, "headers": answer}
             await send(message)
 
         try:
-            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+            declared = headers.get(b"content-length", b"")
             # checked up front too, so that nothing is read in vain; the API's routes are
             # left to refuse at the first bytes, in their own error format
             if own_errors and declared.isdigit():
                 if int(declared) > request_limit:
                     raise refuse(413, self._too_large())
-                with self._lock:
-                    if self._in_flight + self._disk(folder) + int(declared) > cache_limit:
+                if upload:
+                    with self._lock:
+                        full = self._in_flight + self._disk(folder) + int(declared) > cache_limit
+                    if full:
                         raise refuse(503, self._full())
             await self.app(scope, counted_receive, watched_send)
         except Refused as refused:  # before the route, or a route that let it through
@@ -150,7 +160,7 @@ class UploadBudget:
         return self._on_disk
 
     def _full(self) -> str:
-        return (f"The server's upload space is full (MAX_CACHE_MB {self.settings.max_cache_mb:g}); "
+        return (f"The server's upload space is full ({self.settings.max_cache_bytes / 2**20:g} MB, MAX_CACHE_MB); "
                 f"try again in a few minutes.")
 
     def _too_large(self) -> str:

@@ -107,24 +107,45 @@ class OptimizerStateInNewestOnly(TrainerCallback):
     while saving the next one resumes from a whole checkpoint
     (:func:`find_resumable_checkpoint` looks at the newest first).
 
-    ``trainer``: while its push of an earlier checkpoint to the Hub is still uploading,
-    nothing is deleted (the next save does it)."""
+    ``trainer``: the checkpoint its Hub push is still uploading keeps its state until the
+    upload is done. (The Trainer starts the push of the checkpoint it just saved before
+    ``on_save``, and starts no other while one runs: a push not seen before is of the
+    newest checkpoint.)"""
 
     def __init__(self, trainer=None):
         self.trainer = trainer
+        self._push, self._pushed = None, None  # the push in progress, and the checkpoint it uploads
 
     def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         push = getattr(self.trainer, "push_in_progress", None)
-        if state.is_world_process_zero and (push is None or push.is_done()):
-            drop_stale_optimizer_state(args.output_dir)
+        uploading = None
+        if push is not None and not push.is_done():
+            if push is not self._push:
+                self._push, self._pushed = push, newest_checkpoint(args.output_dir)
+            uploading = self._pushed
+        drop_stale_optimizer_state(args.output_dir, keep=uploading)
 
 
-def drop_stale_optimizer_state(output_dir: str) -> list[str]:
+def _checkpoints(output_dir: str) -> list[str]:
+    """The ``checkpoint-N`` folder names in ``output_dir``, oldest first."""
+    steps = {name: checkpoint_step(name) for name in os.listdir(output_dir)}
+    return sorted((name for name, step in steps.items() if step is not None), key=steps.get)
+
+
+def newest_checkpoint(output_dir: str) -> Optional[str]:
+    found = _checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def drop_stale_optimizer_state(output_dir: str, keep: Optional[str] = None) -> list[str]:
     """Delete the optimizer state of every ``checkpoint-N`` in ``output_dir`` but the
-    newest; returns the files deleted."""
-    found = sorted((step, name) for name in os.listdir(output_dir) if (step := checkpoint_step(name)) is not None)
+    newest (and ``keep``, a folder name); returns the files deleted."""
     dropped = []
-    for _, name in found[:-1]:
+    for name in _checkpoints(output_dir)[:-1]:
+        if name == keep:
+            continue
         path = os.path.join(output_dir, name, OPTIMIZER_STATE)
         if os.path.isfile(path):
             size = os.path.getsize(path)
@@ -142,8 +163,7 @@ def find_resumable_checkpoint(output_dir: str) -> Optional[str]:
     leading underscore, never pushes them with the output directory)."""
     if not os.path.isdir(output_dir):
         return None
-    found = sorted((step, name) for name in os.listdir(output_dir) if (step := checkpoint_step(name)) is not None)
-    for _, name in reversed(found):
+    for name in reversed(_checkpoints(output_dir)):
         path = os.path.join(output_dir, name)
         if is_complete_checkpoint(path):
             return path
