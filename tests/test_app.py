@@ -435,12 +435,7 @@ def test_screenshot(app_url, clips, expected):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(app_url, wait_until="load")
-        page.get_by_role("tab", name="📁 File").wait_for(timeout=60_000)
-        page.get_by_role("tab", name="📁 File").click()
-        page.locator("input[type=file]").first.set_input_files(str(clips["mp3"]))
-        page.get_by_role("button", name="Transcribe file").click()
+        page = _transcribe_in_the_page(browser, app_url, clips["mp3"])
         filled = "() => [...document.querySelectorAll('textarea')].map(t => t.value).filter(v => v)"
         page.wait_for_function(f"({filled})().length > 0", timeout=120_000)
         text = page.evaluate(filled)[0]
@@ -502,12 +497,7 @@ def test_uploaded_video_plays_with_its_subtitles_in_a_browser(app_url, clips, ex
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(app_url, wait_until="load")
-        page.get_by_role("tab", name="📁 File").wait_for(timeout=60_000)
-        page.get_by_role("tab", name="📁 File").click()
-        page.locator("input[type=file]").first.set_input_files(str(video))
-        page.get_by_role("button", name="Transcribe file").click()
+        page = _transcribe_in_the_page(browser, app_url, video)
         page.wait_for_function(_PLAYER_CUES, timeout=120_000)
         player = page.evaluate(_PLAYER_CUES)
         shown = page.evaluate(_SHOW_FIRST_CUE)
@@ -526,6 +516,18 @@ def test_uploaded_video_plays_with_its_subtitles_in_a_browser(app_url, clips, ex
     assert shown["error"] is None and shown["width"] == 320, shown  # decoded, not merely listed
     assert shown["active"] == [cues[0]["text"]], shown
     assert (ARTIFACTS / "app-video-player.png").stat().st_size > 2_000
+
+
+def _transcribe_in_the_page(browser, app_url: str, path: Path):
+    """A new page of the app in ``browser`` with ``path`` uploaded on the File tab and
+    its transcription started."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url, wait_until="load")
+    page.get_by_role("tab", name="📁 File").wait_for(timeout=60_000)
+    page.get_by_role("tab", name="📁 File").click()
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_role("button", name="Transcribe file").click()
+    return page
 
 
 def _same_drawing(a: np.ndarray, b: np.ndarray) -> bool:
