@@ -337,8 +337,7 @@ def _decode(source: AudioSource, sr: int, max_duration_s: Optional[float],
     try:
         return _decode_ffmpeg(source, sr, _Samples(limit, 0, message), deadline_s)
     except AudioDecodeError as err:
-        name = "audio data" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
-        raise AudioDecodeError(f"cannot decode {name}: {err}") from None
+        raise AudioDecodeError(f"cannot decode {_name(source)}: {err}") from None
 
 
 def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -351,7 +350,19 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
         FileNotFoundError: the path does not exist.
         AudioDecodeError: empty file, not media, or media without an audio track.
     """
-    return _checked_decode(source, sr, None).audio
+    return _waveform(_checked_decode(source, sr, None), source)
+
+
+def _name(source: AudioSource) -> str:
+    return "audio data" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+
+
+def _waveform(decoded: DecodedMedia, source: AudioSource) -> np.ndarray:
+    """The audio of a decode whose caller gets no notes: they are logged as warnings
+    instead (callers of :func:`decode_media` show them themselves)."""
+    for note in decoded.notes:
+        logger.warning("%s: %s", _name(source), note)
+    return decoded.audio
 
 
 def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float],
@@ -368,8 +379,6 @@ def _checked_decode(source: AudioSource, sr: int, max_duration_s: Optional[float
     if decoded.audio.size == 0:
         raise AudioDecodeError("the input has no audio samples")
     clean_samples(decoded.audio)
-    for note in decoded.notes:
-        logger.warning("%s: %s", "audio data" if isinstance(source, (bytes, bytearray)) else os.fspath(source), note)
     return decoded
 
 
@@ -408,22 +417,17 @@ def probe_duration(path: Union[str, os.PathLike], deadline_s: Optional[float] = 
             return info.frames / info.samplerate
     except Exception:
         pass
-    match = _DURATION_RE.search(_ffmpeg_header(path, deadline_s))
-    if not match:
-        return None
-    hours, minutes, seconds = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-def _ffmpeg_header(path: str, deadline_s: Optional[float]) -> str:
-    """What ffmpeg prints about a file's container and streams."""
     # ffmpeg with no output prints the header and exits 1 ("At least one output file")
     try:
         proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *_INPUT_OPTIONS, "-i", path],
                               capture_output=True, timeout=deadline_s)
     except subprocess.TimeoutExpired:  # run() has killed it
         raise MediaLimitError(_too_slow(deadline_s)) from None
-    return proc.stderr.decode("utf-8", "replace")
+    match = _DURATION_RE.search(proc.stderr.decode("utf-8", "replace"))
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def format_duration(seconds: float) -> str:
@@ -438,8 +442,8 @@ def load_media(path: Union[str, os.PathLike], *, max_duration_s: Optional[float]
                max_bytes: Optional[int] = None, deadline_s: Optional[float] = None,
                sr: int = SAMPLE_RATE) -> np.ndarray:
     """:func:`decode_media`'s waveform (its notes are logged as warnings)."""
-    return decode_media(path, max_duration_s=max_duration_s, max_bytes=max_bytes, deadline_s=deadline_s,
-                        sr=sr).audio
+    return _waveform(decode_media(path, max_duration_s=max_duration_s, max_bytes=max_bytes, deadline_s=deadline_s,
+                                  sr=sr), path)
 
 
 def decode_media(path: Union[str, os.PathLike], *, max_duration_s: Optional[float] = None,

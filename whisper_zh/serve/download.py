@@ -46,16 +46,14 @@ AUDIO_FORMAT = f"bestaudio{_NATIVE}/best{_NATIVE}"
 # sound ("best" is a muxed format), since joining separate video and audio streams takes
 # ffmpeg, which links may not run; at most 480 lines, which a player shows well and the
 # byte limit allows for. A site without such a file gives what AUDIO_FORMAT picks.
-VIDEO_FORMAT = f"best[height<=?480]{_NATIVE}/{AUDIO_FORMAT}"
-
-
 def video_format(max_bytes: Optional[int]) -> str:
-    """:data:`VIDEO_FORMAT` within ``max_bytes``: a long video whose file the site says is
-    over the limit gives way to its audio (a tenth of the bytes), which may fit."""
-    if max_bytes is None:
-        return VIDEO_FORMAT
-    within = f"[filesize<?{max_bytes}][filesize_approx<?{max_bytes}]"
+    """That selector within ``max_bytes``: a long video whose file the site says is over
+    the limit gives way to its audio (a tenth of the bytes), which may fit."""
+    within = "" if max_bytes is None else f"[filesize<?{max_bytes}][filesize_approx<?{max_bytes}]"
     return f"best[height<=?480]{within}{_NATIVE}/{AUDIO_FORMAT}"
+
+
+VIDEO_FORMAT = video_format(None)
 
 
 @dataclass

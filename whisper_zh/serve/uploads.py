@@ -13,8 +13,8 @@ here). So:
   uploads: the files in Gradio's upload folder (its cache, outputs included) plus the
   multipart bodies still being received or worked on (an API call's upload lives in its
   work directory until the call ends). Only uploads are refused for it: a page's own
-  small calls (queue joins, cancels) still go through when the space is full. A request that would pass it
-  is answered 503 with ``Retry-After``, before or while its bytes arrive, so ten visitors
+  small calls (queue joins, cancels) still go through when the space is full. An upload
+  that would pass it is answered 503 with ``Retry-After``, before or while its bytes arrive, so ten visitors
   uploading at once cannot fill the disk between two looks at it. (Bytes a parser has
   already written count twice until their request ends: on the safe side.)
 
@@ -78,10 +78,6 @@ class UploadBudget:
         self._in_flight = 0  # bytes of the bodies of requests not yet finished
         self._on_disk, self._looked = 0, -float("inf")
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
@@ -91,7 +87,6 @@ class UploadBudget:
         # cancels: small JSON) go through even when the space is full
         upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
         request_limit = self.settings.max_request_bytes
-        cache_limit = self.settings.max_cache_bytes
         folder = self.upload_folder(scope)
         held = 0  # this request's bytes, counted in _in_flight
         started = False
@@ -112,7 +107,7 @@ class UploadBudget:
                 if not upload:
                     return message
                 with self._lock:
-                    if self._in_flight + self._disk(folder) + count > cache_limit:
+                    if self._would_fill(folder, count):
                         raise refuse(503, self._full())
                     self._in_flight += count
                 held += count
@@ -138,7 +133,7 @@ class UploadBudget:
                     raise refuse(413, self._too_large())
                 if upload:
                     with self._lock:
-                        full = self._in_flight + self._disk(folder) + int(declared) > cache_limit
+                        full = self._would_fill(folder, int(declared))
                     if full:
                         raise refuse(503, self._full())
             await self.app(scope, counted_receive, watched_send)
@@ -152,6 +147,10 @@ class UploadBudget:
                 self._in_flight -= held
                 if held > _SMALL_BODY:
                     self._looked = -float("inf")  # what this upload stored is on disk now
+
+    def _would_fill(self, folder: Optional[str], count: int) -> bool:
+        """Whether ``count`` more bytes would pass the server's total (under the lock)."""
+        return self._in_flight + self._disk(folder) + count > self.settings.max_cache_bytes
 
     def _disk(self, folder: Optional[str]) -> int:
         now = time.monotonic()
