@@ -10,8 +10,14 @@ DECODE_DEADLINE_S, API_KEY, MCP_SERVER (see the README). The same port serves th
 import os
 import sys
 
-from whisper_zh.errors import WhisperZhError
-from whisper_zh.serve.app import build_app, launch_options
+from whisper_zh.allocator import reuse_freed_memory
+
+# first, before Gradio starts any thread: the model's buffers are then reused from call
+# to call instead of page-faulted in afresh (whisper_zh/allocator.py; bench/README.md)
+reuse_freed_memory()
+
+from whisper_zh.errors import WhisperZhError  # noqa: E402
+from whisper_zh.serve.app import build_app, launch_options  # noqa: E402
 
 try:
     demo = build_app()

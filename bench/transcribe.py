@@ -23,7 +23,12 @@ Each is transcribed by:
 * optionally (``--pipeline``) the transformers ASR pipeline at its defaults, which is slow.
 
 Each system is loaded, warmed up on 5 s of audio, then timed on the recording (model
-loading and audio decoding excluded): wall time, × real time, time to the first segment
+loading and audio decoding excluded), one system in the process at a time; with
+``--repeat N`` the row is the median of N runs (``--interleave``: every system loaded at
+once and their runs interleaved, so that a noisy neighbour on a shared host slows each
+alike; but two CTranslate2 models in one process slow each other). Measured: wall time, the process's CPU time,
+the steal time (CPU time the hypervisor gave to other machines: the host's load),
+× real time, time to the first segment
 (a generator's first item), CER over the whole recording (after
 :func:`whisper_zh.text.normalize`), *sentences lost*: clips that got no text at all
 (segments assigned by their middle), and *clips lost*: clips that no output segment
@@ -32,6 +37,12 @@ overlaps by at least 0.3 s.
     python bench/transcribe.py                          # both recordings, whisper-base, CPU
     python bench/transcribe.py --minutes 1 --only engine   # quick run
     python bench/transcribe.py --model openai/whisper-small --device cuda
+    python bench/transcribe.py --recordings runs multi --repeat 3 --malloc glibc   # the C library's malloc defaults
+
+Every system runs in this one process with glibc's malloc set as ``whisper-zh transcribe``
+and ``app.py`` set it (:func:`whisper_zh.allocator.reuse_freed_memory`: freed buffers
+reused, not faulted in again), faster-whisper included; ``--malloc glibc`` leaves the C
+library's defaults, as a plain faster-whisper user has them.
     python bench/transcribe.py --recordings runs --only "engine, ct2 int8 (defaults" \
         "transformers" "sequential (defaults"          # issue 19's check (~5 min on 2 cores)
 
@@ -42,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import csv
 import datetime
 import json
@@ -261,9 +273,13 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
 
     def faster_whisper(batched: bool, **overrides):
         def load():
-            from faster_whisper import BatchedInferencePipeline, WhisperModel
+            from faster_whisper import BatchedInferencePipeline
 
-            model = WhisperModel(ct2_dir, device=device, compute_type=quant)
+            from whisper_zh.serve.ct2_backend import load_ct2
+
+            # loaded as the engine loads it (in a thread that ends with the load: twice as
+            # fast a decoder on 2 cores; bench/README.md), its best configuration
+            model = load_ct2(ct2_dir, device=device, compute_type=quant)
             runner = BatchedInferencePipeline(model) if batched else model
             return lambda audio: ((s.start, s.end, s.text)
                                   for s in runner.transcribe(audio, language="zh", **overrides)[0])
@@ -313,7 +329,7 @@ def _lanes_at_once(n_chunks: int, batch_size: int) -> list[tuple[int, list[int]]
 def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = False) -> dict:
     """One system on one recording: speed, CER and sentences lost (and, with
     ``keep_segments``, its ``(start, end, text)`` segments under ``"segments"``)."""
-    load_before = os.getloadavg()[0]
+    load_before, steal = os.getloadavg()[0], _steal_s()
     wall, cpu = time.perf_counter(), time.process_time()
     segments, first = [], None
     for segment in transcribe(recording.audio):
@@ -321,6 +337,7 @@ def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = 
             first = time.perf_counter() - wall
         segments.append(segment)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    steal = _steal_s() - steal
     clips = per_clip_text(recording, segments)
     text = "".join(clips)
     reference = "".join(recording.sentences)
@@ -340,6 +357,8 @@ def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = 
         "clips_lost_text": [recording.sentences[i] for i in missing],
         # other processes on the machine slow everything down: say how busy it was
         "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        # CPU time the hypervisor took from this machine while the row ran (all CPUs)
+        "steal_s": round(steal, 2),
         "text_head": text[:80],
         **({"segments": segments} if keep_segments else {}),
     }
@@ -362,54 +381,105 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
         "device": args.device,
         "recordings": {r.name: {"audio_s": round(r.seconds, 2), "clips": len(r.sentences)} for r in recordings},
         "machine": machine(args.device),
+        "malloc": args.malloc,
+        "repeat": args.repeat,
+        "interleaved": args.interleave,
         "rows": [],
     }
     with tempfile.TemporaryDirectory(prefix="whisper-zh-bench-") as work:
         model_dir, export_s = prepare_model_dir(args.model, Path(work), args.device)
         result["ct2_export_s"] = round(export_s, 2)
         print(f"exported to CTranslate2 in {export_s:.1f} s", file=sys.stderr)
-        for name, load in systems(model_dir, args.device, args.pipeline):
-            if args.only and not any(key in name for key in args.only):
-                continue
+        chosen = [(name, load) for name, load in systems(model_dir, args.device, args.pipeline)
+                  if not args.only or any(key in name for key in args.only)]
+        if args.interleave:
+            # every system loaded at once and the repeats interleaved, so that a noisy
+            # neighbour (the machine's steal time) slows each system alike; but several
+            # CTranslate2 models in one process slow each other (each keeps an OpenMP team)
+            loaded = [(name, load()) for name, load in chosen]
+            for _, transcribe in loaded:
+                list(transcribe(recordings[0].audio[: int(WARMUP_S * SAMPLE_RATE)]))
+            runs: dict = {}
+            for repeat in range(args.repeat):
+                for recording in recordings:
+                    for name, transcribe in loaded:
+                        runs.setdefault((name, recording.name), []).append(measure(transcribe, recording))
+                # the rows so far after every round: a run stopped early keeps what it measured
+                result["rows"] = []
+                for name, _ in loaded:
+                    for recording in recordings:
+                        _add_row(result, name, recording, sorted(runs[name, recording.name], key=lambda r: r["wall_s"]),
+                                 quiet=repeat < args.repeat - 1)
+                save(result)
+            return result
+        for name, load in chosen:  # one system in the process at a time
             transcribe = load()
             list(transcribe(recordings[0].audio[: int(WARMUP_S * SAMPLE_RATE)]))
             for recording in recordings:
-                row = {"system": name, **measure(transcribe, recording)}
-                if "BatchedInferencePipeline" in name:
-                    # its segments are whole VAD chunks of up to 30 s, many clips each: which
-                    # clips came back empty cannot be told from them
-                    row["sentences_lost"], row["lost"] = None, []
-                    row["clips_lost"], row["clips_lost_text"] = None, []
-                result["rows"].append(row)
+                runs_of_one = sorted((measure(transcribe, recording) for _ in range(args.repeat)),
+                                     key=lambda r: r["wall_s"])
+                _add_row(result, name, recording, runs_of_one)
                 save(result)
-                print(f"{name} on {recording.name}: {row['wall_s']} s, {row['x_realtime']}x real time, "
-                      f"CER {row['cer']:.3f}, lost {row['sentences_lost']}, clips lost {row['clips_lost']} "
-                      f"{row['clips_lost_text']}", file=sys.stderr, flush=True)
             del transcribe
+            gc.collect()  # its model and threads go before the next system's
     return result
+
+
+def _add_row(result: dict, name: str, recording: Recording, runs: list[dict], quiet: bool = False) -> None:
+    """One system's row on one recording: its median run (``runs`` sorted by wall time;
+    of an even number, the slower of the middle two)."""
+    row = {"system": name, **runs[len(runs) // 2], "wall_s_runs": [r["wall_s"] for r in runs]}
+    if "BatchedInferencePipeline" in name:
+        # its segments are whole VAD chunks of up to 30 s, many clips each: which
+        # clips came back empty cannot be told from them
+        row["sentences_lost"], row["lost"] = None, []
+        row["clips_lost"], row["clips_lost_text"] = None, []
+    result["rows"].append(row)
+    if quiet:
+        return
+    print(f"{name} on {recording.name}: {row['wall_s']} s (runs {row['wall_s_runs']}), {row['x_realtime']}x real "
+          f"time, CER {row['cer']:.3f}, lost {row['sentences_lost']}, clips lost {row['clips_lost']} "
+          f"{row['clips_lost_text']}, steal {row['steal_s']} s", file=sys.stderr, flush=True)
+
+
+def _steal_s() -> float:
+    """Seconds the hypervisor gave this machine's CPUs to others (/proc/stat), 0 elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
     where = m.get("gpu") or f"{m['cpu_model']}, {m['cpu_count']} cores"
-    lines = [f"{Path(result['model']).name}, {result['device']}: {where} ({result['date']})"]
+    lines = [f"{Path(result['model']).name}, {result['device']}: {where} ({result['date']}); malloc: "
+             f"{result.get('malloc', 'glibc')}; each row the median of {result.get('repeat', 1)} run(s)"]
     for name, info in result["recordings"].items():
         lines += [
             "", f"**{name}**: {info['audio_s'] / 60:.1f} min, {info['clips']} clips joined with {GAP_S} s pauses",
             "",
-            "| system | wall s | first segment s | × real time | CER | CER, digits as characters "
-            "| sentences lost | clips lost | load avg |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| system | wall s | CPU s | first segment s | × real time | CER | CER, digits as characters "
+            "| sentences lost | clips lost | load avg | steal s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in (r for r in result["rows"] if r["recording"] == name):
             first = f"{row['first_segment_s']:.1f}" if row["first_segment_s"] is not None else "–"
-            lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {first} | {row['x_realtime']:.1f} "
+            cpu = "–" if row.get("cpu_s") is None else f"{row['cpu_s']:.1f}"
+            lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {cpu} | {first} "
+                         f"| {row['x_realtime']:.1f} "
                          f"| {row['cer']:.3f} | {row['cer_digits_as_characters']:.3f} "
                          f"| {'–' if row['sentences_lost'] is None else row['sentences_lost']} "
                          f"| {'–' if row.get('clips_lost') is None else row['clips_lost']} "
-                         f"| {row['loadavg_1min'][0]:.1f}–{row['loadavg_1min'][1]:.1f} |")
+                         f"| {row['loadavg_1min'][0]:.1f}–{row['loadavg_1min'][1]:.1f} "
+                         f"| {'–' if row.get('steal_s') is None else format(row['steal_s'], '.1f')} |")
     lines += ["", f"load avg: the machine's 1-minute load average before–after the row; above "
-              f"{m['cpu_count']} means other processes were competing for the {m['cpu_count']} cores."]
+              f"{m['cpu_count']} means other processes were competing for the {m['cpu_count']} cores. "
+              f"CPU s: the process's CPU time (all threads). steal s: CPU time the hypervisor gave to "
+              f"other machines during the row (a shared host); rows are medians of interleaved runs "
+              f"when repeated."]
     return "\n".join(lines)
 
 
@@ -425,7 +495,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", action="store_true", help="also the (slow) transformers ASR pipeline")
     parser.add_argument("--only", nargs="*", help="run only the systems whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/transcribe-<device>.json)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time each system on each recording this many times; the row is the median run")
+    parser.add_argument("--interleave", action="store_true",
+                        help="load every system at once and interleave their repeats (fairer under a noisy "
+                             "neighbour, but CTranslate2 models in one process slow each other)")
+    parser.add_argument("--malloc", choices=["reuse", "glibc"], default="reuse",
+                        help="reuse: freed memory kept for the next call, as the CLI and app.py set it "
+                             "(whisper_zh.allocator), for every system; glibc: the C library's defaults")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.malloc == "reuse":
+        from whisper_zh.allocator import reuse_freed_memory
+
+        reuse_freed_memory()  # before the models and their threads
     out = Path(args.out or REPO / "bench" / "results" / f"transcribe-{device_tag(args.device)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -21,6 +21,15 @@ SHARED = Path(os.environ.get("WHISPER_ZH_SHARED", REPO.parent / "shared"))
 CACHE = Path(os.environ.get("WHISPER_ZH_TEST_CACHE", Path.home() / ".cache" / "whisper-zh"))
 
 
+@pytest.fixture(autouse=True)
+def _malloc_left_alone(monkeypatch):
+    """Tests call the command line in-process: its malloc settings
+    (whisper_zh/allocator.py) would then hold for every later test of the session, which
+    would run differently depending on the order. tests/test_allocator.py checks them in
+    processes of their own."""
+    monkeypatch.setattr("whisper_zh.cli.reuse_freed_memory", lambda: False)
+
+
 def _need_shared(sub: str) -> Path:
     path = SHARED / sub
     if not path.exists():

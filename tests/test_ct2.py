@@ -396,3 +396,31 @@ def test_hotwords_fix_a_name_without_hurting_other_clips(whisper_base_ct2, zh_cv
     plain_cer, hot_cer = cer(references, plain[1:]), cer(references, hot[1:])
     print(f"\nCER of {len(others)} other clips: {plain_cer:.3f} without hotwords, {hot_cer:.3f} with")
     assert hot_cer <= plain_cer + 0.1, (plain_cer, hot_cer)
+
+
+def test_the_model_is_loaded_in_a_thread_that_ends_with_the_load(tmp_path, monkeypatch):
+    """The OpenMP team libgomp keeps for the thread that loads a CTranslate2 model lives as
+    long as that thread: left in the caller's, it halved the decoder's speed on 2 cores
+    (bench/README.md). The load's errors still reach the caller."""
+    import threading
+
+    import faster_whisper
+
+    from whisper_zh.serve.ct2_backend import load_ct2
+
+    (tmp_path / "model.bin").write_bytes(b"")
+    loaders = []
+
+    class Recorder:
+        def __init__(self, model_dir, **kwargs):
+            if kwargs["compute_type"] == "broken":
+                raise ValueError("not a model")
+            loaders.append(threading.current_thread())
+            self.kwargs = kwargs
+
+    monkeypatch.setattr(faster_whisper, "WhisperModel", Recorder)
+    model = load_ct2(str(tmp_path), device="cuda:1", compute_type="int8")
+    assert model.kwargs == {"device": "cuda", "device_index": 1, "compute_type": "int8", "local_files_only": True}
+    assert loaders[0] is not threading.current_thread() and not loaders[0].is_alive()
+    with pytest.raises(ValueError, match="not a model"):
+        load_ct2(str(tmp_path), compute_type="broken")

@@ -18,7 +18,7 @@ The package follows the data's two journeys:
   ``uploads`` (what a server's requests may hold) -> ``folder`` / ``live`` / ``api`` (the OpenAI audio API) -> ``app``;
 
 on a few modules both use (``errors``, ``audio``, ``text``, ``hub``, ``media``,
-``distributed``, ``logs``), with ``cli`` and ``notebook`` at the edges. Each layer imports
+``distributed``, ``logs``, ``allocator``), with ``cli`` and ``notebook`` at the edges. Each layer imports
 only the ones before it (``tests/test_layout.py`` checks).
 
 Names are imported on first use, so ``import whisper_zh`` stays light: serving never
@@ -62,6 +62,7 @@ _LAZY = {
     "export_ct2": "whisper_zh.serve.models",
     "load_audio": "whisper_zh.media",
     "load_media": "whisper_zh.media",
+    "reuse_freed_memory": "whisper_zh.allocator",
     # training and evaluation
     "TrainConfig": "whisper_zh.train.config",
     "prepare_data": "whisper_zh.train.data",

@@ -23,6 +23,7 @@ import typing
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from whisper_zh.allocator import reuse_freed_memory
 from whisper_zh.errors import ConfigError, WhisperZhError
 from whisper_zh.logs import configure_logging
 
@@ -408,6 +409,11 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 TRAINING_COMMANDS = ("prepare", "train", "evaluate")
 TRAINING_STACK = ("torch", "transformers", "datasets", "accelerate")
 
+# Commands that run a model call after call over many inputs: their process keeps freed
+# memory for the next call (whisper_zh/allocator.py). Not the training stack's (evaluate
+# included): its data preparation forks workers, which would each keep their peak.
+DECODING_COMMANDS = ("transcribe",)
+
 
 def _check_training_stack(command: str) -> None:
     import importlib.util
@@ -440,6 +446,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"whisper-zh: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     configure_logging()
+    if argv[0] in DECODING_COMMANDS:
+        reuse_freed_memory()  # before any thread starts (whisper_zh/allocator.py)
     command, _ = COMMANDS[argv[0]]
     try:
         if argv[0] in TRAINING_COMMANDS:

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import ContextManager, Generator, Iterator, Optional, Sequence
 
@@ -87,8 +88,15 @@ def load_ct2(model_dir: str, device: str = "cpu", compute_type: str = "int8"):
     # cpu_threads=0 lets CTranslate2 pick its thread count (measured faster on 2 cores
     # than pinning 2 threads); local_files_only: a local directory never touches the Hub.
     kind, _, index = device.partition(":")
-    return WhisperModel(model_dir, device=kind, device_index=int(index or 0), compute_type=compute_type,
-                        local_files_only=True)
+    # Loaded in a thread that ends with the load: loading runs OpenMP regions, and the
+    # team of threads libgomp keeps for the thread that ran them lives as long as that
+    # thread. Left in a long-lived thread (the main one), libgomp counts more threads
+    # than cores and has every thread sleep between parallel regions, and the decoder's
+    # many small ones took twice as long (whisper-base, 2 cores: generate 16.9 s -> 8.5 s
+    # on zh-multi-dev; bench/README.md, "Threads and memory").
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-zh-load") as loader:
+        return loader.submit(WhisperModel, model_dir, device=kind, device_index=int(index or 0),
+                             compute_type=compute_type, local_files_only=True).result()
 
 
 @dataclass
