@@ -37,14 +37,14 @@ overlaps by at least 0.3 s.
     python bench/transcribe.py                          # both recordings, whisper-base, CPU
     python bench/transcribe.py --minutes 1 --only engine   # quick run
     python bench/transcribe.py --model openai/whisper-small --device cuda
-    python bench/transcribe.py --recordings runs multi --repeat 3 --malloc glibc   # the C library's malloc defaults
-
-Every system runs in this one process with glibc's malloc set as ``whisper-zh transcribe``
-and ``app.py`` set it (:func:`whisper_zh.allocator.reuse_freed_memory`: freed buffers
-reused, not faulted in again), faster-whisper included; ``--malloc glibc`` leaves the C
-library's defaults, as a plain faster-whisper user has them.
     python bench/transcribe.py --recordings runs --only "engine, ct2 int8 (defaults" \
         "transformers" "sequential (defaults"          # issue 19's check (~5 min on 2 cores)
+    python bench/transcribe.py --recordings runs multi --repeat 3 --malloc glibc   # the C library's malloc defaults
+
+Every system runs with glibc's malloc set as ``whisper-zh transcribe`` and ``app.py`` set
+it (:func:`whisper_zh.allocator.reuse_freed_memory`: freed buffers reused, not faulted in
+again), faster-whisper included; ``--malloc glibc`` leaves the C library's defaults, as a
+plain faster-whisper user has them.
 
 Prints markdown tables and writes ``bench/results/transcribe-<device>.json``.
 """
@@ -53,9 +53,9 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import gc
 import csv
 import datetime
+import gc
 import json
 import os
 import platform
@@ -478,8 +478,7 @@ def markdown(result: dict) -> str:
     lines += ["", f"load avg: the machine's 1-minute load average before–after the row; above "
               f"{m['cpu_count']} means other processes were competing for the {m['cpu_count']} cores. "
               f"CPU s: the process's CPU time (all threads). steal s: CPU time the hypervisor gave to "
-              f"other machines during the row (a shared host); rows are medians of interleaved runs "
-              f"when repeated."]
+              f"other machines during the row (a shared host); with --repeat, a row is the median run."]
     return "\n".join(lines)
 
 

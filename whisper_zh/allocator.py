@@ -6,7 +6,7 @@ asks for gigabytes in buffers of tens of megabytes (each head's 1500 x 1500 atte
 9 MB). glibc's malloc serves such buffers with ``mmap`` and gives them back to the kernel
 on ``free``, so every call page-faults all of that memory in again: on 2 cores the
 kernel spent about as long zeroing pages as the model spent computing (bench/README.md,
-"The allocator").
+"Threads and memory").
 
 :func:`reuse_freed_memory` tells glibc to keep what is freed, in one arena, for the next
 call, as ONNX Runtime's arena or PyTorch's CUDA caching allocator do for their own
