@@ -19,17 +19,22 @@ Each is transcribed by:
   fp16 on a GPU; 8 windows per batch, greedy); the ct2 backend also greedy;
 * faster-whisper called directly: ``WhisperModel.transcribe`` (sequential 30 s windows
   conditioned on the previous text) and ``BatchedInferencePipeline`` (VAD chunks, batch
-  8), each at its defaults (beam 5) and greedy;
+  8), each at its defaults (beam 5) and greedy, loaded as its users load it; sequential
+  also at its fastest setting on a 2-core CPU (``cpu_threads=1``) and loaded as the engine
+  loads its model (in a thread that ends with the load: whisper-zh's fix, not one
+  faster-whisper makes), the strictest comparison;
 * optionally (``--pipeline``) the transformers ASR pipeline at its defaults, which is slow.
 
 Each system is loaded, warmed up on 5 s of audio, then timed on the recording (model
-loading and audio decoding excluded), one system in the process at a time; with
-``--repeat N`` the row is the median of N runs (``--interleave``: every system loaded at
-once and their runs interleaved, so that a noisy neighbour on a shared host slows each
-alike; but two CTranslate2 models in one process slow each other). Measured: wall time, the process's CPU time,
-the steal time (CPU time the hypervisor gave to other machines: the host's load),
-× real time, time to the first segment
-(a generator's first item), CER over the whole recording (after
+loading and audio decoding excluded), each in a fresh process (a model's threads outlive
+it and would slow the next system); with ``--repeat N`` the row is the median of N runs
+(``--interleave``: every system loaded at once in this process and their runs
+interleaved, so that a noisy neighbour on a shared host slows each alike; but two
+CTranslate2 models in one process slow each other). Under each table: how many times
+faster the engine is than each faster-whisper sequential row at beam 5. Measured: wall
+time, the process's CPU time, the steal time (CPU time the hypervisor gave to other
+machines: the host's load), × real time, time to the first segment (a generator's first
+item), CER over the whole recording (after
 :func:`whisper_zh.text.normalize`), *sentences lost*: clips that got no text at all
 (segments assigned by their middle), and *clips lost*: clips that no output segment
 overlaps by at least 0.3 s.
@@ -43,8 +48,9 @@ overlaps by at least 0.3 s.
 
 Every system runs with glibc's malloc set as ``whisper-zh transcribe`` and ``app.py`` set
 it (:func:`whisper_zh.allocator.reuse_freed_memory`: freed buffers reused, not faulted in
-again), faster-whisper included; ``--malloc glibc`` leaves the C library's defaults, as a
-plain faster-whisper user has them.
+again), faster-whisper included (its users can set the same with ``GLIBC_TUNABLES=
+glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``);
+``--malloc glibc`` leaves the C library's defaults, as a plain faster-whisper user has them.
 
 Prints markdown tables and writes ``bench/results/transcribe-<device>.json``.
 """
@@ -55,13 +61,14 @@ import argparse
 import bisect
 import csv
 import datetime
-import gc
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -271,15 +278,20 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
             return transcribe
         return load
 
-    def faster_whisper(batched: bool, **overrides):
+    def faster_whisper(batched: bool, loaded_by: str = "faster-whisper", cpu_threads: int = 0, **overrides):
         def load():
-            from faster_whisper import BatchedInferencePipeline
+            from faster_whisper import BatchedInferencePipeline, WhisperModel
 
             from whisper_zh.serve.ct2_backend import load_ct2
 
-            # loaded as the engine loads it (in a thread that ends with the load: twice as
-            # fast a decoder on 2 cores; bench/README.md), its best configuration
-            model = load_ct2(ct2_dir, device=device, compute_type=quant)
+            if loaded_by == "whisper-zh":
+                # as the engine loads it: in a thread that ends with the load (a decoder twice
+                # as fast on 2 cores; bench/README.md, "Threads and memory"), which faster-whisper
+                # itself does not do
+                model = load_ct2(ct2_dir, device=device, compute_type=quant)
+            else:  # as its users load it, in the calling thread
+                model = WhisperModel(ct2_dir, device="cuda" if cuda else "cpu", compute_type=quant,
+                                     cpu_threads=cpu_threads, local_files_only=True)
             runner = BatchedInferencePipeline(model) if batched else model
             return lambda audio: ((s.start, s.end, s.text)
                                   for s in runner.transcribe(audio, language="zh", **overrides)[0])
@@ -303,6 +315,10 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
         (f"whisper-zh engine, ct2 {quant} (8 lanes, greedy)", engine("ct2", beam_size=1)),
         (f"whisper-zh engine, ct2 {quant} (8 lanes from the first step, no ramp; beam 5)", engine("ct2", ramp=False)),
         (f"faster-whisper {quant} sequential (defaults: beam 5)", faster_whisper(False)),
+        # its fastest setting on a 2-core CPU (0: CTranslate2's choice, and 2, are slower)
+        (f"faster-whisper {quant} sequential (beam 5, cpu_threads=1)", faster_whisper(False, cpu_threads=1)),
+        (f"faster-whisper {quant} sequential (beam 5, loaded as whisper-zh loads)",
+         faster_whisper(False, loaded_by="whisper-zh")),
         (f"faster-whisper {quant} sequential (greedy)", faster_whisper(False, beam_size=1)),
         (f"faster-whisper {quant} BatchedInferencePipeline (defaults: batch 8, beam 5)", faster_whisper(True)),
         (f"faster-whisper {quant} BatchedInferencePipeline (batch 8, greedy)", faster_whisper(True, beam_size=1)),
@@ -412,17 +428,30 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
                                  quiet=repeat < args.repeat - 1)
                 save(result)
             return result
-        for name, load in chosen:  # one system in the process at a time
-            transcribe = load()
-            list(transcribe(recordings[0].audio[: int(WARMUP_S * SAMPLE_RATE)]))
-            for recording in recordings:
-                runs_of_one = sorted((measure(transcribe, recording) for _ in range(args.repeat)),
-                                     key=lambda r: r["wall_s"])
+        for name, _ in chosen:
+            # each system in a fresh process: a model's threads outlive it (libgomp keeps a
+            # team for the thread that loaded it), and would slow the systems after it
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                runs = pool.submit(_measure_system, model_dir, args.device, args.pipeline, name, recordings,
+                                   args.repeat, args.malloc).result()
+            for recording, runs_of_one in zip(recordings, runs):
                 _add_row(result, name, recording, runs_of_one)
-                save(result)
-            del transcribe
-            gc.collect()  # its model and threads go before the next system's
+            save(result)
     return result
+
+
+def _measure_system(model_dir: Path, device: str, with_pipeline: bool, name: str, recordings: list[Recording],
+                    repeat: int, malloc: str) -> list[list[dict]]:
+    """In a process of its own: one system, warmed up, then its runs on each recording
+    (sorted by wall time)."""
+    if malloc == "reuse":
+        from whisper_zh.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
+    transcribe = dict(systems(model_dir, device, with_pipeline))[name]()
+    list(transcribe(recordings[0].audio[: int(WARMUP_S * SAMPLE_RATE)]))
+    return [sorted((measure(transcribe, recording) for _ in range(repeat)), key=lambda r: r["wall_s"])
+            for recording in recordings]
 
 
 def _add_row(result: dict, name: str, recording: Recording, runs: list[dict], quiet: bool = False) -> None:
@@ -452,6 +481,19 @@ def _steal_s() -> float:
         return 0.0
 
 
+def _speedups(rows: list[dict]) -> list[str]:
+    """How many times faster the engine (ct2 defaults) is than each faster-whisper
+    sequential row at beam 5, on one recording."""
+    engine = next((r for r in rows if r["system"].startswith("whisper-zh engine, ct2") and "(defaults" in r["system"]),
+                  None)
+    peers = [r for r in rows if "sequential" in r["system"] and "beam 5" in r["system"]]
+    if engine is None or not peers:
+        return []
+    return ["", "engine (ct2 defaults) against faster-whisper sequential: " + "; ".join(
+        f"{peer['wall_s'] / engine['wall_s']:.2f}× faster than {peer['system'].partition('sequential ')[2]}"
+        for peer in peers)]
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     where = m.get("gpu") or f"{m['cpu_model']}, {m['cpu_count']} cores"
@@ -465,7 +507,8 @@ def markdown(result: dict) -> str:
             "| sentences lost | clips lost | load avg | steal s |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in (r for r in result["rows"] if r["recording"] == name):
+        rows = [r for r in result["rows"] if r["recording"] == name]
+        for row in rows:
             first = f"{row['first_segment_s']:.1f}" if row["first_segment_s"] is not None else "–"
             cpu = "–" if row.get("cpu_s") is None else f"{row['cpu_s']:.1f}"
             lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {cpu} | {first} "
@@ -475,6 +518,7 @@ def markdown(result: dict) -> str:
                          f"| {'–' if row.get('clips_lost') is None else row['clips_lost']} "
                          f"| {row['loadavg_1min'][0]:.1f}–{row['loadavg_1min'][1]:.1f} "
                          f"| {'–' if row.get('steal_s') is None else format(row['steal_s'], '.1f')} |")
+        lines += _speedups(rows)
     lines += ["", f"load avg: the machine's 1-minute load average before–after the row; above "
               f"{m['cpu_count']} means other processes were competing for the {m['cpu_count']} cores. "
               f"CPU s: the process's CPU time (all threads). steal s: CPU time the hypervisor gave to "

@@ -175,11 +175,14 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
     text decoded at 0.8 is not used as the next chunk's prompt."""
     model = load_ct2(str(tiny_ct2))
     model.model = recorder = _RecordingGenerate(model.model)
+    encoded, encode = [], model.encode
+    model.encode = lambda features: encoded.append(len(features)) or encode(features)
     audio = np.random.default_rng(1).normal(0, 0.1, 12 * SAMPLE_RATE).astype(np.float32)
     chunks = [(0.0, 3.0), (3.0, 6.0), (6.0, 9.0), (9.0, 12.0)]
     results = _decode_all(model, audio, chunks, TranscribeOptions(batch_size=2, temperatures=(0.0, 0.4, 0.8),
                                                                   no_speech_threshold=None))
     assert len(results) == 4
+    assert encoded == [1, 2, 1]  # each step's windows encoded once, for every temperature and the alignment
     # two lanes started in a ramp (lane_plan): chunk 0, then chunks 1 and 3, then chunk 2
     assert [len(prompts) for prompts, _ in recorder.calls] == [1, 1, 1, 2, 2, 2, 1, 1, 1]
     temperatures = [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls]
@@ -198,6 +201,47 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
                 word_timestamps=False)
     assert [kwargs.get("sampling_temperature", 0.0) for _, kwargs in recorder.calls] == [0.0, 0.0, 0.0]
     assert _decode_all(model, audio, [], TranscribeOptions(batch_size=2)) == []
+
+
+def test_a_batch_is_encoded_once_when_some_of_it_falls_back(tiny_ct2):
+    """Chunks of one step that need another temperature are decoded again from the step's
+    encoder output, not encoded again; those that do not keep their first result."""
+    model = load_ct2(str(tiny_ct2))
+    audio = np.random.default_rng(3).normal(0, 0.1, 12 * SAMPLE_RATE).astype(np.float32)
+    chunks = [(0.0, 3.0), (3.0, 6.0), (6.0, 9.0), (9.0, 12.0)]
+    plain = TranscribeOptions(batch_size=4, compression_ratio_threshold=None, logprob_threshold=None,
+                              no_speech_threshold=None)
+    scores = sorted(r.avg_logprob for r in _decode_all(model, audio, chunks, plain))
+    assert scores[0] < scores[-1]
+    # a threshold between the chunks' scores: some of the step fall back, some do not
+    options = replace(plain, logprob_threshold=(scores[0] + scores[-1]) / 2, temperatures=(0.0, 0.5))
+    encoded, encode = [], model.encode
+    model.encode = lambda features: encoded.append(len(features)) or encode(features)
+    results = _decode_all(model, audio, chunks, options)
+    assert 0 < sum(r.temperature == 0.5 for r in results) < 4
+    assert encoded == [4]
+
+
+def test_some_windows_of_a_batch_are_read_from_its_encoder_output(tiny_ct2):
+    """The fallback and the alignment of some of a batch's windows read their rows of the
+    batch's encoder output: on a CPU copied out, not encoded again, and the same as
+    encoding those windows again."""
+    from faster_whisper.audio import pad_or_trim
+
+    from whisper_zh.serve.ct2_backend import _encoder_rows
+
+    model = load_ct2(str(tiny_ct2))
+    rng = np.random.default_rng(2)
+    features = np.stack([pad_or_trim(model.feature_extractor(rng.normal(0, 0.1, 3 * SAMPLE_RATE).astype(np.float32)))
+                         for _ in range(3)])
+    encoder_output = model.encode(features)
+    encoded, encode = [], model.encode
+    model.encode = lambda f: encoded.append(len(f)) or encode(f)
+    assert _encoder_rows(model, encoder_output, features, [0, 1, 2]) is encoder_output
+    rows = _encoder_rows(model, encoder_output, features, [0, 2])
+    assert encoded == [] and list(rows.shape) == [2, *list(encoder_output.shape)[1:]]
+    np.testing.assert_allclose(np.asarray(rows), np.asarray(encode(features[[0, 2]])), rtol=1e-3, atol=1e-3)
+    assert not np.allclose(np.asarray(rows)[0], np.asarray(rows)[1])  # the rows asked for, not one twice
 
 
 @pytest.mark.slow
