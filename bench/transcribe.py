@@ -48,8 +48,10 @@ overlaps by at least 0.3 s.
 
 Every system runs with glibc's malloc set as ``whisper-zh transcribe`` and ``app.py`` set
 it (:func:`whisper_zh.allocator.reuse_freed_memory`: freed buffers reused, not faulted in
-again), faster-whisper included (its users can set the same with ``GLIBC_TUNABLES=
-glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``);
+again), faster-whisper included (its users can set the same in the environment:
+
+    GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
+
 ``--malloc glibc`` leaves the C library's defaults, as a plain faster-whisper user has them.
 
 Prints markdown tables and writes ``bench/results/transcribe-<device>.json``.
@@ -290,7 +292,8 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
                 # itself does not do
                 model = load_ct2(ct2_dir, device=device, compute_type=quant)
             else:  # as its users load it, in the calling thread
-                model = WhisperModel(ct2_dir, device="cuda" if cuda else "cpu", compute_type=quant,
+                kind, _, index = device.partition(":")
+                model = WhisperModel(ct2_dir, device=kind, device_index=int(index or 0), compute_type=quant,
                                      cpu_threads=cpu_threads, local_files_only=True)
             runner = BatchedInferencePipeline(model) if batched else model
             return lambda audio: ((s.start, s.end, s.text)
@@ -315,8 +318,10 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
         (f"whisper-zh engine, ct2 {quant} (8 lanes, greedy)", engine("ct2", beam_size=1)),
         (f"whisper-zh engine, ct2 {quant} (8 lanes from the first step, no ramp; beam 5)", engine("ct2", ramp=False)),
         (f"faster-whisper {quant} sequential (defaults: beam 5)", faster_whisper(False)),
-        # its fastest setting on a 2-core CPU (0: CTranslate2's choice, and 2, are slower)
-        (f"faster-whisper {quant} sequential (beam 5, cpu_threads=1)", faster_whisper(False, cpu_threads=1)),
+        # its fastest setting on a 2-core CPU (0: CTranslate2's choice, and 2, are slower);
+        # the same model on a GPU
+        *([] if cuda else [(f"faster-whisper {quant} sequential (beam 5, cpu_threads=1)",
+                            faster_whisper(False, cpu_threads=1))]),
         (f"faster-whisper {quant} sequential (beam 5, loaded as whisper-zh loads)",
          faster_whisper(False, loaded_by="whisper-zh")),
         (f"faster-whisper {quant} sequential (greedy)", faster_whisper(False, beam_size=1)),

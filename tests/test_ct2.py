@@ -224,8 +224,7 @@ def test_a_batch_is_encoded_once_when_some_of_it_falls_back(tiny_ct2):
 
 def test_some_windows_of_a_batch_are_read_from_its_encoder_output(tiny_ct2):
     """The fallback and the alignment of some of a batch's windows read their rows of the
-    batch's encoder output: on a CPU copied out, not encoded again, and the same as
-    encoding those windows again."""
+    batch's encoder output: on a CPU copied out, not encoded again."""
     from faster_whisper.audio import pad_or_trim
 
     from whisper_zh.serve.ct2_backend import _encoder_rows
@@ -240,7 +239,7 @@ def test_some_windows_of_a_batch_are_read_from_its_encoder_output(tiny_ct2):
     assert _encoder_rows(model, encoder_output, features, [0, 1, 2]) is encoder_output
     rows = _encoder_rows(model, encoder_output, features, [0, 2])
     assert encoded == [] and list(rows.shape) == [2, *list(encoder_output.shape)[1:]]
-    np.testing.assert_allclose(np.asarray(rows), np.asarray(encode(features[[0, 2]])), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(rows), np.asarray(encoder_output)[[0, 2]])
     assert not np.allclose(np.asarray(rows)[0], np.asarray(rows)[1])  # the rows asked for, not one twice
 
 
