@@ -429,8 +429,7 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
                 result["rows"] = []
                 for name, _ in loaded:
                     for recording in recordings:
-                        _add_row(result, name, recording, sorted(runs[name, recording.name], key=lambda r: r["wall_s"]),
-                                 quiet=repeat < args.repeat - 1)
+                        _add_row(result, name, recording, runs[name, recording.name], quiet=repeat < args.repeat - 1)
                 save(result)
             return result
         for name, _ in chosen:
@@ -447,21 +446,20 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
 
 def _measure_system(model_dir: Path, device: str, with_pipeline: bool, name: str, recordings: list[Recording],
                     repeat: int, malloc: str) -> list[list[dict]]:
-    """In a process of its own: one system, warmed up, then its runs on each recording
-    (sorted by wall time)."""
+    """In a process of its own: one system, warmed up, then its runs on each recording."""
     if malloc == "reuse":
         from whisper_zh.allocator import reuse_freed_memory
 
         reuse_freed_memory()
     transcribe = dict(systems(model_dir, device, with_pipeline))[name]()
     list(transcribe(recordings[0].audio[: int(WARMUP_S * SAMPLE_RATE)]))
-    return [sorted((measure(transcribe, recording) for _ in range(repeat)), key=lambda r: r["wall_s"])
-            for recording in recordings]
+    return [[measure(transcribe, recording) for _ in range(repeat)] for recording in recordings]
 
 
 def _add_row(result: dict, name: str, recording: Recording, runs: list[dict], quiet: bool = False) -> None:
-    """One system's row on one recording: its median run (``runs`` sorted by wall time;
-    of an even number, the slower of the middle two)."""
+    """One system's row on one recording: its median run by wall time (of an even number,
+    the slower of the middle two)."""
+    runs = sorted(runs, key=lambda r: r["wall_s"])
     row = {"system": name, **runs[len(runs) // 2], "wall_s_runs": [r["wall_s"] for r in runs]}
     if "BatchedInferencePipeline" in name:
         # its segments are whole VAD chunks of up to 30 s, many clips each: which

@@ -57,6 +57,13 @@ def _joined(clips: list[tuple[np.ndarray, str]], gap_s: float = 0.5) -> np.ndarr
     return np.concatenate([part for audio, _ in clips for part in (audio, gap)])
 
 
+def _counting_encodes(model) -> list[int]:
+    """The batch size of every ``model.encode`` call from now on."""
+    calls, encode = [], model.encode
+    model.encode = lambda features: calls.append(len(features)) or encode(features)
+    return calls
+
+
 class _RecordingGenerate:
     """Stands in for ``WhisperModel.model`` (the CTranslate2 Whisper) and records every
     ``generate`` call's prompts and keyword arguments; everything else passes through."""
@@ -175,8 +182,7 @@ def test_decode_chunks_falls_back_to_higher_temperatures_and_resets_the_prompt(t
     text decoded at 0.8 is not used as the next chunk's prompt."""
     model = load_ct2(str(tiny_ct2))
     model.model = recorder = _RecordingGenerate(model.model)
-    encoded, encode = [], model.encode
-    model.encode = lambda features: encoded.append(len(features)) or encode(features)
+    encoded = _counting_encodes(model)
     audio = np.random.default_rng(1).normal(0, 0.1, 12 * SAMPLE_RATE).astype(np.float32)
     chunks = [(0.0, 3.0), (3.0, 6.0), (6.0, 9.0), (9.0, 12.0)]
     results = _decode_all(model, audio, chunks, TranscribeOptions(batch_size=2, temperatures=(0.0, 0.4, 0.8),
@@ -215,8 +221,7 @@ def test_a_batch_is_encoded_once_when_some_of_it_falls_back(tiny_ct2):
     assert scores[0] < scores[-1]
     # a threshold between the chunks' scores: some of the step fall back, some do not
     options = replace(plain, logprob_threshold=(scores[0] + scores[-1]) / 2, temperatures=(0.0, 0.5))
-    encoded, encode = [], model.encode
-    model.encode = lambda features: encoded.append(len(features)) or encode(features)
+    encoded = _counting_encodes(model)
     results = _decode_all(model, audio, chunks, options)
     assert 0 < sum(r.temperature == 0.5 for r in results) < 4
     assert encoded == [4]
@@ -234,8 +239,7 @@ def test_some_windows_of_a_batch_are_read_from_its_encoder_output(tiny_ct2):
     features = np.stack([pad_or_trim(model.feature_extractor(rng.normal(0, 0.1, 3 * SAMPLE_RATE).astype(np.float32)))
                          for _ in range(3)])
     encoder_output = model.encode(features)
-    encoded, encode = [], model.encode
-    model.encode = lambda f: encoded.append(len(f)) or encode(f)
+    encoded = _counting_encodes(model)
     assert _encoder_rows(model, encoder_output, features, [0, 1, 2]) is encoder_output
     rows = _encoder_rows(model, encoder_output, features, [0, 2])
     assert encoded == [] and list(rows.shape) == [2, *list(encoder_output.shape)[1:]]
