@@ -10,6 +10,7 @@ import csv
 import json
 import subprocess
 import sys
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -58,9 +59,16 @@ def _joined(clips: list[tuple[np.ndarray, str]], gap_s: float = 0.5) -> np.ndarr
 
 
 def _counting_encodes(model) -> list[int]:
-    """The batch size of every ``model.encode`` call from now on."""
-    calls, encode = [], model.encode
-    model.encode = lambda features: calls.append(len(features)) or encode(features)
+    """The batch size of every ``model.encode`` call from now on. The wrapper holds the
+    model weakly: a model that held itself would be freed only by the cyclic collector,
+    at a moment no test chooses (in a forked child, its threads are not there)."""
+    calls, owner = [], weakref.ref(model)
+
+    def encode(features):
+        calls.append(len(features))
+        return type(owner()).encode(owner(), features)
+
+    model.encode = encode
     return calls
 
 

@@ -388,3 +388,40 @@ def test_prepared_from_an_archive_then_trained_from_the_cache_alone(tmp_path, zh
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["dataset"] == "mcv-scripted-zh-CN-v24.0" and results["train_clips"] == 8
     assert not (tmp_path / "local").exists()
+
+
+# A forked preparation worker runs the cyclic garbage collector sooner or later. Here it
+# runs it first thing, with a CTranslate2 model left as garbage in the parent (held only
+# by itself, as a notebook's can be): the model's destructor would wait forever in the
+# worker for threads that were not forked with it.
+_GARBAGE_MODEL_BEFORE_WORKERS = r"""
+import gc, sys
+from dataclasses import dataclass
+from whisper_zh.serve.ct2_backend import load_ct2
+from whisper_zh.train.data import ShardJob, _run_jobs
+
+@dataclass
+class CollectingJob(ShardJob):
+    @property
+    def size(self):
+        return 1
+
+    def run(self):
+        gc.collect()
+
+if __name__ == "__main__":
+    gc.disable()  # the parent's own collector must not free it first by chance
+    model = load_ct2(sys.argv[1])
+    model.itself = model
+    del model
+    print(_run_jobs([CollectingJob(sys.argv[2] + str(i), None, None) for i in range(2)], workers=2))
+"""
+
+
+def test_preparation_workers_are_not_stopped_by_a_model_the_parent_left_as_garbage(whisper_base_ct2, tmp_path):
+    script = tmp_path / "garbage_model.py"
+    script.write_text(_GARBAGE_MODEL_BEFORE_WORKERS)
+    out = subprocess.run([sys.executable, str(script), str(whisper_base_ct2), str(tmp_path / "shard-")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["2"]

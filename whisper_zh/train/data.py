@@ -32,6 +32,7 @@ than ``max_label_tokens`` are dropped and counted, never fatal.
 from __future__ import annotations
 
 import csv
+import gc
 import glob
 import hashlib
 import io
@@ -848,6 +849,14 @@ def _shard_dir(target: str, index: int) -> str:
     return os.path.join(target, f"shard-{index:05d}")
 
 
+def collect_before_forking() -> None:
+    """Free the garbage of this process before it forks workers (preparation's, the
+    Trainer's data loaders). Left to the cyclic collector, it would be collected in a
+    worker, and a CTranslate2 model among it (a notebook's earlier app, say) waits there
+    forever in its destructor for threads that were not forked with it."""
+    gc.collect()
+
+
 def _run_jobs(jobs: list[ShardJob], workers: int) -> int:
     """Run the shard jobs whose shard is not finished yet; return how many clips they held."""
     todo = [job for job in jobs if not job.done()]
@@ -857,6 +866,7 @@ def _run_jobs(jobs: list[ShardJob], workers: int) -> int:
         for job in todo:
             job.run()
     else:
+        collect_before_forking()
         with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
             list(pool.map(_run_job, todo))
     return sum(job.size for job in todo)

@@ -22,7 +22,7 @@ from whisper_zh.distributed import process_state
 from whisper_zh.errors import ConfigError, DataError
 from whisper_zh.train.checkpoints import OptimizerStateInNewestOnly, check_resume_kind, find_resume_point
 from whisper_zh.train.config import TrainConfig
-from whisper_zh.train.data import prepare_data
+from whisper_zh.train.data import collect_before_forking, prepare_data
 from whisper_zh.train.examples import mel_filters_of
 from whisper_zh.train.publish import (
     CONFIG_NAME,
@@ -109,6 +109,7 @@ def train(config: TrainConfig) -> TrainResult:
     )
     trainer.add_callback(OptimizerStateInNewestOnly(trainer))
 
+    collect_before_forking()  # the data loaders' workers are forked from here on
     zero_shot = zero_shot_metrics(trainer, data.test, config) if config.zero_shot_eval else {}
     resumed_from = find_resume_point(config, state)
     check_resume_kind(resumed_from, config.uses_lora)
