@@ -20,9 +20,10 @@ Each is transcribed by:
 * faster-whisper called directly: ``WhisperModel.transcribe`` (sequential 30 s windows
   conditioned on the previous text) and ``BatchedInferencePipeline`` (VAD chunks, batch
   8), each at its defaults (beam 5) and greedy, loaded as its users load it; sequential
-  also at its fastest setting on a 2-core CPU (``cpu_threads=1``) and loaded as the engine
-  loads its model (in a thread that ends with the load: whisper-zh's fix, not one
-  faster-whisper makes), the strictest comparison;
+  also with ``cpu_threads=1`` (its fastest setting on the 2-core AMD EPYC host, its slowest
+  on a 2-core Intel Xeon, where CTranslate2 uses MKL) and loaded as the engine loads its
+  model (in a thread that ends with the load: whisper-zh's fix, not one faster-whisper
+  makes), the strictest comparison;
 * optionally (``--pipeline``) the transformers ASR pipeline at its defaults, which is slow.
 
 Each system is loaded, warmed up on 5 s of audio, then timed on the recording (model
@@ -37,7 +38,9 @@ machines: the host's load), × real time, time to the first segment (a generator
 item), CER over the whole recording (after
 :func:`whisper_zh.text.normalize`), *sentences lost*: clips that got no text at all
 (segments assigned by their middle), and *clips lost*: clips that no output segment
-overlaps by at least 0.3 s.
+overlaps by at least 0.3 s. With ``--profile``, also where each system's time went: the
+seconds in the model's ``encode`` (and how many 30 s windows), ``generate`` and
+``align`` calls, the VAD and the completeness pass (:class:`CallProfile`).
 
     python bench/transcribe.py                          # both recordings, whisper-base, CPU
     python bench/transcribe.py --minutes 1 --only engine   # quick run
@@ -45,6 +48,8 @@ overlaps by at least 0.3 s.
     python bench/transcribe.py --recordings runs --only "engine, ct2 int8 (defaults" \
         "transformers" "sequential (defaults"          # issue 19's check (~5 min on 2 cores)
     python bench/transcribe.py --recordings runs multi --repeat 3 --malloc glibc   # the C library's malloc defaults
+    python bench/transcribe.py --recordings runs multi --only "engine, ct2 int8 (defaults" \
+        "sequential (defaults" --profile    # where the time goes: encoder, decoder, alignment, VAD, refills
 
 Every system runs with glibc's malloc set as ``whisper-zh transcribe`` and ``app.py`` set
 it (:func:`whisper_zh.allocator.reuse_freed_memory`: freed buffers reused, not faulted in
@@ -318,8 +323,9 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
         (f"whisper-zh engine, ct2 {quant} (8 lanes, greedy)", engine("ct2", beam_size=1)),
         (f"whisper-zh engine, ct2 {quant} (8 lanes from the first step, no ramp; beam 5)", engine("ct2", ramp=False)),
         (f"faster-whisper {quant} sequential (defaults: beam 5)", faster_whisper(False)),
-        # its fastest setting on a 2-core CPU (0: CTranslate2's choice, and 2, are slower);
-        # the same model on a GPU
+        # its fastest setting on the 2-core AMD host (0: CTranslate2's choice, and 2, are
+        # slower there; on a 2-core Intel Xeon with MKL it is the slowest); on a GPU, the
+        # same model
         *([] if cuda else [(f"faster-whisper {quant} sequential (beam 5, cpu_threads=1)",
                             faster_whisper(False, cpu_threads=1))]),
         (f"faster-whisper {quant} sequential (beam 5, loaded as whisper-zh loads)",
@@ -347,9 +353,80 @@ def _lanes_at_once(n_chunks: int, batch_size: int) -> list[tuple[int, list[int]]
     return plan
 
 
-def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = False) -> dict:
+class CallProfile:
+    """Where a system's time goes (``--profile``): seconds and calls inside the CTranslate2
+    model's ``encode`` (and the windows it encoded), ``generate`` and ``align``, and inside
+    the engine's VAD and completeness pass (whose own model calls are counted in both).
+
+    Installed in the system's own process before it loads: every ``faster_whisper.WhisperModel``
+    created after it (the engine's ct2 backend loads one too) gets its CTranslate2 model
+    wrapped, and the engine's ``speech_chunks``/``complete`` are timed where both backends
+    call them.
+    """
+
+    PHASES = ("vad", "encode", "generate", "align", "completeness")
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.windows = 0
+
+    def reset(self) -> None:
+        self.seconds, self.calls, self.windows = {k: 0.0 for k in self.PHASES}, {k: 0 for k in self.PHASES}, 0
+
+    def snapshot(self) -> dict:
+        return {"seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "calls": dict(self.calls),
+                "windows_encoded": self.windows}
+
+    def timed(self, phase: str, function: Callable) -> Callable:
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - started
+                self.calls[phase] += 1
+        return call
+
+    def install(self) -> None:
+        import faster_whisper
+        from whisper_zh.serve import ct2_backend, transformers_backend
+
+        self.reset()
+        profile, init = self, faster_whisper.WhisperModel.__init__
+
+        class TimedModel:  # CTranslate2's model cannot take attributes; this stands in for it
+            def __init__(self, model):
+                self._model = model
+                self.generate = profile.timed("generate", model.generate)
+                self.align = profile.timed("align", model.align)
+                encode = profile.timed("encode", model.encode)
+
+                def counted_encode(features, *args, **kwargs):
+                    profile.windows += int(features.shape[0])
+                    return encode(features, *args, **kwargs)
+                self.encode = counted_encode
+
+            def __getattr__(self, name):
+                return getattr(self._model, name)
+
+        def wrapped_init(model, *args, **kwargs):
+            init(model, *args, **kwargs)
+            model.model = TimedModel(model.model)
+
+        faster_whisper.WhisperModel.__init__ = wrapped_init
+        for module in (ct2_backend, transformers_backend):
+            module.speech_chunks = self.timed("vad", module.speech_chunks)
+            module.complete = self.timed("completeness", module.complete)
+
+
+def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = False,
+            profile: CallProfile | None = None) -> dict:
     """One system on one recording: speed, CER and sentences lost (and, with
-    ``keep_segments``, its ``(start, end, text)`` segments under ``"segments"``)."""
+    ``keep_segments``, its ``(start, end, text)`` segments under ``"segments"``; with
+    ``profile``, where the time went under ``"profile"``)."""
+    if profile is not None:
+        profile.reset()
     load_before, steal = os.getloadavg()[0], _steal_s()
     wall, cpu = time.perf_counter(), time.process_time()
     segments, first = [], None
@@ -382,6 +459,7 @@ def measure(transcribe: Transcribe, recording: Recording, keep_segments: bool = 
         "steal_s": round(steal, 2),
         "text_head": text[:80],
         **({"segments": segments} if keep_segments else {}),
+        **({"profile": profile.snapshot()} if profile is not None else {}),
     }
 
 
@@ -437,7 +515,7 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
             # team for the thread that loaded it), and would slow the systems after it
             with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 runs = pool.submit(_measure_system, model_dir, args.device, args.pipeline, name, recordings,
-                                   args.repeat, args.malloc).result()
+                                   args.repeat, args.malloc, args.profile).result()
             for recording, runs_of_one in zip(recordings, runs):
                 _add_row(result, name, recording, runs_of_one)
             save(result)
@@ -445,15 +523,18 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda result: 
 
 
 def _measure_system(model_dir: Path, device: str, with_pipeline: bool, name: str, recordings: list[Recording],
-                    repeat: int, malloc: str) -> list[list[dict]]:
+                    repeat: int, malloc: str, with_profile: bool = False) -> list[list[dict]]:
     """In a process of its own: one system, warmed up, then its runs on each recording."""
     if malloc == "reuse":
         from whisper_zh.allocator import reuse_freed_memory
 
         reuse_freed_memory()
+    profile = CallProfile() if with_profile else None
+    if profile is not None:
+        profile.install()
     transcribe = dict(systems(model_dir, device, with_pipeline))[name]()
     list(transcribe(recordings[0].audio[: int(WARMUP_S * SAMPLE_RATE)]))
-    return [[measure(transcribe, recording) for _ in range(repeat)] for recording in recordings]
+    return [[measure(transcribe, recording, profile=profile) for _ in range(repeat)] for recording in recordings]
 
 
 def _add_row(result: dict, name: str, recording: Recording, runs: list[dict], quiet: bool = False) -> None:
@@ -497,6 +578,21 @@ def _speedups(rows: list[dict]) -> list[str]:
         for peer in peers)]
 
 
+def _profile_table(rows: list[dict]) -> list[str]:
+    """With ``--profile``: the seconds (and calls) each system spent in each phase."""
+    profiled = [r for r in rows if r.get("profile")]
+    if not profiled:
+        return []
+    lines = ["", "| system | wall s | VAD s | encode s (windows) | generate s (calls) | align s (calls) "
+                 "| completeness pass s (calls) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in profiled:
+        s, n = row["profile"]["seconds"], row["profile"]["calls"]
+        lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {s['vad']:.2f} "
+                     f"| {s['encode']:.2f} ({row['profile']['windows_encoded']}) | {s['generate']:.2f} ({n['generate']}) "
+                     f"| {s['align']:.2f} ({n['align']}) | {s['completeness']:.2f} ({n['completeness']}) |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     where = m.get("gpu") or f"{m['cpu_model']}, {m['cpu_count']} cores"
@@ -522,6 +618,7 @@ def markdown(result: dict) -> str:
                          f"| {row['loadavg_1min'][0]:.1f}–{row['loadavg_1min'][1]:.1f} "
                          f"| {'–' if row.get('steal_s') is None else format(row['steal_s'], '.1f')} |")
         lines += _speedups(rows)
+        lines += _profile_table(rows)
     lines += ["", f"load avg: the machine's 1-minute load average before–after the row; above "
               f"{m['cpu_count']} means other processes were competing for the {m['cpu_count']} cores. "
               f"CPU s: the process's CPU time (all threads). steal s: CPU time the hypervisor gave to "
@@ -549,9 +646,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malloc", choices=["reuse", "glibc"], default="reuse",
                         help="reuse: freed memory kept for the next call, as the CLI and app.py set it "
                              "(whisper_zh.allocator), for every system; glibc: the C library's defaults")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the model's encode/generate/align calls, the VAD and the completeness "
+                             "pass of each system (a table under each recording's)")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.profile and args.interleave:
+        parser.error("--profile times one system per process: it cannot be used with --interleave")
     if args.malloc == "reuse":
         from whisper_zh.allocator import reuse_freed_memory
 

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,3 +43,63 @@ def test_the_report_says_how_many_times_faster_the_engine_is_than_each_sequentia
     result = {"machine": {"cpu_model": "test CPU", "cpu_count": 2}, "model": "whisper-base", "device": "cpu",
               "date": "2026-12-02", "recordings": {"multi": {"audio_s": 400.0, "clips": 67}}, "rows": rows}
     assert line in bench.markdown(result)
+
+
+def test_the_profile_counts_each_phase_and_the_windows_encoded_and_is_reported_per_system():
+    bench = _bench()
+    profile = bench.CallProfile()
+    profile.reset()
+
+    class Features:
+        shape = (3, 80, 3000)
+
+    encode = profile.timed("encode", lambda features: "encoded")
+    assert encode(Features()) == "encoded" and profile.calls["encode"] == 1
+
+    def fails():
+        raise RuntimeError("a failed call is timed too")
+
+    try:
+        profile.timed("align", fails)()
+    except RuntimeError:
+        pass
+    snapshot = profile.snapshot()
+    assert snapshot["calls"] == {"vad": 0, "encode": 1, "generate": 0, "align": 1, "completeness": 0}
+    assert set(snapshot["seconds"]) == set(bench.CallProfile.PHASES)
+
+    engine = _row("whisper-zh engine, ct2 int8 (defaults: 8 lanes, beam 5)", 10.0)
+    engine["profile"] = {"seconds": {"vad": 0.5, "encode": 4.0, "generate": 4.5, "align": 0.7, "completeness": 1.5},
+                         "calls": {"vad": 1, "encode": 5, "generate": 5, "align": 5, "completeness": 2},
+                         "windows_encoded": 23}
+    peer = _row("faster-whisper int8 sequential (defaults: beam 5)", 20.0)
+    table = bench._profile_table([engine, peer])
+    assert table[-1] == ("| whisper-zh engine, ct2 int8 (defaults: 8 lanes, beam 5) | 10.0 | 0.50 | 4.00 (23) "
+                         "| 4.50 (5) | 0.70 (5) | 1.50 (2) |")
+    assert len(table) == 4  # the header, its rule, one row: the peer was not profiled
+    assert bench._profile_table([peer]) == []
+
+
+def test_the_profile_wraps_the_models_the_engine_loads_and_times_its_phases(monkeypatch, whisper_base_ct2,
+                                                                             zh_cv_mini):
+    import faster_whisper
+
+    from whisper_zh.media import load_audio
+    from whisper_zh.serve import ct2_backend, transformers_backend
+    from whisper_zh.serve.types import TranscribeOptions
+
+    # what install() replaces, put back after the test
+    monkeypatch.setattr(faster_whisper.WhisperModel, "__init__", faster_whisper.WhisperModel.__init__)
+    for module in (ct2_backend, transformers_backend):
+        monkeypatch.setattr(module, "speech_chunks", module.speech_chunks)
+        monkeypatch.setattr(module, "complete", module.complete)
+    profile = _bench().CallProfile()
+    profile.install()
+
+    backend = ct2_backend.CT2Backend(str(whisper_base_ct2))
+    clip = sorted((zh_cv_mini / "clips").glob("*.mp3"))[0]
+    audio = np.concatenate([load_audio(clip)] * 2)
+    list(backend.iter_segments(audio, TranscribeOptions()))
+    seen = profile.snapshot()
+    assert seen["calls"]["vad"] == 1
+    assert seen["windows_encoded"] >= 1 and seen["calls"]["generate"] >= 1
+    assert all(seen["seconds"][phase] > 0 for phase in ("vad", "encode", "generate"))
