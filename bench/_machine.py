@@ -15,16 +15,21 @@ PROCESSOR_CANDIDATES = [os.path.join(os.path.expanduser("~"), ".cache", "whisper
                         os.path.join(STAGE_DIR, "processor")]
 
 
-def cpu_name() -> str:
-    """The CPU's model name ("AMD EPYC ..."), as ``lscpu`` shows it."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo``; None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC ..."), as ``lscpu`` shows it."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 # The instruction sets that decide how fast int8 and float matrix products run (and which
@@ -35,15 +40,8 @@ MATRIX_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_b
 
 def cpu_flags() -> list[str]:
     """Which of :data:`MATRIX_FLAGS` the CPU has (``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in MATRIX_FLAGS if flag in have]
-    except OSError:
-        pass
-    return []
+    have = set((_cpuinfo("flags") or "").split())
+    return [flag for flag in MATRIX_FLAGS if flag in have]
 
 
 def first_existing(paths: list[str]) -> str | None:

@@ -367,14 +367,13 @@ class CallProfile:
     PHASES = ("vad", "encode", "generate", "align", "completeness")
 
     def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self.windows = 0
         self.installed = False
         self.reset()
 
     def reset(self) -> None:
-        self.seconds, self.calls, self.windows = {k: 0.0 for k in self.PHASES}, {k: 0 for k in self.PHASES}, 0
+        self.seconds: dict[str, float] = {k: 0.0 for k in self.PHASES}
+        self.calls: dict[str, int] = {k: 0 for k in self.PHASES}
+        self.windows = 0
 
     def snapshot(self) -> dict:
         return {"seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "calls": dict(self.calls),

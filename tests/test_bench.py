@@ -45,10 +45,23 @@ def test_the_report_says_how_many_times_faster_the_engine_is_than_each_sequentia
     assert line in bench.markdown(result)
 
 
-def test_the_profile_counts_each_phase_and_the_windows_encoded_and_is_reported_per_system(monkeypatch):
+@pytest.fixture
+def profile_undone(monkeypatch):
+    """What :meth:`CallProfile.install` replaces, put back after the test."""
     import faster_whisper
 
     from whisper_zh.serve import ct2_backend, transformers_backend
+
+    monkeypatch.setattr(faster_whisper.WhisperModel, "__init__", faster_whisper.WhisperModel.__init__)
+    for module in (ct2_backend, transformers_backend):
+        monkeypatch.setattr(module, "speech_chunks", module.speech_chunks)
+        monkeypatch.setattr(module, "complete", module.complete)
+    return _bench().CallProfile()
+
+
+def test_the_profile_counts_each_phase_and_the_windows_encoded_and_is_reported_per_system(monkeypatch,
+                                                                                        profile_undone):
+    import faster_whisper
 
     bench = _bench()
 
@@ -72,10 +85,7 @@ def test_the_profile_counts_each_phase_and_the_windows_encoded_and_is_reported_p
         shape = (3, 80, 3000)
 
     monkeypatch.setattr(faster_whisper, "WhisperModel", Loaded)
-    for module in (ct2_backend, transformers_backend):
-        monkeypatch.setattr(module, "speech_chunks", module.speech_chunks)
-        monkeypatch.setattr(module, "complete", module.complete)
-    profile = bench.CallProfile()
+    profile = profile_undone
     profile.install()
     profile.install()  # a second install wraps nothing twice
     model = faster_whisper.WhisperModel("any").model
@@ -111,22 +121,15 @@ def test_profile_and_interleave_are_refused_together():
         _bench().main(["--profile", "--interleave"])
 
 
-def test_the_profile_wraps_the_models_the_engine_loads_and_times_its_phases(monkeypatch, whisper_base_ct2,
+def test_the_profile_wraps_the_models_the_engine_loads_and_times_its_phases(profile_undone, whisper_base_ct2,
                                                                              zh_cv_mini):
-    import faster_whisper
-
     from _ct2_base import joined
 
     from whisper_zh.media import load_audio
-    from whisper_zh.serve import ct2_backend, transformers_backend
+    from whisper_zh.serve import ct2_backend
     from whisper_zh.serve.types import TranscribeOptions
 
-    # what install() replaces, put back after the test
-    monkeypatch.setattr(faster_whisper.WhisperModel, "__init__", faster_whisper.WhisperModel.__init__)
-    for module in (ct2_backend, transformers_backend):
-        monkeypatch.setattr(module, "speech_chunks", module.speech_chunks)
-        monkeypatch.setattr(module, "complete", module.complete)
-    profile = _bench().CallProfile()
+    profile = profile_undone
     profile.install()
 
     backend = ct2_backend.CT2Backend(str(whisper_base_ct2))
