@@ -22,9 +22,9 @@ SR = 16000
 
 def test_mel_frames_are_librosas():
     """Against librosa's own output, recorded (tests/data/record_librosa_mel.py)."""
-    recorded = np.load(Path(__file__).parent / "data" / "librosa_mel.npz")
-    want = recorded["mel"]
-    got = D.mel_frames(recorded["audio"])
+    with np.load(Path(__file__).parent / "data" / "librosa_mel.npz") as recorded:
+        audio, want = recorded["audio"], recorded["mel"]
+    got = D.mel_frames(audio)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
