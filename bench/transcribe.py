@@ -263,13 +263,13 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
     ct2_dir = str(model_dir / "ct2")
     quant = "float16" if cuda else "int8"
 
-    def engine(backend: str, ramp: bool = True, **overrides):
+    def engine(backend: str, ramp: bool = True, encoder: str = "auto", **overrides):
         def load():
             from whisper_zh.serve import ct2_backend
             from whisper_zh.serve.types import TranscribeOptions
             from whisper_zh.serve.engine import Transcriber
 
-            transcriber = Transcriber(str(model_dir), backend=backend, device=device)
+            transcriber = Transcriber(str(model_dir), backend=backend, device=device, encoder=encoder)
             options = TranscribeOptions(**overrides)
 
             def transcribe(audio):
@@ -322,6 +322,9 @@ def systems(model_dir: Path, device: str, with_pipeline: bool) -> list[tuple[str
         (f"whisper-zh engine, ct2 {quant} (defaults: 8 lanes, beam 5)", engine("ct2")),
         (f"whisper-zh engine, ct2 {quant} (8 lanes, greedy)", engine("ct2", beam_size=1)),
         (f"whisper-zh engine, ct2 {quant} (8 lanes from the first step, no ramp; beam 5)", engine("ct2", ramp=False)),
+        # the default on a CPU with AMX is the bfloat16 encoder; this row keeps CTranslate2's
+        *([] if cuda else [(f"whisper-zh engine, ct2 {quant} (CTranslate2's encoder; beam 5)",
+                            engine("ct2", encoder="ct2"))]),
         (f"faster-whisper {quant} sequential (defaults: beam 5)", faster_whisper(False)),
         # its fastest setting on the 2-core AMD host (0: CTranslate2's choice, and 2, are
         # slower there; on a 2-core Intel Xeon with MKL it is the slowest); on a GPU, the
@@ -356,7 +359,8 @@ def _lanes_at_once(n_chunks: int, batch_size: int) -> list[tuple[int, list[int]]
 class CallProfile:
     """Where a system's time goes (``--profile``): seconds and calls inside the CTranslate2
     model's ``encode`` (and the windows it encoded), ``generate`` and ``align``, and inside
-    the engine's VAD and completeness pass (whose own model calls are counted in both).
+    the engine's VAD and completeness pass (whose own model calls are counted in both); the
+    bfloat16 encoder's calls count as ``encode``.
 
     Installed in the system's own process before it loads: every ``faster_whisper.WhisperModel``
     created after it (the engine's ct2 backend loads one too) gets its CTranslate2 model
@@ -391,7 +395,7 @@ class CallProfile:
 
     def install(self) -> None:
         import faster_whisper
-        from whisper_zh.serve import ct2_backend, transformers_backend
+        from whisper_zh.serve import bf16_encoder, ct2_backend, transformers_backend
 
         if self.installed:  # wrapping twice would count every call twice
             return
@@ -418,6 +422,12 @@ class CallProfile:
             model.model = TimedModel(model.model)
 
         faster_whisper.WhisperModel.__init__ = wrapped_init
+        bf16_call = profile.timed("encode", bf16_encoder.BF16Encoder.__call__)
+
+        def counted_bf16(encoder, features):
+            profile.windows += int(features.shape[0])
+            return bf16_call(encoder, features)
+        bf16_encoder.BF16Encoder.__call__ = counted_bf16
         for module in (ct2_backend, transformers_backend):
             module.speech_chunks = self.timed("vad", module.speech_chunks)
             module.complete = self.timed("completeness", module.complete)

@@ -50,9 +50,10 @@ def profile_undone(monkeypatch):
     """What :meth:`CallProfile.install` replaces, put back after the test."""
     import faster_whisper
 
-    from whisper_zh.serve import ct2_backend, transformers_backend
+    from whisper_zh.serve import bf16_encoder, ct2_backend, transformers_backend
 
     monkeypatch.setattr(faster_whisper.WhisperModel, "__init__", faster_whisper.WhisperModel.__init__)
+    monkeypatch.setattr(bf16_encoder.BF16Encoder, "__call__", bf16_encoder.BF16Encoder.__call__)
     for module in (ct2_backend, transformers_backend):
         monkeypatch.setattr(module, "speech_chunks", module.speech_chunks)
         monkeypatch.setattr(module, "complete", module.complete)

@@ -123,7 +123,8 @@ def test_export_tiny_default_dir_is_found_and_loadable(tiny_whisper, tmp_path):
     assert find_ct2_model(str(model_dir)) is None
     out = export_ct2(str(model_dir))
     assert Path(out) == (model_dir / "ct2").resolve()
-    for name in ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "preprocessor_config.json"):
+    for name in ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "preprocessor_config.json",
+                 "encoder.safetensors"):
         assert (Path(out) / name).is_file(), name
     preprocessor = json.loads((Path(out) / "preprocessor_config.json").read_text())
     assert preprocessor["feature_size"] == 80 and preprocessor["sampling_rate"] == SAMPLE_RATE
@@ -139,7 +140,7 @@ def test_export_tiny_default_dir_is_found_and_loadable(tiny_whisper, tmp_path):
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
     assert (model_dir / "ct2" / "model.bin").stat().st_size > 2 * int8_size
 
-    backend = CT2Backend(out)
+    backend = CT2Backend(out, encoder="ct2")
     noise = np.random.default_rng(0).normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
     # random weights: any text, but the right shape of output. The VAD finds no speech in
     # noise, so two windows are given, and no threshold may drop what was written.
@@ -248,8 +249,8 @@ def test_some_windows_of_a_batch_are_read_from_its_encoder_output(tiny_ct2):
                          for _ in range(3)])
     encoder_output = model.encode(features)
     encoded = _counting_encodes(model)
-    assert _encoder_rows(model, encoder_output, features, [0, 1, 2]) is encoder_output
-    rows = _encoder_rows(model, encoder_output, features, [0, 2])
+    assert _encoder_rows(model.encode, encoder_output, features, [0, 1, 2]) is encoder_output
+    rows = _encoder_rows(model.encode, encoder_output, features, [0, 2])
     assert encoded == [] and list(rows.shape) == [2, *list(encoder_output.shape)[1:]]
     np.testing.assert_array_equal(np.asarray(rows), np.asarray(encoder_output)[[0, 2]])
     assert not np.allclose(np.asarray(rows)[0], np.asarray(rows)[1])  # the rows asked for, not one twice
@@ -364,7 +365,7 @@ def test_base_ct2_int8_transcribes_real_mandarin(whisper_base_ct2, zh_cv_mini):
     split, bench/ and ``whisper-zh evaluate`` measure it); 0.5 is a broken decoder, not
     a few characters more or less from another CPU's int8 arithmetic."""
     clips = _clips(zh_cv_mini, 12, plain=True)
-    backend = CT2Backend(str(whisper_base_ct2))
+    backend = CT2Backend(str(whisper_base_ct2), encoder="ct2")
 
     # one clip at a time: the per-clip texts score against the sentences
     hypotheses = []

@@ -18,7 +18,7 @@ LAYERS = [
     ["errors"], ["audio", "logs", "allocator"], ["hub"], ["text"], ["media"], ["distributed"],
     # serve: settings and types -> media in -> segmentation -> backends -> engine -> speakers -> files -> jobs -> app
     ["serve.settings"], ["serve.types"], ["serve.netguard"], ["serve.download"], ["serve.segmentation"],
-    ["serve.models"], ["serve.transformers_backend", "serve.ct2_backend"], ["serve.engine"], ["serve.diarize"],
+    ["serve.bf16_encoder"], ["serve.models"], ["serve.transformers_backend", "serve.ct2_backend"], ["serve.engine"], ["serve.diarize"],
     ["serve.subtitles"], ["serve.jobs"], ["serve.uploads"], ["serve.folder", "serve.live", "serve.api"], ["serve.app"],
     # train: configuration -> data -> examples -> trainer -> checkpoints -> evaluate -> publish -> pipeline
     ["train.config"], ["train.data"], ["train.examples"], ["train.trainer"], ["train.checkpoints"],

@@ -333,7 +333,8 @@ def test_checkpoints_go_to_the_hub_and_a_lost_output_dir_resumes_from_it(tmp_pat
     assert read_state(repo / "last-checkpoint")["global_step"] == 4
     # the model, its fast CTranslate2 copy, the curves, the numbers and the card went up together
     for name in ("model.safetensors", "tokenizer.json", "README.md", "whisper_zh_config.json", "results.json",
-                 "training_curves.png", "ct2/model.bin", "ct2/tokenizer.json", "ct2/preprocessor_config.json"):
+                 "training_curves.png", "ct2/model.bin", "ct2/tokenizer.json", "ct2/preprocessor_config.json",
+                 "ct2/encoder.safetensors"):
         assert (repo / name).exists(), name
     assert not list(repo.glob("checkpoint-*")), "local checkpoint folders are not uploaded as such"
     check_card_against_results(repo, tiny_whisper)

@@ -12,7 +12,8 @@ The package follows the data's two journeys:
   the Hub) -> ``pipeline`` (:func:`train`);
 * ``whisper_zh.serve`` -- ``settings`` -> ``types`` -> ``netguard`` -> ``download`` (a
   link's audio, or for the page a small video that plays there with its subtitles) ->
-  ``segmentation`` -> ``models`` -> the two backends -> ``engine`` -> ``diarize`` (who
+  ``segmentation`` -> ``bf16_encoder`` (the encoder in PyTorch bfloat16, for the ct2
+  backend on a CPU with AMX) -> ``models`` -> the two backends -> ``engine`` -> ``diarize`` (who
   speaks: ``--diarize``, the page's checkbox, ``Job(..., diarize=True)``; needs the
   ``[diarize]`` extra) -> ``subtitles`` -> ``jobs`` (one flow from input to files) ->
   ``uploads`` (what a server's requests may hold) -> ``folder`` / ``live`` / ``api`` (the OpenAI audio API) -> ``app``;

@@ -26,13 +26,14 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import ContextManager, Generator, Iterator, Optional, Sequence
+from typing import Callable, ContextManager, Generator, Iterator, Optional, Sequence
 
 import numpy as np
 
 from whisper_zh.audio import N_SAMPLES as WINDOW_SAMPLES
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.errors import ModelNotFoundError
+from whisper_zh.errors import ConfigError, ModelNotFoundError
+from whisper_zh.serve.bf16_encoder import BF16Encoder, choose_encoder
 from whisper_zh.serve.segmentation import (
     SpeechMap,
     complete,
@@ -207,7 +208,9 @@ def lane_plan(n_chunks: int, batch_size: int) -> list[tuple[int, list[int]]]:
 def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]],
                   options: TranscribeOptions = TranscribeOptions(), *, speech: Optional[SpeechMap] = None,
                   condition_on_previous_text: bool = True, word_timestamps: bool = True,
-                  lock: Optional[ContextManager] = None) -> Iterator[list[tuple[int, Optional[ChunkResult]]]]:
+                  lock: Optional[ContextManager] = None,
+                  encode: Optional[Callable[[np.ndarray], object]] = None
+                  ) -> Iterator[list[tuple[int, Optional[ChunkResult]]]]:
     """Decode the chunks of a recording ``options.batch_size`` at a time, each conditioned
     on the text of the chunk before it; yield each step's results as soon as it is done.
 
@@ -243,6 +246,8 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
         condition_on_previous_text: False decodes every chunk on its own (independent clips).
         word_timestamps: align words to the audio (one extra decoder pass per batch).
         lock: held around each step's model calls (the engine's, shared with other requests).
+        encode: log-mel windows ``(batch, n_mels, 3000)`` to the encoder's output (default
+            ``model.encode``; the backend's :class:`~whisper_zh.serve.bf16_encoder.BF16Encoder`).
 
     Yields:
         Per step, ``[(chunk index, ChunkResult or None), ...]`` for the chunks it decoded.
@@ -255,7 +260,8 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
     lock = lock or contextlib.nullcontext()
     tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=options.task,
                           language=options.language)
-    decoder = _SpanDecoder(model, tokenizer, audio, options, get_suppressed_tokens(tokenizer, [-1]), word_timestamps)
+    decoder = _SpanDecoder(model, tokenizer, audio, options, get_suppressed_tokens(tokenizer, [-1]), word_timestamps,
+                           encode or model.encode)
     plan = lane_plan(len(chunks), options.batch_size)
     texts: dict[int, list[int]] = {}  # chunk index -> the tokens the chunk after it may be prompted with
     fixed = _prompt_tokens(tokenizer, options)[: model.max_length // 2 - 1]
@@ -320,8 +326,9 @@ class _SpanDecoder:
     openai/whisper's temperature fallback, then the words' times."""
 
     def __init__(self, model, tokenizer, audio: np.ndarray, options: TranscribeOptions, suppress_tokens,
-                 word_timestamps: bool):
+                 word_timestamps: bool, encode: Callable[[np.ndarray], object]):
         self.model, self.tokenizer, self.audio, self.options = model, tokenizer, audio, options
+        self.encode = encode
         self.word_timestamps = word_timestamps
         self.settings = dict(beam_size=options.beam_size or DEFAULT_BEAM_SIZE["ct2"], best_of=options.best_of,
                              suppress_tokens=suppress_tokens)
@@ -336,10 +343,10 @@ class _SpanDecoder:
         # model (42 min of zh-cv-mini, beam 5: CER 0.190 that way, 0.177 this way).
         window = [np.pad(self.audio[a:b], (0, max(0, WINDOW_SAMPLES - (b - a)))) for a, b in samples]
         features = np.stack([pad_or_trim(model.feature_extractor(w)) for w in window])  # (batch, n_mels, 3000)
-        encoder_output = model.encode(features)
+        encoder_output = self.encode(features)
 
         def encoded(batch_items: list[int]):
-            return _encoder_rows(model, encoder_output, features, batch_items)
+            return _encoder_rows(self.encode, encoder_output, features, batch_items)
 
         temperatures = options.temperatures or (0.0,)
         tries = [[r] for r in _generate(model, self.tokenizer, encoder_output, prompts,
@@ -376,7 +383,7 @@ class _SpanDecoder:
         return chosen
 
 
-def _encoder_rows(model, encoder_output, features: np.ndarray, items: list[int]):
+def _encoder_rows(encode: Callable[[np.ndarray], object], encoder_output, features: np.ndarray, items: list[int]):
     """The encoder output of some windows of a batch (``items``: their indices, ascending),
     for the temperature fallback and the word alignment. On a CPU the rows are copied out
     (a millisecond, where encoding them again took ~0.2 s a window on 2 cores);
@@ -388,7 +395,7 @@ def _encoder_rows(model, encoder_output, features: np.ndarray, items: list[int])
         import ctranslate2
 
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoder_output)[items]))
-    return model.encode(features[items])
+    return encode(features[items])
 
 
 def _prompt_tokens(tokenizer, options: TranscribeOptions) -> list[int]:
@@ -409,16 +416,31 @@ class CT2Backend:
     :func:`decode_chunks`, and cut into subtitle-sized segments at pauses and sentence
     ends by :func:`split_words`. Segments come out in time order as soon as every chunk
     before them is decoded: after the first step, the first lane's text is out.
+
+    ``encoder``: "auto" (the default) encodes in PyTorch bfloat16 where the CPU has AMX
+    and the export carries the encoder's weights (:mod:`whisper_zh.serve.bf16_encoder`),
+    else with CTranslate2; "ct2" or "bf16" insist on one.
     """
 
     name = "ct2"
 
-    def __init__(self, model_dir: str, device: str = "cpu", compute_type: Optional[str] = None):
+    def __init__(self, model_dir: str, device: str = "cpu", compute_type: Optional[str] = None,
+                 encoder: str = "auto"):
+        self.encoder = choose_encoder(encoder, model_dir, device)
         self.compute_type = compute_type or ("float16" if device.startswith("cuda") else "int8")
         self.model = load_ct2(model_dir, device=device, compute_type=self.compute_type)
         self.device = device
         self.model_dir = model_dir
         self.lock = threading.Lock()
+        self.encode = self.model.encode
+        if self.encoder == "bf16":
+            try:
+                self.encode = BF16Encoder(model_dir)
+            except Exception as err:  # a damaged or foreign file: what auto asks for is speed, not this file
+                if encoder == "bf16":
+                    raise ConfigError(f"the bfloat16 encoder of {model_dir} does not load: {err}") from err
+                logger.warning("the bfloat16 encoder of %s does not load (%s); CTranslate2 encodes", model_dir, err)
+                self.encoder = "ct2"
 
     def iter_segments(self, audio: np.ndarray, options: TranscribeOptions,
                       progress: Optional[ProgressCallback] = None,
@@ -444,7 +466,7 @@ class CT2Backend:
         uncovered: list[tuple[float, float]] = []
         next_out = 0
         for step in decode_chunks(self.model, audio, chunks, options, speech=speech,
-                                  condition_on_previous_text=windows is None, lock=self.lock):
+                                  condition_on_previous_text=windows is None, lock=self.lock, encode=self.encode):
             finished.update(step)
             if progress:  # before the step's segments: a caller sees how much is done when they come
                 progress((next_out + len(finished)) / total, f"decoded {next_out + len(finished)}/{total} chunks")

@@ -27,6 +27,7 @@ from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import ConfigError, NoSpeechError
 from whisper_zh.hub import DEFAULT_MODEL
 from whisper_zh.media import clean_samples, load_media
+from whisper_zh.serve.bf16_encoder import check_encoder_choice
 from whisper_zh.serve.ct2_backend import CT2Backend
 from whisper_zh.serve.models import resolve_ct2_model
 from whisper_zh.serve.segmentation import is_silent
@@ -75,11 +76,15 @@ class Transcriber:
             conversion cached for the next start (the ``[transformers]`` extra)
             (:func:`whisper_zh.serve.models.resolve_ct2_model`). On a GPU auto means transformers.
         device: "cuda" or "cpu" (default: cuda when available).
+        encoder: the ct2 backend's encoder: "auto" (PyTorch bfloat16 on a CPU with AMX
+            when the export carries its weights, else CTranslate2's), "ct2" or "bf16"
+            (:func:`whisper_zh.serve.bf16_encoder.choose_encoder`).
         options: default :class:`TranscribeOptions` for :meth:`transcribe`.
     """
 
     def __init__(self, model_id: str = DEFAULT_MODEL, *, backend: str = "auto",
-                 device: Optional[str] = None, options: Optional[TranscribeOptions] = None):
+                 device: Optional[str] = None, options: Optional[TranscribeOptions] = None,
+                 encoder: str = "auto"):
         self.model_id = model_id
         choice = backend.lower()
         if choice not in BACKENDS:
@@ -90,7 +95,11 @@ class Transcriber:
             choice = "ct2" if self.device == "cpu" else "transformers"
         started = time.perf_counter()
         if choice == "ct2":
-            self.backend: Backend = CT2Backend(resolve_ct2_model(self.model_id), device=self.device)
+            self.backend: Backend = CT2Backend(resolve_ct2_model(self.model_id), device=self.device,
+                                               encoder=encoder)
+        elif encoder != "auto":
+            check_encoder_choice(encoder)
+            raise ConfigError(f"encoder={encoder!r} is an option of the ct2 backend, not of {choice}")
         else:
             self.backend = TransformersBackend(self.model_id, self.device)
         logger.info("loaded %s with the %s backend on %s in %.1f s", self.model_id, self.backend.name,

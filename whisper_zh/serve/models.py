@@ -10,7 +10,6 @@ and cached (that alone needs torch and transformers: the ``[transformers]`` extr
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ import time
 
 from whisper_zh.errors import ConfigError, MissingExtraError, ModelNotFoundError
 from whisper_zh.hub import looks_local
+from whisper_zh.serve.bf16_encoder import ENCODER_FILE, cpu_has_amx_bf16, save_bf16_encoder, torch_whisper_installed
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def export_ct2(model_name_or_path: str, output_dir: str | None = None, quantizat
         # the weights are cast to ``quantization`` on save.
         converter = TransformersConverter(model_name_or_path, low_cpu_mem_usage=True)
         converter.convert(tmp, quantization=quantization, force=True)
+        write_bf16_encoder(model_name_or_path, tmp)
         _write_tokenizer(model_name_or_path, tmp)
         _write_preprocessor_config(model_name_or_path, tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
@@ -119,6 +120,16 @@ def export_ct2(model_name_or_path: str, output_dir: str | None = None, quantizat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output_dir
+
+
+def write_bf16_encoder(model_name_or_path: str, output_dir: str) -> str:
+    """Write the encoder's weights in bfloat16 into a CTranslate2 export
+    (:data:`~whisper_zh.serve.bf16_encoder.ENCODER_FILE`): what the CTranslate2 backend
+    encodes with on a CPU with AMX (:mod:`whisper_zh.serve.bf16_encoder`)."""
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(model_name_or_path, low_cpu_mem_usage=True)
+    return save_bf16_encoder(model, output_dir)
 
 
 def find_ct2_model(model_name_or_path: str) -> str | None:
@@ -158,7 +169,7 @@ def _conversion_key(model_dir: str) -> str:
 
 def can_convert() -> bool:
     """Whether a transformers Whisper can be converted here (torch and transformers installed)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+    return torch_whisper_installed()
 
 
 def download_model(model_id: str, *, name: str | None = None, **kwargs) -> str:
@@ -244,6 +255,12 @@ def resolve_ct2_model(model_id: str, quantization: str = "int8") -> str:
     out = os.path.join(ct2_cache_dir(), _conversion_key(source), quantization)
     if os.path.isfile(os.path.join(out, "model.bin")):
         logger.info("%s: using the CTranslate2 conversion cached in %s", model_id, out)
+        if not os.path.isfile(os.path.join(out, ENCODER_FILE)) and cpu_has_amx_bf16() and can_convert():
+            # a conversion cached before the file existed, on a CPU that would use it
+            try:
+                write_bf16_encoder(source, out)
+            except OSError as err:  # a read-only cache: it serves as it is
+                logger.warning("could not add %s to %s (%s); CTranslate2 encodes", ENCODER_FILE, out, err)
         return out
     if not can_convert():
         raise must_convert
