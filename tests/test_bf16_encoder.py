@@ -182,3 +182,25 @@ def test_bf16_encoder_transcribes_real_mandarin(whisper_base_ct2, zh_cv_mini):
         end = start + len(clip) / SAMPLE_RATE
         assert any(min(s.end, end) - max(s.start, start) >= 0.3 for s in segments), (start, end)
         start = end + 0.5
+
+
+def test_the_encoder_setting_reaches_the_engine_from_the_edges(tiny_whisper, zh_cv_mini, capsys):
+    """ENCODER (the app's setting) and --encoder (the command line) choose the ct2 backend's
+    encoder; the library never reads the environment itself."""
+    from whisper_zh.cli import main as cli_main
+    from whisper_zh.serve.engine import Transcriber
+    from whisper_zh.serve.settings import ServeSettings
+
+    settings = ServeSettings.from_env({"ENCODER": " CT2 "})
+    assert settings.encoder == "ct2" and ServeSettings.from_env({}).encoder == "auto"
+    engine = Transcriber(str(tiny_whisper), backend="ct2", device="cpu", encoder=settings.encoder)
+    assert engine.backend.encoder == "ct2" and engine.backend.encode == engine.backend.model.encode
+
+    clip = str(next((zh_cv_mini / "clips").iterdir()))
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["transcribe", clip, "--encoder", "fp8"])
+    assert exit_.value.code == 2 and "--encoder" in capsys.readouterr().err
+    assert cli_main(["transcribe", clip, "--model", str(tiny_whisper), "--backend", "transformers",
+                     "--device", "cpu", "--encoder", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("encoder='bf16' is an option of the ct2 backend, not of transformers"), err

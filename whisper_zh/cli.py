@@ -212,6 +212,7 @@ def transcribe_parser(settings) -> ArgumentParser:
         FORMATS,
         LATIN_STYLE,
     )
+    from whisper_zh.serve.bf16_encoder import ENCODERS
     from whisper_zh.serve.types import BACKENDS, TranscribeOptions
     from whisper_zh.text import SCRIPT_NAMES
 
@@ -234,6 +235,9 @@ def transcribe_parser(settings) -> ArgumentParser:
                         help="Hub id or local directory (default: $MODEL_ID or %(default)s)")
     parser.add_argument("--backend", choices=BACKENDS, default=settings.backend,
                         help="inference backend (default: $BACKEND or auto: ct2 on a CPU, transformers on a GPU)")
+    parser.add_argument("--encoder", choices=ENCODERS, default=settings.encoder,
+                        help="the ct2 backend's encoder (default: $ENCODER or auto: PyTorch bfloat16 on a CPU "
+                             "with AMX when the export carries its weights, else CTranslate2's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output-dir", metavar="DIR", default=None,
@@ -335,7 +339,8 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
         loaded = open_input(source, tmp, limits, cookies=args.cookies, progress=_progress_line)
         if is_url(source):
             print(file=sys.stderr)
-    engine = Transcriber(args.model, backend=args.backend, device=args.device, options=options)
+    engine = Transcriber(args.model, backend=args.backend, device=args.device, options=options,
+                         encoder=args.encoder)
     audio = loaded.audio
     logger.info("%s: %s of audio", engine, format_duration(len(audio) / SAMPLE_RATE))
     formats = formats or (DEFAULT_FORMATS if args.output_dir else ())
@@ -379,7 +384,8 @@ def _transcribe_folders(args, options, formats: Sequence[str], style, limits) ->
         raise ConfigError("several inputs, a folder or a glob need --output-dir")
     with logging_redirect_tqdm():
         summary = transcribe_folder(args.sources, args.output_dir, formats, args.model, options,
-                                    backend=args.backend, device=args.device, overwrite=args.overwrite,
+                                    backend=args.backend, device=args.device, encoder=args.encoder,
+                                    overwrite=args.overwrite,
                                     style=style, limits=limits, diarize=args.diarize,
                                     num_speakers=args.num_speakers)
     if summary.is_main_process:

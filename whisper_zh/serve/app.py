@@ -108,7 +108,8 @@ class Handlers:
     @property
     def transcriber(self) -> Transcriber:
         if self._transcriber is None:
-            self._transcriber = get_transcriber(self.settings.model_id, backend=self.settings.backend)
+            self._transcriber = get_transcriber(self.settings.model_id, backend=self.settings.backend,
+                                                encoder=self.settings.encoder)
         return self._transcriber
 
     def run(self, request: Request, progress=None, cancel: Optional[threading.Event] = None) -> Iterator[Update]:

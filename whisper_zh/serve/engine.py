@@ -97,10 +97,13 @@ class Transcriber:
         if choice == "ct2":
             self.backend: Backend = CT2Backend(resolve_ct2_model(self.model_id), device=self.device,
                                                encoder=encoder)
-        elif encoder != "auto":
-            check_encoder_choice(encoder)
-            raise ConfigError(f"encoder={encoder!r} is an option of the ct2 backend, not of {choice}")
         else:
+            if encoder != "auto":
+                check_encoder_choice(encoder)
+                if backend.lower() == "transformers":
+                    raise ConfigError(f"encoder={encoder!r} is an option of the ct2 backend, not of transformers")
+                # an operator's ENCODER left set when the model moved to a GPU
+                logger.info("encoder=%s is the ct2 backend's option; the transformers backend runs here", encoder)
             self.backend = TransformersBackend(self.model_id, self.device)
         logger.info("loaded %s with the %s backend on %s in %.1f s", self.model_id, self.backend.name,
                     self.device, time.perf_counter() - started)
@@ -218,10 +221,10 @@ _engines_lock = threading.Lock()
 
 
 def get_transcriber(model_id: str = DEFAULT_MODEL, *, backend: str = "auto",
-                    device: Optional[str] = None) -> Transcriber:
+                    device: Optional[str] = None, encoder: str = "auto") -> Transcriber:
     """The process-wide :class:`Transcriber` for these arguments, loaded on first use."""
-    key = (model_id, backend.lower(), device)
+    key = (model_id, backend.lower(), device, encoder.lower())
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = Transcriber(model_id, backend=key[1], device=device)
+            _engines[key] = Transcriber(model_id, backend=key[1], device=device, encoder=key[3])
         return _engines[key]

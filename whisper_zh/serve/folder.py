@@ -290,7 +290,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
                       formats: Sequence[str] = DEFAULT_FORMATS,
                       transcriber: Union[Transcriber, str, None] = None,
                       options: Optional[TranscribeOptions] = None, *,
-                      backend: Optional[str] = None, device: Optional[str] = None,
+                      backend: Optional[str] = None, device: Optional[str] = None, encoder: str = "auto",
                       overwrite: bool = False, progress: bool = True,
                       style: Optional[SubtitleStyle] = None, limits: Limits = UNLIMITED,
                       diarize: bool = False, num_speakers: Optional[int] = None) -> FolderSummary:
@@ -311,6 +311,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
         diarize: label who speaks in every file's outputs, as for one file (:class:`~whisper_zh.serve.jobs.Job`);
             each file's speakers are its own (S1 of one file is not S1 of the next).
         num_speakers: how many speakers each file holds, when known (implies ``diarize``).
+        encoder: the ct2 backend's encoder (:class:`~whisper_zh.serve.engine.Transcriber`).
 
     Returns:
         The summary of all files, every process's included (the same on every process).
@@ -336,7 +337,8 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
         with state.main_process_first():
             # each process on its own GPU (accelerate's device: cuda:<local rank>)
             gpu = str(state.device) if state.device is not None and state.device.type == "cuda" else None
-            transcriber = Transcriber(transcriber, backend=backend, device=device or gpu, options=options)
+            transcriber = Transcriber(transcriber, backend=backend, device=device or gpu, options=options,
+                                      encoder=encoder)
     options = options or (transcriber.options if isinstance(transcriber, Transcriber) else TranscribeOptions())
     job = Job(transcriber, options, formats, style=style, diarize=diarize,
               num_speakers=num_speakers) if pending else None

@@ -61,6 +61,7 @@ class ServeSettings:
 
     model_id: str = DEFAULT_MODEL  # MODEL_ID: Hub id or local directory
     backend: str = "auto"  # BACKEND: auto | transformers | ct2
+    encoder: str = "auto"  # ENCODER: the ct2 backend's encoder, auto | ct2 | bf16 (serve/bf16_encoder.py)
     max_duration_s: float = Limits.max_duration_s  # MAX_DURATION_S: longest input accepted
     max_upload_mb: float = 500.0  # MAX_UPLOAD_MB: largest upload or download accepted (a whole request's files)
     # MAX_CACHE_MB: uploads the server holds at once, kept and arriving (serve/uploads.py);
@@ -80,7 +81,7 @@ class ServeSettings:
     mcp_server: bool = False  # MCP_SERVER: serve the page's transcription as MCP tools (gradio[mcp])
 
     ENVIRONMENT = {  # field -> variable
-        "model_id": "MODEL_ID", "backend": "BACKEND", "max_duration_s": "MAX_DURATION_S",
+        "model_id": "MODEL_ID", "backend": "BACKEND", "encoder": "ENCODER", "max_duration_s": "MAX_DURATION_S",
         "max_upload_mb": "MAX_UPLOAD_MB", "max_cache_mb": "MAX_CACHE_MB", "concurrency_limit": "CONCURRENCY_LIMIT", "max_queue": "MAX_QUEUE",
         "batch_size": "BATCH_SIZE", "cookies": "YTDLP_COOKIES", "allow_private_urls": "ALLOW_PRIVATE_URLS",
         "download_deadline_s": "DOWNLOAD_DEADLINE_S", "decode_deadline_s": "DECODE_DEADLINE_S",
@@ -108,7 +109,7 @@ class ServeSettings:
             except ValueError:
                 raise ConfigError(f"{variable}={raw!r} is not a valid {kind.__name__}") from None
         settings = cls(**values)
-        return dataclasses.replace(settings, backend=settings.backend.lower())
+        return dataclasses.replace(settings, backend=settings.backend.lower(), encoder=settings.encoder.lower())
 
     @property
     def max_bytes(self) -> int:
