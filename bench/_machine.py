@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 
+from whisper_zh.cpu import cpu_flags as all_cpu_flags, cpuinfo_field
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Inputs, found beside the checkout (../shared) here, or staged into the repo for a GPU
 # machine, which has no ../shared (`bench/train_throughput.py --stage`).
@@ -15,21 +17,9 @@ PROCESSOR_CANDIDATES = [os.path.join(os.path.expanduser("~"), ".cache", "whisper
                         os.path.join(STAGE_DIR, "processor")]
 
 
-def _cpuinfo(field: str) -> str | None:
-    """The value of the first ``field`` line of ``/proc/cpuinfo``; None where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(field):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def cpu_name() -> str:
     """The CPU's model name ("AMD EPYC ..."), as ``lscpu`` shows it."""
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 # The instruction sets that decide how fast int8 and float matrix products run (and which
@@ -40,7 +30,7 @@ MATRIX_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_b
 
 def cpu_flags() -> list[str]:
     """Which of :data:`MATRIX_FLAGS` the CPU has (``/proc/cpuinfo``; empty elsewhere)."""
-    have = set((_cpuinfo("flags") or "").split())
+    have = all_cpu_flags()
     return [flag for flag in MATRIX_FLAGS if flag in have]
 
 

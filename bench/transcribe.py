@@ -393,6 +393,16 @@ class CallProfile:
                 self.calls[phase] += 1
         return call
 
+    def encoder(self, encode: Callable, features_at: int) -> Callable:
+        """``encode`` timed as "encode", counting the windows of its log-mel argument (the
+        ``features_at``-th positional one)."""
+        timed = self.timed("encode", encode)
+
+        def call(*args, **kwargs):
+            self.windows += int(args[features_at].shape[0])
+            return timed(*args, **kwargs)
+        return call
+
     def install(self) -> None:
         import faster_whisper
         from whisper_zh.serve import bf16_encoder, ct2_backend, transformers_backend
@@ -407,12 +417,7 @@ class CallProfile:
                 self._model = model
                 self.generate = profile.timed("generate", model.generate)
                 self.align = profile.timed("align", model.align)
-                encode = profile.timed("encode", model.encode)
-
-                def counted_encode(features, *args, **kwargs):
-                    profile.windows += int(features.shape[0])
-                    return encode(features, *args, **kwargs)
-                self.encode = counted_encode
+                self.encode = profile.encoder(model.encode, 0)
 
             def __getattr__(self, name):
                 return getattr(self._model, name)
@@ -422,12 +427,7 @@ class CallProfile:
             model.model = TimedModel(model.model)
 
         faster_whisper.WhisperModel.__init__ = wrapped_init
-        bf16_call = profile.timed("encode", bf16_encoder.BF16Encoder.__call__)
-
-        def counted_bf16(encoder, features):
-            profile.windows += int(features.shape[0])
-            return bf16_call(encoder, features)
-        bf16_encoder.BF16Encoder.__call__ = counted_bf16
+        bf16_encoder.BF16Encoder.__call__ = self.encoder(bf16_encoder.BF16Encoder.__call__, 1)  # (self, features)
         for module in (ct2_backend, transformers_backend):
             module.speech_chunks = self.timed("vad", module.speech_chunks)
             module.complete = self.timed("completeness", module.complete)

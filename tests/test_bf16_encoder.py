@@ -121,6 +121,44 @@ def test_the_export_carries_the_encoder_in_bf16(whisper_base_ct2, whisper_base):
     assert not list(whisper_base_ct2.glob(".*.tmp"))
 
 
+def test_the_export_reads_the_encoder_from_the_checkpoint_alone(tiny_whisper, tmp_path, monkeypatch):
+    """The encoder's weights come straight from a safetensors checkpoint, one file or
+    shards, without building the model a second time; a ``pytorch_model.bin`` is loaded."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_zh.serve import models
+
+    model = WhisperForConditionalGeneration.from_pretrained(str(tiny_whisper))
+    expected = model.get_encoder().state_dict()
+    sharded, legacy = tmp_path / "sharded", tmp_path / "legacy"
+    model.save_pretrained(str(sharded), max_shard_size="1MB")
+    model.save_pretrained(str(legacy))
+    (legacy / "model.safetensors").unlink()  # the checkpoint of older releases
+    torch.save(model.state_dict(), legacy / "pytorch_model.bin")
+    assert (sharded / "model.safetensors.index.json").is_file() and (legacy / "pytorch_model.bin").is_file()
+
+    def no_second_model(*args, **kwargs):
+        raise AssertionError("the model was built again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(WhisperForConditionalGeneration, "from_pretrained", no_second_model)
+        for source in (tiny_whisper, sharded):
+            weights, config = models._encoder_weights(str(source))
+            assert set(weights) == set(expected)
+            assert all(torch.equal(weights[name], expected[name]) for name in expected)
+            assert json.loads(config)["d_model"] == model.config.d_model
+        with pytest.raises(AssertionError, match="built again"):
+            models._encoder_weights(str(legacy))
+    weights, _ = models._encoder_weights(str(legacy))
+    assert all(torch.equal(weights[name], expected[name]) for name in expected)
+
+    written = models.write_bf16_encoder(str(sharded), str(tmp_path))
+    encoder = BF16Encoder(str(tmp_path))  # what the backend loads from it
+    assert written == str(tmp_path / ENCODER_FILE)
+    assert torch.equal(encoder.encoder.conv1.weight, expected["conv1.weight"].to(torch.bfloat16))
+
+
 @pytest.mark.slow
 def test_a_cached_conversion_gains_the_encoder_file(whisper_base, whisper_base_ct2, monkeypatch):
     """A conversion cached before the file existed gets it on its next load, on a CPU

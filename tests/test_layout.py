@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "whisper_zh"
 
 LAYERS = [
     # used by both journeys
-    ["errors"], ["audio", "logs", "allocator"], ["hub"], ["text"], ["media"], ["distributed"],
+    ["errors"], ["audio", "logs", "allocator", "cpu"], ["hub"], ["text"], ["media"], ["distributed"],
     # serve: settings and types -> media in -> segmentation -> backends -> engine -> speakers -> files -> jobs -> app
     ["serve.settings"], ["serve.types"], ["serve.netguard"], ["serve.download"], ["serve.segmentation"],
     ["serve.bf16_encoder"], ["serve.models"], ["serve.transformers_backend", "serve.ct2_backend"], ["serve.engine"], ["serve.diarize"],

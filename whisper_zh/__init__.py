@@ -19,7 +19,7 @@ The package follows the data's two journeys:
   ``uploads`` (what a server's requests may hold) -> ``folder`` / ``live`` / ``api`` (the OpenAI audio API) -> ``app``;
 
 on a few modules both use (``errors``, ``audio``, ``text``, ``hub``, ``media``,
-``distributed``, ``logs``, ``allocator``), with ``cli`` and ``notebook`` at the edges. Each layer imports
+``distributed``, ``logs``, ``allocator``, ``cpu``), with ``cli`` and ``notebook`` at the edges. Each layer imports
 only the ones before it (``tests/test_layout.py`` checks).
 
 Names are imported on first use, so ``import whisper_zh`` stays light: serving never

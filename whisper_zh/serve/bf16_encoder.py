@@ -29,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from whisper_zh.cpu import CPUINFO, cpu_flags
 from whisper_zh.errors import ConfigError, MissingExtraError
 
 logger = logging.getLogger(__name__)
@@ -38,17 +39,10 @@ ENCODER_FILE = "encoder.safetensors"
 ENCODERS = ("auto", "ct2", "bf16")
 
 
-def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+def cpu_has_amx_bf16(cpuinfo: str = CPUINFO) -> bool:
     """Whether the CPU multiplies bfloat16 matrices on AMX tiles (Linux's ``cpuinfo``
     flags; False where there is none). AVX-512 BF16 alone is not counted: unmeasured."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return False
+    return "amx_bf16" in cpu_flags(cpuinfo)
 
 
 def torch_whisper_installed() -> bool:
@@ -101,21 +95,21 @@ def choose_encoder(choice: str, model_dir: str, device: str) -> str:
     return "bf16"
 
 
-def save_bf16_encoder(model, output_dir: str) -> str:
-    """Write a transformers ``WhisperForConditionalGeneration``'s encoder to
-    ``output_dir/ENCODER_FILE`` in bfloat16, its config in the metadata."""
+def save_bf16_encoder(weights: dict, config_json: str, output_dir: str) -> str:
+    """Write a Whisper encoder's weights (its ``state_dict``, any dtype) to
+    ``output_dir/ENCODER_FILE`` in bfloat16, the model's ``WhisperConfig`` (JSON) in the
+    metadata."""
     import torch
     from safetensors.torch import save_file
 
-    weights = {name: tensor.detach().to(torch.bfloat16).contiguous()
-               for name, tensor in model.get_encoder().state_dict().items()}
+    weights = {name: tensor.detach().to(torch.bfloat16).contiguous() for name, tensor in weights.items()}
     path = os.path.join(output_dir, ENCODER_FILE)
     # written under a name of its own and renamed into place: a half-written file, or two
     # processes writing at once, must not leave a file the backend fails to load
     fd, tmp = tempfile.mkstemp(prefix=f".{ENCODER_FILE}.", suffix=".tmp", dir=output_dir)
     os.close(fd)
     try:
-        save_file(weights, tmp, metadata={"config": model.config.to_json_string()})
+        save_file(weights, tmp, metadata={"config": config_json})
         os.chmod(tmp, 0o644)  # as the export's other files (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:

@@ -10,17 +10,21 @@ and cached (that alone needs torch and transformers: the ``[transformers]`` extr
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from typing import Optional
 
 from whisper_zh.errors import ConfigError, MissingExtraError, ModelNotFoundError
 from whisper_zh.hub import looks_local
 from whisper_zh.serve.bf16_encoder import ENCODER_FILE, cpu_has_amx_bf16, save_bf16_encoder, torch_whisper_installed
 
 logger = logging.getLogger(__name__)
+
+ENCODER_PREFIX = "model.encoder."  # where a WhisperForConditionalGeneration checkpoint keeps the encoder
 
 # CTranslate2 weight types a user may ask for. int8 is the CPU default: ~4x smaller
 # than float32 and the fastest on x86/ARM CPUs; float16 is for GPUs.
@@ -126,10 +130,53 @@ def write_bf16_encoder(model_name_or_path: str, output_dir: str) -> str:
     """Write the encoder's weights in bfloat16 into a CTranslate2 export
     (:data:`~whisper_zh.serve.bf16_encoder.ENCODER_FILE`): what the CTranslate2 backend
     encodes with on a CPU with AMX (:mod:`whisper_zh.serve.bf16_encoder`)."""
-    from transformers import WhisperForConditionalGeneration
+    return save_bf16_encoder(*_encoder_weights(model_name_or_path), output_dir)
 
+
+def _encoder_weights(model_name_or_path: str) -> tuple[dict, str]:
+    """The encoder's ``state_dict`` and the model's config (JSON). From a local safetensors
+    checkpoint (one file or shards) the encoder's tensors are read alone: the export's
+    converter has just built the whole model once, and a large-v3 is 6 GB in float32.
+    Anything else (a Hub id, a ``pytorch_model.bin``, a checkpoint whose encoder is not
+    the one its config describes) is loaded with ``from_pretrained``."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    if os.path.isdir(model_name_or_path):
+        config = WhisperConfig.from_pretrained(model_name_or_path)
+        found = _checkpoint_tensors(model_name_or_path, ENCODER_PREFIX)
+        if found is not None:
+            with torch.device("meta"):
+                expected = set(WhisperEncoder(config).state_dict())
+            if set(found) == expected:
+                return found, config.to_json_string()
+            logger.info("%s: its checkpoint's encoder tensors are not the ones its config describes; "
+                        "loading the model for them", model_name_or_path)
     model = WhisperForConditionalGeneration.from_pretrained(model_name_or_path, low_cpu_mem_usage=True)
-    return save_bf16_encoder(model, output_dir)
+    return model.get_encoder().state_dict(), model.config.to_json_string()
+
+
+def _checkpoint_tensors(model_dir: str, prefix: str) -> Optional[dict]:
+    """The tensors of a safetensors checkpoint in ``model_dir`` whose names start with
+    ``prefix`` (the prefix taken off); None where the checkpoint is not safetensors."""
+    from safetensors import safe_open
+
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted({file for name, file in json.load(f)["weight_map"].items() if name.startswith(prefix)})
+    elif os.path.isfile(os.path.join(model_dir, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        return None
+    tensors = {}
+    for file in files:
+        with safe_open(os.path.join(model_dir, file), framework="pt") as f:
+            for name in f.keys():
+                if name.startswith(prefix):
+                    tensors[name[len(prefix):]] = f.get_tensor(name)
+    return tensors
 
 
 def find_ct2_model(model_name_or_path: str) -> str | None:
