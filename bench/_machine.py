@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import os
 import platform
-
-from whisper_zh.cpu import cpu_flags as all_cpu_flags, cpuinfo_field
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The package reads the CPU; appended, not put first: an installed whisper_zh is used where
+# there is one, and a bare interpreter (bench/install.py measures installs from nothing)
+# still finds the checkout's (whisper_zh.cpu needs only the standard library).
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
+
+from whisper_zh.cpu import cpu_flags as all_cpu_flags, cpuinfo_field  # noqa: E402
+
 # Inputs, found beside the checkout (../shared) here, or staged into the repo for a GPU
 # machine, which has no ../shared (`bench/train_throughput.py --stage`).
 STAGE_DIR = os.path.join(ROOT, "outputs", "bench-gpu")

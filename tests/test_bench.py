@@ -147,3 +147,15 @@ def test_the_profile_wraps_the_models_the_engine_loads_and_times_its_phases(prof
     assert seen["windows_encoded"] >= seen["calls"]["encode"] + 1
     assert seen["calls"]["generate"] >= 1 and seen["calls"]["align"] >= 1
     assert all(seen["seconds"][phase] > 0 for phase in ("vad", "encode", "generate", "align"))
+
+
+def test_the_machine_helper_imports_without_site_packages(tmp_path):
+    """bench/install.py measures installs from nothing, so its helper (which asks
+    whisper_zh.cpu for the CPU's flags) must import under an interpreter with no
+    site-packages: the checkout's package, standard library only."""
+    import subprocess
+
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import _machine; print(_machine.cpu_name())"
+    done = subprocess.run([sys.executable, "-S", "-c", code, str(REPO / "bench")], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)  # not the checkout: -c puts the working directory on sys.path
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
