@@ -411,3 +411,34 @@ def test_torchrun_trains_data_parallel(tmp_path, zh_cv_mini, tiny_whisper):
     assert len(summaries) == 1 and json.loads(summaries[0])["global_step"] == 4
     assert read_state(find_resumable_checkpoint(str(out)))["global_step"] == 4
     assert len(list((tmp_path / "cache" / "prepared").iterdir())) == 2  # train and dev, prepared once
+
+
+def test_each_evaluation_reads_its_own_split_when_loader_workers_persist(tmp_path, zh_cv_mini, tiny_whisper,
+                                                                          monkeypatch):
+    """On a GPU the loaders' workers persist, and transformers then hands the first
+    evaluation's loader (the zero-shot pass over test) to every later one."""
+    from whisper_zh.cli import parse_train_config as parse_config
+    from whisper_zh.train import pipeline
+
+    scored = []
+    make = pipeline.make_compute_metrics
+
+    def counting(tokenizer, language):
+        compute = make(tokenizer, language)
+
+        def compute_metrics(prediction):
+            scored.append(len(prediction.label_ids))
+            return compute(prediction)
+        return compute_metrics
+
+    monkeypatch.setattr(pipeline, "make_compute_metrics", counting)
+    args = tiny_args(zh_cv_mini, tiny_whisper, tmp_path / "out", tmp_path / "cache", max_steps=2, save_steps=1,
+                     test_split="test", zero_shot_eval=True, dataloader_num_workers=1,
+                     preprocessing_num_workers=1)
+    config = parse_config(args)
+    assert pipeline.build_training_arguments(config, pipeline.plan_training(config, 32).schedule, "fp32",
+                                             False).dataloader_persistent_workers
+    pipeline.train(config)
+    test_clips = scored[0]
+    assert test_clips > 4
+    assert scored == [test_clips, 4, 4, test_clips]  # zero-shot on test, dev at steps 1 and 2, test

@@ -225,6 +225,17 @@ class WhisperTrainer(Seq2SeqTrainer):
             inputs["input_features"] = features.to(self.model.dtype)
         return inputs
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        # With persistent workers (any GPU run), transformers keeps the first evaluation's
+        # loader under one key and hands it out for whatever dataset evaluate() is given
+        # next: the zero-shot pass's test loader would serve every dev evaluation, or the dev
+        # loader the final test. A loader is kept only for the dataset it was made from.
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if not isinstance(eval_dataset, str) and getattr(self, "_eval_loader_dataset", None) is not dataset:
+            getattr(self, "_eval_dataloaders", {}).pop("eval", None)
+            self._eval_loader_dataset = dataset
+        return super().get_eval_dataloader(eval_dataset)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         if self.return_timestamps:
             # evaluate() keeps its generation arguments in _gen_kwargs, used only when none are passed
