@@ -442,3 +442,28 @@ def test_each_evaluation_reads_its_own_split_when_loader_workers_persist(tmp_pat
     test_clips = scored[0]
     assert test_clips > 4
     assert scored == [test_clips, 4, 4, test_clips]  # zero-shot on test, dev at steps 1 and 2, test
+
+
+def test_processes_wait_for_each_other_hours_not_minutes(tmp_path):
+    """The first process prepares the data, downloads or pushes while the others wait at a
+    barrier: their process group waits PROCESS_GROUP_TIMEOUT, not NCCL's 10 minutes (nor
+    transformers' ddp_timeout, which comes after the state is made)."""
+    script = tmp_path / "group_timeout.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from whisper_zh.distributed import process_state\n"
+        "from whisper_zh.train.config import TrainConfig\n"
+        "from whisper_zh.train.trainer import build_training_arguments, resolve_schedule\n"
+        "state = process_state()\n"
+        "config = TrainConfig(dataset='unused', output_dir='unused')\n"
+        "build_training_arguments(config, resolve_schedule(config, 64, state.num_processes), 'fp32', False)\n"
+        "backend = dist.group.WORLD._get_backend(torch.device('cpu'))\n"
+        "print('timeout', state.process_index, backend.options._timeout.total_seconds())\n")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    from whisper_zh.distributed import PROCESS_GROUP_TIMEOUT
+
+    lines = sorted(line for line in run.stdout.splitlines() if line.startswith("timeout"))
+    assert lines == [f"timeout {rank} {PROCESS_GROUP_TIMEOUT.total_seconds()}" for rank in (0, 1)]
+    assert PROCESS_GROUP_TIMEOUT.total_seconds() >= 3600

@@ -4,8 +4,14 @@ the training pipeline and folder jobs, which split work the same way."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+# How long a process waits for the others at a barrier or a gather. The others wait while
+# the first prepares a release (a first run reads ~21 GB), downloads a checkpoint or pushes
+# the model: far past the 10 minutes NCCL allows by default. A hang still ends, after this.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -37,10 +43,12 @@ def process_state():
     :class:`SingleProcess` when accelerate (the ``[train]`` extra) is not installed.
 
     ``cpu=True`` on GPU-less machines: accelerate then also joins torchrun's processes
-    (gloo) instead of looking for a GPU per process."""
+    (gloo) instead of looking for a GPU per process. The process group, made by the
+    first call, waits :data:`PROCESS_GROUP_TIMEOUT` (transformers' ``ddp_timeout`` comes
+    too late: its state is this one)."""
     try:
         import torch
         from accelerate import PartialState
     except ImportError:
         return SingleProcess()
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)

@@ -26,7 +26,7 @@ from transformers import (
     WhisperProcessor,
 )
 
-from whisper_zh.distributed import process_state
+from whisper_zh.distributed import PROCESS_GROUP_TIMEOUT, process_state
 from whisper_zh.errors import ConfigError, MissingExtraError
 from whisper_zh.text import error_rates
 from whisper_zh.train.config import TrainConfig
@@ -342,6 +342,7 @@ def build_training_arguments(config: TrainConfig, schedule: Schedule, precision:
         seed=config.seed,
         # Without a GPU, torchrun's processes only join up (over gloo) in use_cpu mode.
         use_cpu=not torch.cuda.is_available() and process_state().num_processes > 1,
+        ddp_timeout=int(PROCESS_GROUP_TIMEOUT.total_seconds()),
         push_to_hub=bool(config.hub_model_id),
         hub_model_id=config.hub_model_id,
         hub_strategy="checkpoint",
