@@ -158,3 +158,29 @@ def test_the_upload_space_must_hold_two_uploads():
         ServeSettings(max_upload_mb=100, max_cache_mb=150)
     with pytest.raises(ConfigError, match="MAX_CACHE_MB"):
         ServeSettings.from_env({"MAX_UPLOAD_MB": "100", "MAX_CACHE_MB": "150"})
+
+
+def test_a_body_that_is_not_an_upload_is_small(server):
+    """Gradio parses JSON in memory at ~11 times its size: a body that is not a multipart
+    upload is refused past MAX_FORMLESS_BYTES, said or not said, on the page's routes and
+    the API's; the page's own small calls go on."""
+    from whisper_zh.serve.uploads import MAX_FORMLESS_BYTES
+
+    url, _ = server
+    numbers = b'{"data": [[' + b",".join([b"1"] * (MAX_FORMLESS_BYTES // 2 + 10)) + b']], "fn_index": 0}'
+    said = httpx.post(f"{url}gradio_api/queue/join", content=numbers, timeout=60,
+                      headers={"content-type": "application/json"})
+    assert said.status_code == 413 and "not a file upload" in said.text
+
+    def pieces():
+        for start in range(0, len(numbers), 64 * 1024):
+            yield numbers[start:start + 64 * 1024]
+
+    unsaid = httpx.post(f"{url}gradio_api/queue/join", content=pieces(), timeout=60,
+                        headers={"content-type": "application/json"})
+    assert unsaid.status_code == 413 and "not a file upload" in unsaid.text
+    form = httpx.post(f"{url}v1/audio/transcriptions", content=b"prompt=" + b"x" * (MAX_FORMLESS_BYTES + 10),
+                      headers={"content-type": "application/x-www-form-urlencoded"}, timeout=60)
+    assert form.status_code == 413 and form.json()["error"]["code"] == "request_too_large"
+    small = httpx.post(f"{url}gradio_api/queue/join", json={"fn_index": 999}, timeout=60)
+    assert small.status_code not in (413, 503)

@@ -240,8 +240,9 @@ async def _read_form(request, settings: ServeSettings) -> dict[str, list]:
         nonlocal received
         try:
             message = await request.receive()
-        except Refused as err:  # the server's total (Starlette's form parser would make it a 400)
-            raise ApiError(err.status, err.message, code="server_busy") from None
+        except Refused as err:  # the server's total, or a body that is not a form (Starlette would say 400)
+            code = "server_busy" if err.status == 503 else "request_too_large"
+            raise ApiError(err.status, err.message, code=code) from None
         received += len(message.get("body", b""))
         if received > limit:
             raise too_large

@@ -18,6 +18,12 @@ here). So:
   uploading at once cannot fill the disk between two looks at it. (Bytes a parser has
   already written count twice until their request ends: on the safe side.)
 
+* **A body that is not an upload** (JSON: a queue join, a ``/call``; a urlencoded
+  form) may hold at most :data:`MAX_FORMLESS_BYTES`: Gradio parses it in memory, at ~11
+  times its size (a 9 MB JSON list of numbers took the server from 441 to 538 MB), and
+  files never come that way (the page and gradio_client upload them as multipart forms
+  first, the OpenAI API takes them only so).
+
 The API's own routes (``/v1/``) answer their per-request 413 themselves, as OpenAI's
 error JSON (:mod:`whisper_zh.serve.api`); they count towards the server's total here.
 """
@@ -41,6 +47,7 @@ RETRY_AFTER_S = 60  # Gradio sweeps its cache every half hour; most requests end
 _DISK_LOOK_S = 1.0  # the upload folder is walked at most this often (its size changes slowly)
 _API_PREFIX = "/v1/"
 _SMALL_BODY = 64 * 2**10  # an upload this small is not worth a new look at the disk
+MAX_FORMLESS_BYTES = 2**20  # a request body that is not a multipart upload
 
 
 class Refused(MultiPartException):
@@ -89,22 +96,29 @@ class UploadBudget:
         request_limit = self.settings.max_request_bytes
         folder = self.upload_folder(scope)
         held = 0  # this request's bytes, counted in _in_flight
+        formless = 0  # the bytes of a body that is not an upload
         started = False
         refusal: Optional[Refused] = None  # raised into the route, which answers with its message
+        answer_ours = False  # the route cannot word this refusal: ours is sent in place of its answer
+        answered = False
 
-        def refuse(status: int, message: str) -> Refused:
-            nonlocal refusal
-            refusal = Refused(status, message)
+        def refuse(status: int, message: str, answer: bool = False) -> Refused:
+            nonlocal refusal, answer_ours
+            refusal, answer_ours = Refused(status, message), answer
             return refusal
 
         async def counted_receive():
-            nonlocal held
+            nonlocal held, formless
             message = await receive()
             count = len(message.get("body", b""))
             if count:
                 if own_errors and held + count > request_limit:
                     raise refuse(413, self._too_large())
                 if not upload:
+                    formless += count
+                    if formless > MAX_FORMLESS_BYTES:
+                        # a JSON route says only "error parsing the body": ours is sent instead
+                        raise refuse(413, _formless_too_large(), answer=own_errors)
                     return message
                 with self._lock:
                     if self._would_fill(folder, count):
@@ -114,9 +128,14 @@ class UploadBudget:
             return message
 
         async def watched_send(message):
-            nonlocal started
+            nonlocal started, answered
+            if answered:
+                return
             if message["type"] == "http.response.start":
                 started = True
+                if refusal is not None and answer_ours:
+                    answered = True
+                    return await _answer(send, refusal)
                 if refusal is not None:  # the route's answer to our error: our status
                     answer = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
                     if refusal.status == 503:
@@ -131,6 +150,8 @@ class UploadBudget:
             if own_errors and declared.isdigit():
                 if int(declared) > request_limit:
                     raise refuse(413, self._too_large())
+                if not upload and int(declared) > MAX_FORMLESS_BYTES:
+                    raise refuse(413, _formless_too_large())
                 if upload:
                     with self._lock:
                         full = self._would_fill(folder, int(declared))
@@ -165,6 +186,11 @@ class UploadBudget:
     def _too_large(self) -> str:
         return (f"The request is larger than the {self.settings.max_upload_mb:g} MB upload limit "
                 f"(MAX_UPLOAD_MB), counting every file in it.")
+
+
+def _formless_too_large() -> str:
+    return (f"The request body is over {MAX_FORMLESS_BYTES // 2**20} MB and is not a file upload: "
+            f"send files as multipart/form-data.")
 
 
 def _gradio_upload_folder(scope: dict) -> Optional[str]:
