@@ -480,3 +480,42 @@ def test_the_model_is_loaded_in_a_thread_that_ends_with_the_load(tmp_path, monke
     assert loaders[0] is not threading.current_thread() and not loaders[0].is_alive()
     with pytest.raises(ValueError, match="not a model"):
         load_ct2(str(tmp_path), compute_type="broken")
+
+
+LONG_PROMPT = "以下是普通话的句子，" * 60  # ~600 tokens: past half of the decoder's 448 positions
+
+
+def test_a_long_prompt_keeps_its_end_and_the_hotwords_on_both_backends(tiny_whisper, tiny_ct2):
+    """Half the decoder's context at most (openai/whisper's rule), its last tokens: the
+    hotwords, which come after the prompt, stay. The transformers backend failed on such a
+    prompt (decoder_input_ids longer than the model's 448 positions)."""
+    from whisper_zh.serve.engine import Transcriber
+    from whisper_zh.serve.types import prompt_window
+
+    options = TranscribeOptions(batch_size=1, prompt=LONG_PROMPT, hotwords="物业 陈真", temperatures=(0.0,),
+                                logprob_threshold=None, no_speech_threshold=None, compression_ratio_threshold=None)
+    audio = np.random.default_rng(2).normal(0, 0.1, 4 * SAMPLE_RATE).astype(np.float32)
+
+    model = load_ct2(str(tiny_ct2))
+    model.model = recorder = _RecordingGenerate(model.model)
+    tokenizer = model.hf_tokenizer
+    everything = tokenizer.encode(" " + options.prompt_text, add_special_tokens=False).ids
+    assert len(everything) > 448
+    _decode_all(model, audio, [(0.0, 4.0)], options, word_timestamps=False)
+    (prompts, _), = recorder.calls
+    fixed = prompts[0][1:prompts[0].index(tokenizer.token_to_id("<|startoftranscript|>"))]
+    assert fixed == everything[-223:] == prompt_window(everything, 448)
+    assert tokenizer.decode(fixed).endswith("物业 陈真")
+
+    engine = Transcriber(str(tiny_whisper), backend="transformers", device="cpu")
+    original = engine.backend.model.generate
+    seen = []
+
+    def spy(input_features, **kwargs):
+        seen.append(kwargs["prompt_ids"].tolist())
+        kwargs["max_new_tokens"] = 8  # random weights would otherwise ramble to the limit
+        return original(input_features, **kwargs)
+
+    engine.backend.model.generate = spy
+    list(engine.iter_segments(audio, options))
+    assert seen and all(ids[1:] == everything[-223:] and len(ids) == 224 for ids in seen)

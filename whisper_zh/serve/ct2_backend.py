@@ -52,6 +52,7 @@ from whisper_zh.serve.types import (
     Segment,
     TranscribeOptions,
     Word,
+    prompt_window,
 )
 
 logger = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ def decode_chunks(model, audio: np.ndarray, chunks: Sequence[tuple[float, float]
                            encode or model.encode)
     plan = lane_plan(len(chunks), options.batch_size)
     texts: dict[int, list[int]] = {}  # chunk index -> the tokens the chunk after it may be prompted with
-    fixed = _prompt_tokens(tokenizer, options)[: model.max_length // 2 - 1]
+    fixed = prompt_window(_prompt_tokens(tokenizer, options), model.max_length)
     max_previous = model.max_length // 2 - 1 - len(fixed)
 
     def context(index: int) -> list[int]:

@@ -37,6 +37,7 @@ from whisper_zh.serve.types import (
     ProgressCallback,
     Segment,
     TranscribeOptions,
+    prompt_window,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,14 @@ class TransformersBackend:
                 kwargs[name] = getattr(options, name)
         prompt = options.prompt_text
         if prompt:
+            import torch
+
             # a short-form generate call prompts every window of the batch with it
-            kwargs["prompt_ids"] = self.processor.get_prompt_ids(" " + prompt, return_tensors="pt").to(self.device)
+            tokenizer = self.processor.tokenizer
+            text = prompt_window(tokenizer(" " + prompt, add_special_tokens=False).input_ids,
+                                 self.model.config.max_target_positions)
+            ids = [tokenizer.convert_tokens_to_ids("<|startofprev|>"), *text]
+            kwargs["prompt_ids"] = torch.tensor(ids, device=self.device)
         return kwargs
 
     def iter_segments(self, audio: np.ndarray, options: TranscribeOptions,

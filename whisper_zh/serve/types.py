@@ -104,6 +104,14 @@ class TranscribeOptions:
         return " ".join(t.strip() for t in (self.prompt, self.hotwords) if t and t.strip())
 
 
+def prompt_window(tokens: Sequence[int], max_length: int) -> list[int]:
+    """The part of a prompt's tokens a window is given: the last ``max_length // 2 - 1``
+    (openai/whisper's rule, half the decoder's context, 223 of Whisper's 448), so a long
+    prompt leaves room for the text and keeps the hotwords, which come last."""
+    keep = max_length // 2 - 1
+    return list(tokens[-keep:]) if len(tokens) > keep else list(tokens)
+
+
 def join_text(texts, language: str) -> str:
     """Pieces of text as one: without spaces for Chinese (and other languages written without
     them), with single spaces otherwise."""
