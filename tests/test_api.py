@@ -472,3 +472,17 @@ def test_settings_read_the_api_key_without_showing_it():
     assert settings.api_key == "s3cret" and settings.mcp_server
     assert "s3cret" not in repr(settings)
     assert ServeSettings.from_env({}).api_key is None and not ServeSettings.from_env({}).mcp_server
+
+
+@pytest.mark.parametrize("variable, value", [("MAX_DURATION_S", "inf"), ("MAX_DURATION_S", "nan"),
+                                             ("MAX_UPLOAD_MB", "0"), ("DOWNLOAD_DEADLINE_S", "-5"),
+                                             ("CONCURRENCY_LIMIT", "0")])
+def test_a_limit_that_is_not_a_positive_finite_number_is_refused(variable, value):
+    """"inf" crashed the app's start with an OverflowError and "nan" turned the CLI's
+    duration limit off without a word: both are a one-line ConfigError naming the variable."""
+    from whisper_zh.errors import ConfigError
+    from whisper_zh.serve.settings import ServeSettings
+
+    with pytest.raises(ConfigError, match=f"{variable}='{value}' must be a positive finite number"):
+        ServeSettings.from_env({variable: value})
+    assert ServeSettings.from_env({variable: "2"})

@@ -477,3 +477,20 @@ def test_both_backends_stream_segments_before_the_end(whisper_base, zh_cv_mini, 
     assert done_at_first < 0.5, reported  # at most one model step of several was done
     assert reported[-1] == 1.0 and len(set(reported)) >= 3  # progress after every step
     assert cer(["".join(r["sentence"] for r in rows)], ["".join(s.text for s in [first, *rest])]) < 0.5
+
+
+def test_the_cli_bounds_downloads_not_the_users_own_files(tiny_whisper, tmp_path, capsys, monkeypatch):
+    """MAX_UPLOAD_MB is a server's limit on what comes in: the CLI holds it for a link, and
+    transcribes a local file of any size (the duration limit still holds while it decodes)."""
+    (tmp_path / "site").mkdir()
+    clip = write_wav(tmp_path / "site" / "noise.wav", noise(3.0))
+    assert clip.stat().st_size > 50 * 2**10
+    monkeypatch.setenv("MAX_UPLOAD_MB", "0.05")
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    assert main([str(clip), "--model", str(tiny_whisper), "--backend", "transformers"]) == 0
+    assert "limit" not in capsys.readouterr().err
+    assert cli_main(["transcribe", str(clip), "--model", str(tiny_whisper), "--max-duration", "1"]) == 1
+    assert "limit" in capsys.readouterr().err
+    with serve_directory(tmp_path / "site") as (base, _):
+        assert cli_main(["transcribe", f"{base}/noise.wav", "--model", str(tiny_whisper)]) == 1
+    assert "MB" in capsys.readouterr().err

@@ -295,6 +295,8 @@ def transcribe_command(argv: Sequence[str]) -> int:
     from whisper_zh.serve.subtitles import DEFAULT_FORMATS, check_formats, default_style
     from whisper_zh.serve.types import TranscribeOptions
 
+    # MAX_UPLOAD_MB bounds what a link downloads; the user's own files have no byte limit
+    # (the duration limit holds while they decode)
     limits = dataclasses.replace(settings.limits, max_duration_s=args.max_duration)
     options = TranscribeOptions(language=args.language, task=args.task, script=args.script,
                                 batch_size=args.batch_size, beam_size=args.beam_size, prompt=args.prompt,
@@ -336,7 +338,8 @@ def _transcribe_one(args, options, formats: Optional[Sequence[str]], style, limi
     with tempfile.TemporaryDirectory(prefix="whisper-zh-") as tmp:
         if is_url(source):
             logger.info("downloading %s", source)
-        loaded = open_input(source, tmp, limits, cookies=args.cookies, progress=_progress_line)
+        loaded = open_input(source, tmp, limits if is_url(source) else dataclasses.replace(limits, max_bytes=None),
+                            cookies=args.cookies, progress=_progress_line)
         if is_url(source):
             print(file=sys.stderr)
     engine = Transcriber(args.model, backend=args.backend, device=args.device, options=options,
@@ -386,7 +389,8 @@ def _transcribe_folders(args, options, formats: Sequence[str], style, limits) ->
         summary = transcribe_folder(args.sources, args.output_dir, formats, args.model, options,
                                     backend=args.backend, device=args.device, encoder=args.encoder,
                                     overwrite=args.overwrite,
-                                    style=style, limits=limits, diarize=args.diarize,
+                                    style=style, limits=dataclasses.replace(limits, max_bytes=None),
+                                    diarize=args.diarize,
                                     num_speakers=args.num_speakers)
     if summary.is_main_process:
         print(summary.report())

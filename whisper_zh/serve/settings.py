@@ -10,6 +10,7 @@ safe defaults (no private addresses).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -108,6 +109,10 @@ class ServeSettings:
                 values[name] = _env_flag(raw) if kind is bool else kind(raw)
             except ValueError:
                 raise ConfigError(f"{variable}={raw!r} is not a valid {kind.__name__}") from None
+            # sizes, durations, deadlines and counts: "inf", "nan", 0 or less would turn a
+            # limit off, or break the app where it is used
+            if kind in (int, float) and not (math.isfinite(values[name]) and values[name] > 0):
+                raise ConfigError(f"{variable}={raw!r} must be a positive finite number")
         settings = cls(**values)
         return dataclasses.replace(settings, backend=settings.backend.lower(), encoder=settings.encoder.lower())
 
