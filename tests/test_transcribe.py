@@ -494,3 +494,45 @@ def test_the_cli_bounds_downloads_not_the_users_own_files(tiny_whisper, tmp_path
     with serve_directory(tmp_path / "site") as (base, _):
         assert cli_main(["transcribe", f"{base}/noise.wav", "--model", str(tiny_whisper)]) == 1
     assert "MB" in capsys.readouterr().err
+
+
+def test_options_the_ct2_backend_takes_work_on_the_transformers_backend_too(tiny_engine, generate_calls):
+    """No temperatures (one decode), or no log-probability threshold (so no no-speech
+    rule, which needs both): generate failed on each (a TypeError, an UnboundLocalError)."""
+    audio = noise(4.0)
+    for changes in ({"temperatures": ()}, {"logprob_threshold": None, "no_speech_threshold": 0.6}):
+        list(tiny_engine.iter_segments(audio, replace_options(**changes)))
+    assert len(generate_calls) == 2
+
+
+def test_arrays_of_any_common_layout_are_transcribed_and_windows_fit_whisper(tiny_engine, generate_calls):
+    from whisper_zh.errors import ConfigError
+    from whisper_zh.media import as_waveform
+
+    audio = noise(4.0)
+    pcm = np.round(audio * 32767).astype(np.int16)
+    np.testing.assert_allclose(as_waveform(pcm), audio, atol=1e-4)
+    np.testing.assert_allclose(as_waveform(np.stack([pcm, pcm], axis=1)), audio, atol=1e-4)  # (samples, channels)
+    np.testing.assert_allclose(as_waveform(np.stack([audio, audio])), audio)  # (channels, samples)
+    assert as_waveform(audio) is audio
+    for bad in (np.zeros((2, 2, 2), np.float32), np.zeros(8, np.uint8), np.zeros(8, complex)):
+        with pytest.raises(ConfigError):
+            as_waveform(bad)
+    # an int16 array failed in the silence gate, a stereo one in the VAD
+    for array in (pcm, np.stack([pcm, pcm], axis=1)):
+        list(tiny_engine.iter_segments(array, MECHANICS))
+    assert len(generate_calls) == 2
+    # Whisper reads 30 s: a longer window was cut there, and decode_clips lost the rest
+    for window_s in (0.0, 31.0, 45.0):
+        with pytest.raises(ConfigError, match="window_s"):
+            TranscribeOptions(window_s=window_s)
+
+
+def test_a_folder_job_loads_the_default_backend_when_given_none(tiny_whisper, tmp_path):
+    from whisper_zh.serve.folder import transcribe_folder
+
+    (tmp_path / "in").mkdir()
+    write_wav(tmp_path / "in" / "noise.wav", noise(3.0))
+    summary = transcribe_folder(tmp_path / "in", tmp_path / "out", ["txt"], str(tiny_whisper), MECHANICS,
+                                progress=False)
+    assert not summary.failed, summary.report()

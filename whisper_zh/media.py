@@ -35,7 +35,7 @@ from typing import Optional, Union
 import numpy as np
 
 from whisper_zh.audio import CHUNK_LENGTH, SAMPLE_RATE
-from whisper_zh.errors import AudioDecodeError, InputNotFoundError, MediaLimitError
+from whisper_zh.errors import AudioDecodeError, ConfigError, InputNotFoundError, MediaLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,28 @@ class _Samples:
 
 def _mono(block: np.ndarray) -> np.ndarray:
     return block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+
+
+def as_waveform(audio: np.ndarray) -> np.ndarray:
+    """A caller's array as the model reads it: float32, mono. Integer PCM is scaled to
+    [-1, 1] (int16 as a WAV holds it); a 2-D array is channels and samples either way
+    round (the channels being the short axis), averaged. A float32 1-D array comes back
+    as it is.
+
+    Raises:
+        ConfigError: more than two dimensions, unsigned or complex samples, or not numbers.
+    """
+    audio = np.asarray(audio)
+    if not (np.issubdtype(audio.dtype, np.signedinteger) or np.issubdtype(audio.dtype, np.floating)):
+        raise ConfigError(f"a waveform is float or signed integer PCM, not {audio.dtype}")
+    if audio.ndim == 2:
+        audio = audio.mean(axis=int(np.argmin(audio.shape)), dtype=np.float64) / (
+            np.iinfo(audio.dtype).max + 1 if np.issubdtype(audio.dtype, np.integer) else 1)
+    elif audio.ndim != 1:
+        raise ConfigError(f"a waveform is (samples,) or (samples, channels), not an array of shape {audio.shape}")
+    elif np.issubdtype(audio.dtype, np.integer):
+        audio = audio / (np.iinfo(audio.dtype).max + 1)
+    return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 def clean_samples(audio: np.ndarray) -> int:

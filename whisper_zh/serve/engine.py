@@ -26,7 +26,7 @@ import numpy as np
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import ConfigError, NoSpeechError
 from whisper_zh.hub import DEFAULT_MODEL
-from whisper_zh.media import clean_samples, load_media
+from whisper_zh.media import as_waveform, clean_samples, load_media
 from whisper_zh.serve.bf16_encoder import check_encoder_choice
 from whisper_zh.serve.ct2_backend import CT2Backend
 from whisper_zh.serve.models import resolve_ct2_model
@@ -193,6 +193,7 @@ class Transcriber:
         returns the backend's coverage. A waveform given as is may hold NaN or infinities
         (a float WAV, a buggy client): they are made silence, in place, before the model
         reads them, where one NaN turns every window it touches into ``))))``."""
+        audio = as_waveform(audio)  # an int16 or stereo array failed deep in a backend
         clean_samples(audio)
         if is_silent(audio, options.silence_threshold_db):
             return Coverage(speech_s=0.0) if windows is None else None

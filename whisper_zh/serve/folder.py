@@ -44,6 +44,7 @@ from typing import Optional, Sequence, Union
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.distributed import process_state
 from whisper_zh.errors import InputNotFoundError
+from whisper_zh.hub import DEFAULT_MODEL
 from whisper_zh.media import format_duration, probe_duration
 from whisper_zh.serve.engine import Transcriber
 from whisper_zh.serve.jobs import Job, notice_lines, open_input
@@ -290,7 +291,7 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
                       formats: Sequence[str] = DEFAULT_FORMATS,
                       transcriber: Union[Transcriber, str, None] = None,
                       options: Optional[TranscribeOptions] = None, *,
-                      backend: Optional[str] = None, device: Optional[str] = None, encoder: str = "auto",
+                      backend: str = "auto", device: Optional[str] = None, encoder: str = "auto",
                       overwrite: bool = False, progress: bool = True,
                       style: Optional[SubtitleStyle] = None, limits: Limits = UNLIMITED,
                       diarize: bool = False, num_speakers: Optional[int] = None) -> FolderSummary:
@@ -337,8 +338,8 @@ def transcribe_folder(inputs: Union[PathLike, Sequence[PathLike]], output_dir: P
         with state.main_process_first():
             # each process on its own GPU (accelerate's device: cuda:<local rank>)
             gpu = str(state.device) if state.device is not None and state.device.type == "cuda" else None
-            transcriber = Transcriber(transcriber, backend=backend, device=device or gpu, options=options,
-                                      encoder=encoder)
+            transcriber = Transcriber(transcriber or DEFAULT_MODEL, backend=backend, device=device or gpu,
+                                      options=options, encoder=encoder)
     options = options or (transcriber.options if isinstance(transcriber, Transcriber) else TranscribeOptions())
     job = Job(transcriber, options, formats, style=style, diarize=diarize,
               num_speakers=num_speakers) if pending else None

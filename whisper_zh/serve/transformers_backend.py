@@ -74,12 +74,16 @@ class TransformersBackend:
     def _generate_kwargs(self, options: TranscribeOptions) -> dict:
         kwargs = dict(language=options.language, task=options.task, return_timestamps=True,
                       return_segments=True, num_beams=options.beam_size or DEFAULT_BEAM_SIZE[self.name])
-        if options.temperatures:
-            kwargs["temperature"] = tuple(options.temperatures)
-        # the thresholds only make sense together: generate's fallback reads them all
-        for name in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold"):
-            if getattr(options, name) is not None:
-                kwargs[name] = getattr(options, name)
+        # no temperatures: one greedy or beam decode, as the ct2 backend does
+        kwargs["temperature"] = tuple(options.temperatures) if options.temperatures else 0.0
+        if options.compression_ratio_threshold is not None:
+            kwargs["compression_ratio_threshold"] = options.compression_ratio_threshold
+        if options.logprob_threshold is not None:
+            kwargs["logprob_threshold"] = options.logprob_threshold
+            # openai/whisper's no-speech rule needs both thresholds (the ct2 backend's too);
+            # generate fails on the no-speech one alone
+            if options.no_speech_threshold is not None:
+                kwargs["no_speech_threshold"] = options.no_speech_threshold
         prompt = options.prompt_text
         if prompt:
             import torch

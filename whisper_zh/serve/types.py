@@ -13,6 +13,7 @@ from typing import Callable, Generator, Iterator, Optional, Protocol, Sequence
 import numpy as np
 
 from whisper_zh.audio import CHUNK_LENGTH
+from whisper_zh.errors import ConfigError
 from whisper_zh.text import CHARACTER_LANGUAGES
 
 BACKENDS = ("auto", "transformers", "ct2")
@@ -97,6 +98,11 @@ class TranscribeOptions:
     silence_threshold_db: float = -45.0  # a window whose loudest 20 ms stays below is skipped
     window_s: float = float(CHUNK_LENGTH)  # the longest piece of audio decoded at once
     drop_hallucinations: bool = True
+
+    def __post_init__(self):
+        # Whisper reads 30 s: a longer window would be cut there, its end silently lost
+        if not 0 < self.window_s <= CHUNK_LENGTH:
+            raise ConfigError(f"window_s must be more than 0 and at most {CHUNK_LENGTH} s, not {self.window_s:g}")
 
     @property
     def prompt_text(self) -> str:
