@@ -266,3 +266,34 @@ def test_a_skipped_run_of_utterances_comes_back_whole_and_in_order(backend, whis
     coverage = stream.coverage
     assert coverage is not None and coverage.speech_s > 30.0
     assert coverage.share > 0.9 and all(b - a < 5.0 for a, b in coverage.uncovered), coverage
+
+
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_speech_too_quiet_to_decode_is_reported_not_dropped(backend, whisper_base, zh_cv_mini, request):
+    """A stretch of real speech turned down below the silence gate (-45 dB) between two
+    loud ones, 31 s of silence apart so that it is a chunk (a window) of its own: it is
+    not decoded, and the coverage says so: its span is uncovered (it was dropped from
+    the coverage before, which read 100 %)."""
+    from whisper_zh.media import frame_energy_db
+
+    loud = _read_speech(zh_cv_mini, 4.0)
+    quiet = _read_speech(zh_cv_mini, 6.0, skip=len(loud))
+    quiet = [clip * np.float32(10 ** ((-50.0 - frame_energy_db(clip).max()) / 20)) for clip in quiet]
+    silence = np.zeros(31 * SR, np.float32)
+    middle, quiet_spans = _recording(quiet)
+    start = (sum(len(c) for c in loud) + 0.3 * SR * len(loud) + len(silence)) / SR
+    audio = np.concatenate([_recording(loud)[0], silence, middle, silence, _recording(loud)[0]])
+    if backend == "ct2":
+        engine = request.getfixturevalue("ct2_engine")
+    else:
+        from whisper_zh.serve.engine import Transcriber
+
+        engine = Transcriber(str(whisper_base), backend="transformers", device="cpu")
+    stream = engine.iter_segments(audio)
+    segments = list(stream)
+    quiet_start, quiet_end = start + quiet_spans[0][0], start + quiet_spans[-1][1]
+    assert segments and not any(min(quiet_end, s.end) - max(quiet_start, s.start) > 0 for s in segments)
+    coverage = stream.coverage
+    uncovered = sum(max(0.0, min(quiet_end, b) - max(quiet_start, a)) for a, b in coverage.uncovered)
+    assert uncovered > 0.8 * (quiet_end - quiet_start) - 1.0, coverage
+    assert coverage.share < 0.8, coverage

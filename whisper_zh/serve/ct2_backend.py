@@ -43,6 +43,7 @@ from whisper_zh.serve.segmentation import (
     missed_speech,
     speech_chunks,
     split_words,
+    uncovered_speech,
     word_spans,
 )
 from whisper_zh.serve.types import (
@@ -454,17 +455,20 @@ class CT2Backend:
         if windows is None:
             speech = speech_chunks(audio, options.window_s)
             # the energy gate both backends share: a chunk that never gets loud is not decoded
-            chunks = [c for c in speech.chunks if not is_silent(audio[int(c[0] * SAMPLE_RATE):int(c[1] * SAMPLE_RATE)],
-                                                                options.silence_threshold_db)]
+            chunks, quiet = [], []
+            for chunk in speech.chunks:
+                samples = audio[int(chunk[0] * SAMPLE_RATE):int(chunk[1] * SAMPLE_RATE)]
+                (quiet if is_silent(samples, options.silence_threshold_db) else chunks).append(chunk)
             pauses = speech.pauses
         else:
-            speech, chunks, pauses = None, [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in windows], []
+            speech, chunks, quiet, pauses = None, [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in windows], [], []
         total = len(chunks)
         if progress:
             progress(0.0, f"transcribing {total} chunk{'s' * (total != 1)} of speech, "
                           f"{min(max(options.batch_size, 1), max(total, 1))} at a time")
         finished: dict[int, Optional[ChunkResult]] = {}
-        uncovered: list[tuple[float, float]] = []
+        # speech the VAD heard in a chunk too quiet to decode is said, not dropped
+        uncovered = [span for chunk in quiet for span in uncovered_speech([], chunk, speech)]
         next_out = 0
         for step in decode_chunks(self.model, audio, chunks, options, speech=speech,
                                   condition_on_previous_text=windows is None, lock=self.lock, encode=self.encode):

@@ -105,14 +105,18 @@ class TransformersBackend:
             windows = plan_windows(audio, SAMPLE_RATE, options.window_s)
             speech = _speech_map(audio, options)
         # silent windows cost nothing and cannot hallucinate
-        voiced = [w for w in windows if not is_silent(audio[w[0]:w[1]], options.silence_threshold_db)]
+        voiced, quiet = [], []
+        for window in windows:
+            (quiet if is_silent(audio[window[0]:window[1]], options.silence_threshold_db) else voiced).append(window)
         total = len(voiced)
         batch_size = max(1, options.batch_size)
         generate_kwargs = self._generate_kwargs(options)
         if progress:
             progress(0.0, f"transcribing {total} window{'s' * (total != 1)} of up to {options.window_s:.0f} s, "
                           f"{min(batch_size, max(total, 1))} at a time")
-        uncovered: list[tuple[float, float]] = []
+        # speech the VAD heard in a window too quiet to decode is said, not dropped
+        uncovered = [] if speech is None else [
+            span for a, b in quiet for span in uncovered_speech([], (a / SAMPLE_RATE, b / SAMPLE_RATE), speech)]
         for first in range(0, total, batch_size):
             batch = [(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in voiced[first:first + batch_size]]
             decoded = self._decode(audio, batch, generate_kwargs, batch_size)
