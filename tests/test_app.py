@@ -277,6 +277,10 @@ def test_visitor_cookies_are_deleted_with_the_request(whisper_base, clips, tmp_p
         visitor = _write(tmp_path / "visitor.txt", operator.read_bytes())
         outputs = list(handlers.run(Request("url", f"{base}/silence.wav", cookies=str(visitor))))
         assert "No speech found" in outputs[-1].status and not visitor.exists()
+        # the page's file box still names it: a second click is told to upload it again
+        with pytest.raises(UserError, match="upload it again") as again:
+            list(handlers.run(Request("url", f"{base}/silence.wav", cookies=str(visitor))))
+        assert str(tmp_path) not in str(again.value)
         visitor = _write(tmp_path / "visitor.txt", b"not a cookies file")
         with pytest.raises(DownloadError, match="Netscape"):
             list(handlers.run(Request("url", f"{base}/silence.wav", cookies=str(visitor))))

@@ -125,7 +125,13 @@ class Handlers:
 
         Raises:
             Cancelled: ``cancel`` was set.
+            UserError: the visitor's cookies.txt is gone (a second click after the first
+                request deleted it).
         """
+        if request.cookies and not Path(request.cookies).is_file():
+            # the page's file box still names the deleted upload: say so, not its server path
+            raise UserError("The cookies.txt you uploaded served one request and was deleted: "
+                            "upload it again to use it for this link.")
         cancel = cancel or threading.Event()
 
         def report(fraction: float, desc: Optional[str] = None) -> None:
