@@ -343,6 +343,24 @@ def test_from_an_archive_only_the_listed_clips_are_extracted_and_the_cache_outli
         open_source(str(again))  # without the cache to look in
 
 
+def test_a_release_named_by_its_parent_folder_is_served_from_the_cache_once_gone(tmp_path, zh_cv_mini, mini_rows,
+                                                                              labels):
+    """The README lets a parent folder name the release; a new Colab runtime loses it."""
+    release = make_release(tmp_path / "content", zh_cv_mini, {"dev": mini_rows["dev"][:3]})
+    cache = str(tmp_path / "drive" / "cache")
+    source = open_source(str(tmp_path / "content"))
+    assert source.location == str(release)
+    dev, _ = prepare_split(source, "dev", cache, labels, PrepareOptions(shard_size=4))
+    shutil.rmtree(tmp_path / "content")
+    for named in (tmp_path / "content", release):
+        cached = open_source(str(named), cache_dir=cache)
+        assert cached.kind == "cached" and cached.location == str(release)
+        again, stats = prepare_split(cached, "dev", cache, labels, PrepareOptions(shard_size=4))
+        assert stats.prepared_now == 0 and again["sentence"] == dev["sentence"]
+    with pytest.raises(DataError, match="does not exist"):
+        open_source(str(tmp_path / "elsewhere"), cache_dir=cache)
+
+
 def test_same_split_lists_from_another_archive_reuse_the_cache(tmp_path, zh_cv_mini, mini_rows, labels):
     """Keyed on what the split lists, not on the archive: the same release repacked (other
     bytes, other name) prepares nothing again, and is remembered for next time."""

@@ -239,11 +239,18 @@ def open_source(dataset: str, config: Optional[str] = None, cache_dir: Optional[
     if os.path.exists(path):
         raise DataError(f"{path} is neither a folder nor a Common Voice archive")
     if looks_local(dataset):
+        # the release itself, or the folder it was found under (a parent may be given)
+        here = os.path.abspath(path)
         recorded = [r["source"] for r in prepared_records(cache_dir)
-                    if r["source"]["location"] == os.path.abspath(path)] if cache_dir else []
+                    if r["source"]["location"] == here or r["source"]["location"].startswith(here + os.sep)
+                    ] if cache_dir else []
+        locations = sorted({r["location"] for r in recorded})
+        if len(locations) > 1:
+            raise DataError(f"{dataset} is gone, and splits of several releases under it are prepared in "
+                            f"{cache_dir}: name one of {', '.join(locations)}")
         if recorded:
             logger.info("%s is gone: using the splits prepared from it in %s", dataset, cache_dir)
-            return Source("cached", os.path.abspath(path), recorded[0]["fingerprint"], recorded[0]["config"],
+            return Source("cached", recorded[0]["location"], recorded[0]["fingerprint"], recorded[0]["config"],
                           recorded_name=recorded[0]["release_name"])
         raise DataError(f"{dataset} does not exist")
     return Source("hub", dataset, hashlib.sha1(f"{dataset}:{config}".encode()).hexdigest(), config)
