@@ -467,3 +467,28 @@ def test_processes_wait_for_each_other_hours_not_minutes(tmp_path):
     lines = sorted(line for line in run.stdout.splitlines() if line.startswith("timeout"))
     assert lines == [f"timeout {rank} {PROCESS_GROUP_TIMEOUT.total_seconds()}" for rank in (0, 1)]
     assert PROCESS_GROUP_TIMEOUT.total_seconds() >= 3600
+
+
+def test_every_checkpoint_goes_to_the_hub_when_uploads_are_slow(tmp_path, zh_cv_mini, tiny_whisper, local_hub,
+                                                                 monkeypatch):
+    """An upload that is still running at the next save: that checkpoint is pushed after
+    it (transformers skipped it by default, so a resume from the Hub fell back further)."""
+    import threading
+
+    import huggingface_hub
+
+    from whisper_zh.cli import parse_train_config as parse_config
+    from whisper_zh.train.pipeline import train
+
+    def slow_upload(self, **kwargs):
+        local_hub.upload_folder(**{**kwargs, "run_as_future": False})
+        future = Future()
+        threading.Timer(2.0, future.set_result, [None]).start()  # still uploading at the next save
+        return future if kwargs.get("run_as_future") else None
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", slow_upload)
+    args = tiny_args(zh_cv_mini, tiny_whisper, tmp_path / "out", tmp_path / "cache", max_steps=3, save_steps=1,
+                     hub_model_id="someone/whisper-zh-slow")
+    train(parse_config(args))
+    pushed = [call for call in local_hub.calls if call[0] == "upload_folder" and call[2] == "last-checkpoint"]
+    assert len(pushed) == 3, local_hub.calls
