@@ -492,3 +492,29 @@ def test_every_checkpoint_goes_to_the_hub_when_uploads_are_slow(tmp_path, zh_cv_
     train(parse_config(args))
     pushed = [call for call in local_hub.calls if call[0] == "upload_folder" and call[2] == "last-checkpoint"]
     assert len(pushed) == 3, local_hub.calls
+
+
+def test_a_run_resumed_from_the_hub_keeps_its_best_checkpoint(tmp_path, zh_cv_mini, tiny_whisper, local_hub):
+    """The best checkpoint by eval CER goes up as best-checkpoint/; a run that lost its
+    output folder downloads it with last-checkpoint, and ends holding the best of all its
+    evaluations (it forgot the best folder, kept its CER, and published the last weights)."""
+    from whisper_zh.cli import parse_train_config as parse_config
+    from whisper_zh.train.pipeline import train
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = train(parse_config(tiny_args(zh_cv_mini, tiny_whisper, out, cache, max_steps=3, save_steps=1,
+                                         hub_model_id="someone/whisper-zh-best")))
+    repo = local_hub.repo("someone/whisper-zh-best")
+    best_step = read_state(repo / "best-checkpoint")["global_step"]
+    assert first.best_checkpoint.endswith(f"checkpoint-{best_step}")
+    assert not (repo / "best-checkpoint" / "optimizer.pt").exists()
+
+    shutil.rmtree(out)
+    result = train(parse_config(tiny_args(zh_cv_mini, tiny_whisper, out, cache, max_steps=4, save_steps=1,
+                                          hub_model_id="someone/whisper-zh-best")))
+    assert result.resumed_from == str(out / "checkpoint-3")
+    evaluations = {e["step"]: e["eval_cer"] for e in result.log_history if "eval_cer" in e}
+    assert sorted(evaluations) == [1, 2, 3, 4]
+    assert result.eval_cer == min(evaluations.values())
+    assert result.best_checkpoint is not None and os.path.isdir(result.best_checkpoint)
+    assert evaluations[read_state(result.best_checkpoint)["global_step"]] == result.eval_cer

@@ -3,7 +3,8 @@
 A checkpoint counts only when complete (every file the Trainer writes, weights whose
 size matches their header); a half-written one (a kill mid-save) is moved aside, never
 loaded or pushed. With the output folder gone (a Colab reset), the Hub repo's
-``last-checkpoint`` is downloaded instead.
+``last-checkpoint`` is downloaded instead, with ``best-checkpoint`` (pushed by
+:class:`BestCheckpointToHub`) when the best is another one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from whisper_zh.train.config import TrainConfig
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+HUB_LAST = "last-checkpoint"  # where hub_strategy="checkpoint" pushes the newest
+HUB_BEST = "best-checkpoint"  # where BestCheckpointToHub pushes the best by eval CER
 
 
 OPTIMIZER_STATE = "optimizer.pt"
@@ -128,6 +131,45 @@ class OptimizerStateInNewestOnly(TrainerCallback):
         drop_stale_optimizer_state(args.output_dir, keep=uploading)
 
 
+class BestCheckpointToHub(TrainerCallback):
+    """With a Hub repo, the best checkpoint by eval CER goes up too, as ``best-checkpoint/``
+    (its weights and state, not its optimizer state), whenever the best changes. The
+    Trainer pushes only the newest: a run resumed from the Hub (its output folder lost)
+    found its best checkpoint gone, kept the best CER, and ended publishing the last
+    weights under that CER. The best's weights are mostly the bytes just pushed as
+    ``last-checkpoint``, which the Hub stores once."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self._pushed: Optional[str] = None
+        self._uploads: list = []
+        self._api = None  # one client: its uploads run one after another, in order
+
+    def on_save(self, args, state, control, **kwargs):
+        best = state.best_model_checkpoint
+        if not (args.push_to_hub and state.is_world_process_zero and best) or best == self._pushed:
+            return
+        if not os.path.isdir(best):
+            return
+        from huggingface_hub import HfApi
+
+        self._pushed = best
+        self._api = self._api or HfApi()
+        repo_id = getattr(self.trainer, "hub_model_id", None) or args.hub_model_id
+        self._uploads.append(self._api.upload_folder(
+            repo_id=repo_id, folder_path=best, path_in_repo=HUB_BEST, run_as_future=True,
+            ignore_patterns=[OPTIMIZER_STATE, "_*"],
+            commit_message=f"best checkpoint: step {checkpoint_step(best)}, CER {state.best_metric:.4f}"))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for upload in self._uploads:
+            try:
+                upload.result()
+            except Exception as err:  # the model itself is pushed at the end all the same
+                logger.warning("the best checkpoint's upload to the Hub failed: %s", err)
+        self._uploads.clear()
+
+
 def _checkpoints(output_dir: str) -> list[str]:
     """The ``checkpoint-N`` folder names in ``output_dir``, oldest first."""
     steps = {name: checkpoint_step(name) for name in os.listdir(output_dir)}
@@ -205,7 +247,47 @@ def fetch_hub_checkpoint(repo_id: str, output_dir: str) -> Optional[str]:
         logger.warning("the Hub's last-checkpoint of %s is incomplete; starting afresh", repo_id)
         return None
     logger.info("downloaded %s/last-checkpoint (step %d) to %s", repo_id, step, target)
+    _fetch_hub_best(repo_id, output_dir, target)
     return target
+
+
+def _fetch_hub_best(repo_id: str, output_dir: str, last: str) -> None:
+    """Put the best checkpoint that ``last`` (just downloaded) names beside it, from the
+    repo's ``best-checkpoint/``, and name it in ``last``'s state by its path here. Without
+    it, the best so far is forgotten (the best is then chosen among the evaluations still
+    to come), rather than kept as a CER no weights of this run have."""
+    import huggingface_hub
+
+    state_file = os.path.join(last, "trainer_state.json")
+    with open(state_file) as f:
+        state = json.load(f)
+    named = state.get("best_model_checkpoint")
+    best_step = checkpoint_step(named) if named else None
+    if best_step is None or best_step == checkpoint_step(last):
+        if named:
+            state["best_model_checkpoint"] = last
+    else:
+        target = os.path.join(output_dir, f"checkpoint-{best_step}")
+        tmp = os.path.join(output_dir, "_hub-download-best")
+        source = os.path.join(tmp, HUB_BEST)
+        try:
+            huggingface_hub.snapshot_download(repo_id, allow_patterns=[f"{HUB_BEST}/*"], local_dir=tmp)
+            with open(os.path.join(source, "trainer_state.json")) as f:
+                found = json.load(f).get("global_step")
+        except Exception:  # not there (a run from before it was pushed), or unreadable
+            found = None
+        if found == best_step:
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(source, target)
+            state["best_model_checkpoint"] = target
+            logger.info("downloaded %s/%s (step %d) to %s", repo_id, HUB_BEST, best_step, target)
+        else:
+            logger.warning("the best checkpoint of %s (step %d) is not on the Hub: the best is chosen among "
+                           "the evaluations from here on", repo_id, best_step)
+            state.update(best_model_checkpoint=None, best_metric=None, best_global_step=None)
+        shutil.rmtree(tmp, ignore_errors=True)
+    with open(state_file, "w") as f:
+        json.dump(state, f, indent=2, sort_keys=True)
 
 
 def find_resume_point(config: TrainConfig, state=None) -> Optional[str]:

@@ -20,7 +20,12 @@ import os
 
 from whisper_zh.distributed import process_state
 from whisper_zh.errors import ConfigError, DataError
-from whisper_zh.train.checkpoints import OptimizerStateInNewestOnly, check_resume_kind, find_resume_point
+from whisper_zh.train.checkpoints import (
+    BestCheckpointToHub,
+    OptimizerStateInNewestOnly,
+    check_resume_kind,
+    find_resume_point,
+)
 from whisper_zh.train.config import TrainConfig
 from whisper_zh.train.data import collect_before_forking, prepare_data
 from whisper_zh.train.examples import mel_filters_of
@@ -108,6 +113,7 @@ def train(config: TrainConfig) -> TrainResult:
         return_timestamps=config.eval_timestamps,
     )
     trainer.add_callback(OptimizerStateInNewestOnly(trainer))
+    trainer.add_callback(BestCheckpointToHub(trainer))
 
     collect_before_forking()  # the data loaders' workers are forked from here on
     zero_shot = zero_shot_metrics(trainer, data.test, config) if config.zero_shot_eval else {}
