@@ -536,3 +536,32 @@ def test_a_folder_job_loads_the_default_backend_when_given_none(tiny_whisper, tm
     summary = transcribe_folder(tmp_path / "in", tmp_path / "out", ["txt"], str(tiny_whisper), MECHANICS,
                                 progress=False)
     assert not summary.failed, summary.report()
+
+
+@pytest.mark.slow
+def test_the_transformers_backend_times_words_when_asked(base_engine, zh_cv_mini):
+    """word_timestamps: each segment's words from the alignment heads' cross-attention, in
+    order, inside their segment, spelling its text (the API's word granularity and the
+    karaoke subtitles had none on this backend, the GPU default)."""
+    audio, _, _ = joined_clips(zh_cv_mini, 15.0)
+    timed = base_engine.transcribe(audio, temperatures=GREEDY, word_timestamps=True)
+    assert timed.segments
+    for segment in timed.segments:
+        assert segment.words and "".join(w.word for w in segment.words).strip() == segment.text
+        assert all(segment.start <= w.start <= w.end <= segment.end for w in segment.words)
+        assert all(a.end <= b.start + 1e-6 for a, b in zip(segment.words, segment.words[1:]))
+    plain = base_engine.transcribe(audio, temperatures=GREEDY)
+    assert [s.text for s in plain.segments] == [s.text for s in timed.segments]
+    assert not any(s.words for s in plain.segments)  # not asked: no eager attention
+
+
+def test_the_apis_word_granularity_asks_the_backend_for_words():
+    from whisper_zh.serve.api import parse_call
+    from whisper_zh.serve.settings import ServeSettings
+
+    class Upload:
+        filename = "a.wav"
+
+    fields = {"file": [Upload()], "timestamp_granularities[]": ["word", "segment"]}
+    assert parse_call(fields, "transcribe", ServeSettings()).options.word_timestamps
+    assert not parse_call({"file": [Upload()]}, "transcribe", ServeSettings()).options.word_timestamps

@@ -201,6 +201,7 @@ def parse_call(fields: dict[str, list], task: str, settings: ServeSettings) -> C
     options = TranscribeOptions(
         language=language, script=script, prompt=one("prompt"), hotwords=one("hotwords"),
         batch_size=settings.batch_size or TranscribeOptions.batch_size,
+        word_timestamps="word" in granularities,
         # OpenAI's 0 means "raise it where the decoding fails": the engine's fallback does that
         **({"temperatures": (temperature,)} if temperature > 0 else {}))
     if task == "translate":

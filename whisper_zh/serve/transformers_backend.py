@@ -37,6 +37,7 @@ from whisper_zh.serve.types import (
     ProgressCallback,
     Segment,
     TranscribeOptions,
+    Word,
     prompt_window,
 )
 
@@ -74,6 +75,8 @@ class TransformersBackend:
     def _generate_kwargs(self, options: TranscribeOptions) -> dict:
         kwargs = dict(language=options.language, task=options.task, return_timestamps=True,
                       return_segments=True, num_beams=options.beam_size or DEFAULT_BEAM_SIZE[self.name])
+        if options.word_timestamps:
+            kwargs["return_token_timestamps"] = True
         # no temperatures: one greedy or beam decode, as the ct2 backend does
         kwargs["temperature"] = tuple(options.temperatures) if options.temperatures else 0.0
         if options.compression_ratio_threshold is not None:
@@ -165,7 +168,40 @@ class TransformersBackend:
                 continue
             end = min(offset + float(raw["end"]), window_end)
             text = tokenizer.decode(raw["tokens"], skip_special_tokens=True)
-            yield Segment(start=round(start, 3), end=round(max(end, start), 3), text=text)
+            words = ()
+            if "token_timestamps" in raw:
+                words = tuple(_timed_words(tokenizer, [int(t) for t in raw["tokens"]],
+                                           [float(t) for t in raw["token_timestamps"]], offset, start, max(end, start)))
+            yield Segment(start=round(start, 3), end=round(max(end, start), 3), text=text, words=words)
+
+
+def _timed_words(tokenizer, tokens: list[int], times: list[float], offset: float, start: float,
+                 end: float) -> Iterator[Word]:
+    """A segment's words from generate's token timestamps (each token from its time to
+    the next token's). A character split over several byte tokens is one piece; a piece
+    without a leading space joins the word before it (for Chinese, whose pieces have none,
+    a word is a piece: usually one character, as on the ct2 backend)."""
+    pieces: list[list] = []  # [text, start, end]
+    held: list[int] = []
+    for i, token in enumerate(tokens):
+        if token >= tokenizer.eos_token_id:  # <|endoftext|>, timestamps and the other special tokens
+            continue
+        if not held:
+            piece_start = times[i]
+        held.append(token)
+        text = tokenizer.decode(held)
+        if "\ufffd" in text:  # the rest of a character's bytes are still to come
+            continue
+        piece_end = times[i + 1] if i + 1 < len(times) else times[i]
+        if pieces and text[:1].isalnum() and pieces[-1][0][-1:].isascii() and text.isascii():
+            pieces[-1][0] += text
+            pieces[-1][2] = piece_end
+        else:
+            pieces.append([text, piece_start, piece_end])
+        held = []
+    for text, a, b in pieces:
+        word_start = min(max(offset + a, start), end)
+        yield Word(start=round(word_start, 3), end=round(min(max(offset + b, word_start), end), 3), word=text)
 
 
 def _spans(segments: Sequence[Segment]) -> list[tuple[float, float]]:

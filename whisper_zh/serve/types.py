@@ -98,6 +98,10 @@ class TranscribeOptions:
     silence_threshold_db: float = -45.0  # a window whose loudest 20 ms stays below is skipped
     window_s: float = float(CHUNK_LENGTH)  # the longest piece of audio decoded at once
     drop_hallucinations: bool = True
+    # Segments carry timed words. The ct2 backend aligns them always (its completeness pass
+    # and subtitle cuts need them); the transformers backend only when asked, from its
+    # alignment heads' cross-attention (generate's token timestamps, eager attention: slower)
+    word_timestamps: bool = False
 
     def __post_init__(self):
         # Whisper reads 30 s: a longer window would be cut there, its end silently lost
