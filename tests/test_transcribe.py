@@ -494,6 +494,10 @@ def test_the_cli_bounds_downloads_not_the_users_own_files(tiny_whisper, tmp_path
     with serve_directory(tmp_path / "site") as (base, _):
         assert cli_main(["transcribe", f"{base}/noise.wav", "--model", str(tiny_whisper)]) == 1
     assert "MB" in capsys.readouterr().err
+    for bad in ("nan", "inf", "0", "-1"):  # "nan" turned the limit off
+        with pytest.raises(SystemExit):
+            main([str(clip), "--model", str(tiny_whisper), "--max-duration", bad])
+        assert "not a positive number of seconds" in capsys.readouterr().err
 
 
 def test_options_the_ct2_backend_takes_work_on_the_transformers_backend_too(tiny_engine, generate_calls):
@@ -544,15 +548,17 @@ def test_the_transformers_backend_times_words_when_asked(base_engine, zh_cv_mini
     order, inside their segment, spelling its text (the API's word granularity and the
     karaoke subtitles had none on this backend, the GPU default)."""
     audio, _, _ = joined_clips(zh_cv_mini, 15.0)
+    attention = base_engine.backend.model.model.config._attn_implementation
     timed = base_engine.transcribe(audio, temperatures=GREEDY, word_timestamps=True)
     assert timed.segments
     for segment in timed.segments:
         assert segment.words and "".join(w.word for w in segment.words).strip() == segment.text
         assert all(segment.start <= w.start <= w.end <= segment.end for w in segment.words)
         assert all(a.end <= b.start + 1e-6 for a, b in zip(segment.words, segment.words[1:]))
+    # generate switches the model to eager attention for token timestamps: switched back
+    assert base_engine.backend.model.model.config._attn_implementation == attention
     plain = base_engine.transcribe(audio, temperatures=GREEDY)
-    assert [s.text for s in plain.segments] == [s.text for s in timed.segments]
-    assert not any(s.words for s in plain.segments)  # not asked: no eager attention
+    assert plain.segments and not any(s.words for s in plain.segments)
 
 
 def test_the_apis_word_granularity_asks_the_backend_for_words():
@@ -565,3 +571,21 @@ def test_the_apis_word_granularity_asks_the_backend_for_words():
     fields = {"file": [Upload()], "timestamp_granularities[]": ["word", "segment"]}
     assert parse_call(fields, "transcribe", ServeSettings()).options.word_timestamps
     assert not parse_call({"file": [Upload()]}, "transcribe", ServeSettings()).options.word_timestamps
+
+
+def test_timed_words_keep_bytes_that_never_make_a_character(whisper_base):
+    """A token run that never decodes to whole characters (Whisper writes such) was held
+    to the end of the segment and dropped: the words no longer spelled the text."""
+    from transformers import WhisperTokenizer
+
+    from whisper_zh.serve.transformers_backend import _timed_words
+
+    tokenizer = WhisperTokenizer.from_pretrained(str(whisper_base))
+    hello = tokenizer(" 你好", add_special_tokens=False).input_ids
+    stray = tokenizer.convert_tokens_to_ids("ä")  # the first byte of a three-byte character, alone
+    timestamp = tokenizer.convert_tokens_to_ids("<|1.00|>")
+    tokens = [*hello, stray, timestamp]
+    words = list(_timed_words(tokenizer, tokens, [0.0, 0.4, 0.8, 1.0], 10.0, 10.0, 11.0))
+    assert "".join(w.word for w in words) == tokenizer.decode(tokens, skip_special_tokens=True)
+    assert [round(w.start, 2) for w in words] == [10.0, 10.4, 10.8]
+    assert all(10.0 <= w.start <= w.end <= 11.0 for w in words)

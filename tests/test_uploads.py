@@ -184,3 +184,7 @@ def test_a_body_that_is_not_an_upload_is_small(server):
     assert form.status_code == 413 and form.json()["error"]["code"] == "request_too_large"
     small = httpx.post(f"{url}gradio_api/queue/join", json={"fn_index": 999}, timeout=60)
     assert small.status_code not in (413, 503)
+    # the MCP server's tool calls carry files as base64 in their JSON: an upload's limit
+    mcp = httpx.post(f"{url}gradio_api/mcp/messages/", content=numbers, timeout=60,
+                     headers={"content-type": "application/json"})
+    assert mcp.status_code != 413

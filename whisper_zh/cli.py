@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -275,11 +276,22 @@ def transcribe_parser(settings) -> ArgumentParser:
                      help="windows decoded together (default: $BATCH_SIZE or %(default)s)")
     dec.add_argument("--beam-size", type=int, default=None,
                      help="1 = greedy (default: 5 with the ct2 backend, 1 with transformers)")
-    dec.add_argument("--max-duration", type=float, default=settings.max_duration_s, metavar="SECONDS",
+    dec.add_argument("--max-duration", type=_positive_seconds, default=settings.max_duration_s, metavar="SECONDS",
                      help="refuse longer inputs (default: $MAX_DURATION_S or %(default)s)")
     dec.add_argument("--cookies", metavar="COOKIES_TXT", default=settings.cookies,
                      help="cookies.txt for yt-dlp, for YouTube's sign-in check (default: $YTDLP_COOKIES)")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    """--max-duration's type: "nan" or "inf" would turn the limit off, 0 refuse everything."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def transcribe_command(argv: Sequence[str]) -> int:

@@ -203,7 +203,9 @@ def as_waveform(audio: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio)
     if not (np.issubdtype(audio.dtype, np.signedinteger) or np.issubdtype(audio.dtype, np.floating)):
         raise ConfigError(f"a waveform is float or signed integer PCM, not {audio.dtype}")
-    if audio.ndim == 2:
+    if audio.ndim == 2 and audio.size == 0:
+        audio = np.zeros(0, np.float32)
+    elif audio.ndim == 2:
         audio = audio.mean(axis=int(np.argmin(audio.shape)), dtype=np.float64) / (
             np.iinfo(audio.dtype).max + 1 if np.issubdtype(audio.dtype, np.integer) else 1)
     elif audio.ndim != 1:

@@ -119,7 +119,8 @@ class Transcriber:
         """Transcribe a whole input.
 
         Args:
-            audio: float32 waveform of shape ``(n_samples,)`` at 16 kHz, or a media path.
+            audio: a 16 kHz waveform (float32 ``(n_samples,)``, or integer PCM, or
+                channels: :func:`~whisper_zh.media.as_waveform`), or a media path.
             options: decoding options (default: the engine's); ``overrides`` replace
                 single fields, e.g. ``script="traditional"``.
             progress: called with (fraction, message) after each model step.
@@ -151,7 +152,8 @@ class Transcriber:
         is listed there, not dropped silently).
 
         Args:
-            audio: float32 waveform, shape ``(n_samples,)``, 16 kHz mono.
+            audio: 16 kHz waveform: float32 ``(n_samples,)``, or any array
+                :func:`~whisper_zh.media.as_waveform` takes (integer PCM, channels).
         """
         return SegmentStream(self._segments(audio, options or self.options, progress))
 
@@ -171,6 +173,7 @@ class Transcriber:
             ConfigError: a clip is longer than ``options.window_s``.
         """
         options = options or self.options
+        clips = [as_waveform(c) for c in clips]
         too_long = [i for i, c in enumerate(clips) if len(c) > options.window_s * SAMPLE_RATE]
         if too_long:
             raise ConfigError(f"clips longer than {options.window_s:g} s: {too_long[:3]}")

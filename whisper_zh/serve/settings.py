@@ -94,7 +94,8 @@ class ServeSettings:
         """The settings the environment gives; unset or empty variables keep the defaults.
 
         Raises:
-            ConfigError: a variable that does not parse, naming it.
+            ConfigError: a variable that does not parse, or a size, duration, deadline or
+                count that is not a positive finite number, naming it.
         """
         environ = os.environ if environ is None else environ
         hints = typing.get_type_hints(cls)

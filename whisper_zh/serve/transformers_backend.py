@@ -150,10 +150,19 @@ class TransformersBackend:
         feature_extractor = self.processor.feature_extractor
         for first in range(0, len(spans), batch_size):
             batch = spans[first:first + batch_size]
+            # no attention_mask, even for word times: given one, generate decodes another text
+            # (the words' times are held inside their segments instead)
             features = feature_extractor([audio[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in batch],
                                          sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
             with self.lock, torch.inference_mode():
-                output = self.model.generate(features.to(self.device, self.dtype), **generate_kwargs)
+                # token timestamps switch the shared model to eager attention for good
+                # (transformers' generate): switched back, so the next request runs SDPA again
+                config = self.model.model.config
+                attention = config._attn_implementation
+                try:
+                    output = self.model.generate(features.to(self.device, self.dtype), **generate_kwargs)
+                finally:
+                    config._attn_implementation = attention
             for (start, end), window_segments in zip(batch, output["segments"]):
                 out.append([s for s in self._window_segments(window_segments, start, end) if s.text.strip()])
         return out
@@ -199,6 +208,8 @@ def _timed_words(tokenizer, tokens: list[int], times: list[float], offset: float
         else:
             pieces.append([text, piece_start, piece_end])
         held = []
+    if held:  # bytes that never made a character: kept, so the words still spell the text
+        pieces.append([tokenizer.decode(held), piece_start, times[-1]])
     for text, a, b in pieces:
         word_start = min(max(offset + a, start), end)
         yield Word(start=round(word_start, 3), end=round(min(max(offset + b, word_start), end), 3), word=text)

@@ -118,8 +118,8 @@ def prompt_window(tokens: Sequence[int], max_length: int) -> list[int]:
     """The part of a prompt's tokens a window is given: the last ``max_length // 2 - 1``
     (openai/whisper's rule, half the decoder's context, 223 of Whisper's 448), so a long
     prompt leaves room for the text and keeps the hotwords, which come last."""
-    keep = max_length // 2 - 1
-    return list(tokens[-keep:]) if len(tokens) > keep else list(tokens)
+    keep = max(max_length // 2 - 1, 0)
+    return list(tokens[len(tokens) - keep:]) if len(tokens) > keep else list(tokens)
 
 
 def join_text(texts, language: str) -> str:

@@ -21,8 +21,9 @@ here). So:
 * **A body that is not an upload** (JSON: a queue join, a ``/call``; a urlencoded
   form) may hold at most :data:`MAX_FORMLESS_BYTES`: Gradio parses it in memory, at ~11
   times its size (a 9 MB JSON list of numbers took the server from 441 to 538 MB), and
-  files never come that way (the page and gradio_client upload them as multipart forms
-  first, the OpenAI API takes them only so).
+  the page and gradio_client upload files as multipart forms first, the OpenAI API takes
+  them only so. The MCP server (``/gradio_api/mcp/``) takes a file inside its JSON, as a
+  base64 ``data:`` URL: it may send as much as an upload.
 
 The API's own routes (``/v1/``) answer their per-request 413 themselves, as OpenAI's
 error JSON (:mod:`whisper_zh.serve.api`); they count towards the server's total here.
@@ -48,6 +49,7 @@ _DISK_LOOK_S = 1.0  # the upload folder is walked at most this often (its size c
 _API_PREFIX = "/v1/"
 _SMALL_BODY = 64 * 2**10  # an upload this small is not worth a new look at the disk
 MAX_FORMLESS_BYTES = 2**20  # a request body that is not a multipart upload
+_MCP_PATH = "/gradio_api/mcp"  # whose tool calls carry files as base64 inside JSON
 
 
 class Refused(MultiPartException):
@@ -93,6 +95,8 @@ class UploadBudget:
         # the total is of uploads (multipart forms); a page's own calls (queue joins,
         # cancels: small JSON) go through even when the space is full
         upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        mcp = _MCP_PATH in scope.get("path", "")
+        formless_limit = request_limit if mcp else MAX_FORMLESS_BYTES
         request_limit = self.settings.max_request_bytes
         folder = self.upload_folder(scope)
         held = 0  # this request's bytes, counted in _in_flight
@@ -116,9 +120,9 @@ class UploadBudget:
                     raise refuse(413, self._too_large())
                 if not upload:
                     formless += count
-                    if formless > MAX_FORMLESS_BYTES:
+                    if formless > formless_limit:
                         # a JSON route says only "error parsing the body": ours is sent instead
-                        raise refuse(413, _formless_too_large(), answer=own_errors)
+                        raise refuse(413, self._too_large() if mcp else _formless_too_large(), answer=own_errors)
                     return message
                 with self._lock:
                     if self._would_fill(folder, count):
@@ -150,8 +154,8 @@ class UploadBudget:
             if own_errors and declared.isdigit():
                 if int(declared) > request_limit:
                     raise refuse(413, self._too_large())
-                if not upload and int(declared) > MAX_FORMLESS_BYTES:
-                    raise refuse(413, _formless_too_large())
+                if not upload and int(declared) > formless_limit:
+                    raise refuse(413, self._too_large() if mcp else _formless_too_large())
                 if upload:
                     with self._lock:
                         full = self._would_fill(folder, int(declared))

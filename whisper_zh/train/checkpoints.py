@@ -270,11 +270,13 @@ def _fetch_hub_best(repo_id: str, output_dir: str, last: str) -> None:
         target = os.path.join(output_dir, f"checkpoint-{best_step}")
         tmp = os.path.join(output_dir, "_hub-download-best")
         source = os.path.join(tmp, HUB_BEST)
+        # a network error is raised, as for last-checkpoint: only a best that is not there
+        # (a run from before it was pushed) or unreadable is forgotten
+        huggingface_hub.snapshot_download(repo_id, allow_patterns=[f"{HUB_BEST}/*"], local_dir=tmp)
         try:
-            huggingface_hub.snapshot_download(repo_id, allow_patterns=[f"{HUB_BEST}/*"], local_dir=tmp)
             with open(os.path.join(source, "trainer_state.json")) as f:
                 found = json.load(f).get("global_step")
-        except Exception:  # not there (a run from before it was pushed), or unreadable
+        except (OSError, ValueError):  # nothing matched the pattern: no such folder
             found = None
         if found == best_step:
             shutil.rmtree(target, ignore_errors=True)
@@ -286,8 +288,9 @@ def _fetch_hub_best(repo_id: str, output_dir: str, last: str) -> None:
                            "the evaluations from here on", repo_id, best_step)
             state.update(best_model_checkpoint=None, best_metric=None, best_global_step=None)
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(state_file, "w") as f:
+    with open(state_file + ".tmp", "w") as f:  # the checkpoint stays whole if this is cut short
         json.dump(state, f, indent=2, sort_keys=True)
+    os.replace(state_file + ".tmp", state_file)
 
 
 def find_resume_point(config: TrainConfig, state=None) -> Optional[str]:

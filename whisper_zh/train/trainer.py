@@ -346,9 +346,6 @@ def build_training_arguments(config: TrainConfig, schedule: Schedule, precision:
         push_to_hub=bool(config.hub_model_id),
         hub_model_id=config.hub_model_id,
         hub_strategy="checkpoint",
-        # every checkpoint goes up (one upload after another): by default one saved while the
-        # previous upload runs is skipped, and a resume from the Hub could fall back 800 steps
-        hub_always_push=True,
         hub_private_repo=config.hub_private_repo,
     )
 
