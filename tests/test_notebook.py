@@ -559,6 +559,11 @@ def test_storage_budget_matches_the_checkpoints_written(first_run, capsys):
     assert budget["parts"]["prepared cache"] == 1000 * nb.CACHE_BYTES_PER_CLIP
     assert budget["needed"] == sum(budget["parts"].values()) and budget["free"] > 0
     assert "free there" in capsys.readouterr().out
+    # four saves (1600 steps, one every 400): three optimizer states and two checkpoints
+    # deleted during the run wait in Drive's bin, which counts against the quota
+    config = TrainConfig(dataset="x", model_name_or_path=str(first_run["model"]), max_steps=1600, save_steps=400)
+    budget = nb.storage_budget(config, str(first_run["drive"]), 100_000)
+    assert budget["parts"]["Drive's bin (deleted, kept 30 days)"] == 3 * 8 * params + 2 * 4 * params
 
 
 def _plan_config(tmp_path, dataset, model, **overrides):

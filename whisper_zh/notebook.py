@@ -361,7 +361,9 @@ def storage_budget(config, work_dir: str, splits=None) -> dict:
     weights) and its int8 CTranslate2 copy (~P); the cache is
     the clips of the splits used (the training split capped at ``max_train_samples``)
     times :data:`CACHE_BYTES_PER_CLIP`. Files deleted through the Drive mount stay in
-    Drive's bin (counted against the quota) for 30 days."""
+    Drive's bin (counted against the quota) for 30 days: each save but the newest loses its
+    optimizer state there (8P), each checkpoint rotated away its weights (4P), so the
+    bin's share is counted too, from the run's schedule."""
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -369,17 +371,27 @@ def storage_budget(config, work_dir: str, splits=None) -> dict:
         model = WhisperForConditionalGeneration(WhisperConfig.from_pretrained(config.model_name_or_path))
     params = sum(p.numel() for p in model.parameters())
     weights, optimizer = 4 * params, 8 * params
-    clips = splits
+    from whisper_zh.train.trainer import resolve_schedule
+
+    clips = train_clips = splits
     if splits is not None and not isinstance(splits, int):
         cap = config.max_train_samples or None
         clips = sum(min(n, cap) if cap and "train" in used else n
                     for n, used in zip(splits["clips"], splits["used as"]) if used and n)
+        train_clips = sum(min(n, cap) if cap else n for n, used in zip(splits["clips"], splits["used as"])
+                          if used and "train" in used and n)
+    saves = 0
+    if train_clips:
+        schedule = resolve_schedule(config, train_clips)
+        saves = schedule.max_steps // schedule.save_steps
     parts = {
         "prepared cache": (clips or 0) * CACHE_BYTES_PER_CLIP,
         "newest checkpoint (weights + optimizer)": weights + optimizer,
         "best checkpoint (weights)": weights,
         "final model": weights,
         "ct2 int8 copy": params if config.ct2_quantization else 0,
+        # optimizer states deleted from older checkpoints, and the checkpoints rotated away
+        "Drive's bin (deleted, kept 30 days)": max(0, saves - 1) * optimizer + max(0, saves - 2) * weights,
     }
     need = sum(parts.values())
     usage = shutil.disk_usage(work_dir)
