@@ -458,14 +458,15 @@ def test_processes_wait_for_each_other_hours_not_minutes(tmp_path):
         "config = TrainConfig(dataset='unused', output_dir='unused')\n"
         "build_training_arguments(config, resolve_schedule(config, 64, state.num_processes), 'fp32', False)\n"
         "backend = dist.group.WORLD._get_backend(torch.device('cpu'))\n"
-        "print('timeout', state.process_index, backend.options._timeout.total_seconds())\n")
+        "with open(f'timeout-{state.process_index}.txt', 'w') as f:  # one file each: prints interleave\n"
+        "    f.write(str(backend.options._timeout.total_seconds()))\n")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     from whisper_zh.distributed import PROCESS_GROUP_TIMEOUT
 
-    lines = sorted(line for line in run.stdout.splitlines() if line.startswith("timeout"))
-    assert lines == [f"timeout {rank} {PROCESS_GROUP_TIMEOUT.total_seconds()}" for rank in (0, 1)]
+    waits = [float((tmp_path / f"timeout-{rank}.txt").read_text()) for rank in (0, 1)]
+    assert waits == [PROCESS_GROUP_TIMEOUT.total_seconds()] * 2
     assert PROCESS_GROUP_TIMEOUT.total_seconds() >= 3600
 
 
