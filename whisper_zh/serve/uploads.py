@@ -95,9 +95,11 @@ class UploadBudget:
         # the total is of uploads (multipart forms); a page's own calls (queue joins,
         # cancels: small JSON) go through even when the space is full
         upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
-        mcp = _MCP_PATH in scope.get("path", "")
-        formless_limit = request_limit if mcp else MAX_FORMLESS_BYTES
         request_limit = self.settings.max_request_bytes
+        # an MCP tool call carries its file inside the JSON: an upload's limit, in its words
+        mcp = _MCP_PATH in scope.get("path", "")
+        formless_limit, formless_too_large = ((request_limit, self._too_large) if mcp
+                                              else (MAX_FORMLESS_BYTES, _formless_too_large))
         folder = self.upload_folder(scope)
         held = 0  # this request's bytes, counted in _in_flight
         formless = 0  # the bytes of a body that is not an upload
@@ -122,7 +124,7 @@ class UploadBudget:
                     formless += count
                     if formless > formless_limit:
                         # a JSON route says only "error parsing the body": ours is sent instead
-                        raise refuse(413, self._too_large() if mcp else _formless_too_large(), answer=own_errors)
+                        raise refuse(413, formless_too_large(), answer=own_errors)
                     return message
                 with self._lock:
                     if self._would_fill(folder, count):
@@ -155,7 +157,7 @@ class UploadBudget:
                 if int(declared) > request_limit:
                     raise refuse(413, self._too_large())
                 if not upload and int(declared) > formless_limit:
-                    raise refuse(413, self._too_large() if mcp else _formless_too_large())
+                    raise refuse(413, formless_too_large())
                 if upload:
                     with self._lock:
                         full = self._would_fill(folder, int(declared))
