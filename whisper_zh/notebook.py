@@ -367,19 +367,19 @@ def storage_budget(config, work_dir: str, splits=None) -> dict:
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+    from whisper_zh.train.trainer import resolve_schedule
+
     with torch.device("meta"):  # the shapes only: no memory, no weights read
         model = WhisperForConditionalGeneration(WhisperConfig.from_pretrained(config.model_name_or_path))
     params = sum(p.numel() for p in model.parameters())
     weights, optimizer = 4 * params, 8 * params
-    from whisper_zh.train.trainer import resolve_schedule
-
     clips = train_clips = splits
     if splits is not None and not isinstance(splits, int):
         cap = config.max_train_samples or None
-        clips = sum(min(n, cap) if cap and "train" in used else n
-                    for n, used in zip(splits["clips"], splits["used as"]) if used and n)
-        train_clips = sum(min(n, cap) if cap else n for n, used in zip(splits["clips"], splits["used as"])
-                          if used and "train" in used and n)
+        used_clips = [(min(n, cap) if cap and "train" in used else n, used)
+                      for n, used in zip(splits["clips"], splits["used as"]) if used and n]
+        clips = sum(n for n, _ in used_clips)
+        train_clips = sum(n for n, used in used_clips if "train" in used)
     saves = 0
     if train_clips:
         schedule = resolve_schedule(config, train_clips)

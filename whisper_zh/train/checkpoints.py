@@ -228,11 +228,11 @@ def fetch_hub_checkpoint(repo_id: str, output_dir: str) -> Optional[str]:
 
     tmp = os.path.join(output_dir, "_hub-download")  # "_*" is never pushed with the output dir
     try:
-        huggingface_hub.snapshot_download(repo_id, allow_patterns=["last-checkpoint/*"], local_dir=tmp)
+        huggingface_hub.snapshot_download(repo_id, allow_patterns=[f"{HUB_LAST}/*"], local_dir=tmp)
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
         shutil.rmtree(tmp, ignore_errors=True)
         return None
-    source = os.path.join(tmp, "last-checkpoint")
+    source = os.path.join(tmp, HUB_LAST)
     state_file = os.path.join(source, "trainer_state.json")
     if not os.path.isfile(state_file):
         shutil.rmtree(tmp, ignore_errors=True)
